@@ -1,0 +1,3 @@
+from egress_router.cli import main
+
+main()

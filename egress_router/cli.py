@@ -1,0 +1,125 @@
+"""The `egress-router` command: thin click wrappers; every option is also its environment variable."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from egress_router import __version__, logs
+from egress_router.config.errors import ConfigError
+from egress_router.config.init_settings import Mode, load_init_settings
+from egress_router.errors import ApplyError
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("egress_router")
+
+
+def env_option(flag: str, envvar: str, help: str) -> Callable[[F], F]:
+    """A text option read from `envvar`; our own parsers validate it, so errors read the same either way."""
+    return click.option(flag, envvar=envvar, show_envvar=True, default=None, metavar="TEXT", help=help)
+
+
+def fail(command: str, message: str, code: int = 1) -> None:
+    for line in message.splitlines():
+        click.echo(f"egress-router {command}: error: {line}", err=True)
+    sys.exit(code)
+
+
+def read_list(variable: str, value: str | None, file_variable: str, path: str | None) -> str | None:
+    """A list variable or its *_FILE twin (a mounted ConfigMap), never both."""
+    if path is None or not path.strip():
+        return value
+    if value is not None and value.strip():
+        raise ConfigError.single(file_variable, f"set either {variable} or {file_variable}, not both", path)
+    try:
+        with open(path.strip(), encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ConfigError.single(file_variable, f"cannot read the file: {reason}", path) from error
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="egress-router")
+def main() -> None:
+    """Give cluster workloads a fixed, firewall-whitelistable source IP for traffic leaving the cluster."""
+
+
+@main.command()
+@env_option("--source", "EGRESS_SOURCE", "Reserved egress address, A.B.C.D or A.B.C.D/len. Required.")
+@env_option("--gateway", "EGRESS_GATEWAY", "Next hop on the node's network. Required.")
+@env_option("--destination", "EGRESS_DESTINATION", "Redirect rules, one a line: '<port> <proto> <addr> [<remote-port>]', or a fallback '<addr>' last.")
+@env_option("--destination-file", "EGRESS_DESTINATION_FILE", "File holding the redirect rules instead (a mounted ConfigMap).")
+@env_option("--mode", "EGRESS_ROUTER_MODE", "init | legacy (default: set up, stay running) | http-proxy | dns-proxy | unit-test (print the plan, change nothing).")
+@env_option("--debug", "EGRESS_ROUTER_DEBUG", "Non-empty: log every step.")
+@env_option("--interface", "EGRESS_INTERFACE", "Egress interface in the pod (default macvlan0; net1 for a Multus attachment).")
+@env_option("--macvlan-master", "EGRESS_MACVLAN_MASTER", "Node interface to create the egress macvlan on when it does not exist yet.")
+@env_option("--macvlan-mode", "EGRESS_MACVLAN_MODE", "bridge (default) | private | vepa | passthru.")
+@env_option("--host-netns", "EGRESS_HOST_NETNS", "The node's network namespace, for creating the macvlan (default /proc/1/ns/net).")
+def init(
+    source: str | None,
+    gateway: str | None,
+    destination: str | None,
+    destination_file: str | None,
+    mode: str | None,
+    debug: str | None,
+    interface: str | None,
+    macvlan_master: str | None,
+    macvlan_mode: str | None,
+    host_netns: str | None,
+) -> None:
+    """Set up the pod's egress interface, routes and NAT (the privileged init container)."""
+    from egress_router.plan import build_plan, render_plan
+
+    logs.setup(bool(debug and debug.strip()), "init")
+    try:
+        destination = read_list("EGRESS_DESTINATION", destination, "EGRESS_DESTINATION_FILE", destination_file)
+        settings = load_init_settings(
+            source=source,
+            gateway=gateway,
+            destination=destination,
+            mode=mode,
+            interface=interface,
+            macvlan_master=macvlan_master,
+            macvlan_mode=macvlan_mode,
+            host_netns=host_netns,
+            debug=debug,
+        )
+    except ConfigError as error:
+        fail("init", str(error))
+        return
+    plan = build_plan(settings)
+    if settings.mode is Mode.UNIT_TEST:
+        click.echo(render_plan(plan))
+        return
+    from egress_router.bringup import apply_plan
+
+    try:
+        apply_plan(plan)
+    except ApplyError as error:
+        fail("init", str(error))
+    if settings.mode is Mode.LEGACY:
+        wait_for_termination()
+
+
+def wait_for_termination() -> None:
+    """`legacy` mode keeps the container alive, as the old image did, until the pod stops."""
+    signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    log.info("set up; waiting for SIGTERM")
+    received = signal.sigwait(signals)
+    log.info("received %s, exiting", signal.Signals(received).name)
+
+
+@main.command()
+def demo() -> None:
+    """Build a cluster in network namespaces and show what an external server sees (root, Linux)."""
+    from egress_router import demo as demo_module
+
+    logs.setup(False, "demo")
+    sys.exit(demo_module.run())

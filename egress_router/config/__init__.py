@@ -1,0 +1,1 @@
+"""Pure parsing: environment text in, typed and validated values out (no I/O, no root)."""

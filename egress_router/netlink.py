@@ -1,0 +1,232 @@
+"""The pod's links, addresses and routes through netlink (pyroute2).
+
+Every change returns nothing but records how to undo itself in a Journal, so a failure part-way
+through `init` can put the pod's network back as it was found.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from egress_router.config.init_settings import MacvlanRequest
+from egress_router.errors import ApplyError
+
+log = logging.getLogger(__name__)
+
+AF_INET = 2
+MAIN_TABLE = 254
+RTPROT_KERNEL = 2
+SCOPE_LINK = 253
+#: Route attributes that identify a route and are needed to put it back, with pyroute2's names.
+ROUTE_ATTRS = {"RTA_DST": "dst", "RTA_GATEWAY": "gateway", "RTA_OIF": "oif", "RTA_PRIORITY": "priority", "RTA_PREFSRC": "prefsrc"}
+
+
+class Journal:
+    """Undo steps in the order they must run (last change first)."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], Any]]] = []
+
+    def record(self, what: str, undo: Callable[[], Any]) -> None:
+        self._steps.append((what, undo))
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def rollback(self) -> list[str]:
+        """Undo everything; returns what could not be undone (each is logged)."""
+        failed = []
+        while self._steps:
+            what, undo = self._steps.pop()
+            try:
+                undo()
+                log.debug("rolled back: %s", what)
+            except Exception as error:  # noqa: BLE001 - keep undoing the rest whatever happens
+                failed.append(f"{what}: {error}")
+                log.error("could not roll back %s: %s", what, error)
+        return failed
+
+
+def describe(error: Exception) -> str:
+    if isinstance(error, NetlinkError):
+        return os.strerror(error.code) if error.code else str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)
+
+
+def route_spec(route: Any) -> dict[str, Any]:
+    """A route read from the kernel as the keyword arguments that delete or re-create it."""
+    spec: dict[str, Any] = {
+        "dst_len": route["dst_len"],
+        "scope": route["scope"],
+        "proto": route["proto"],
+        "type": route["type"],
+        "table": MAIN_TABLE,
+        "dst": "0.0.0.0",
+    }
+    for attr, name in ROUTE_ATTRS.items():
+        value = route.get_attr(attr)
+        if value is not None:
+            spec[name] = value
+    return spec
+
+
+class PodNetwork:
+    """Netlink operations on the pod's network namespace, each one journaled."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.ipr = IPRoute()
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (NetlinkError, OSError) as error:
+            raise ApplyError(f"cannot {what}: {describe(error)}") from error
+
+    # links -----------------------------------------------------------------------------------
+
+    def link_index(self, name: str) -> int | None:
+        found = self.ipr.link_lookup(ifname=name)
+        return found[0] if found else None
+
+    def link(self, index: int) -> Any:
+        return self.ipr.get_links(index)[0]
+
+    def create_macvlan(self, name: str, request: MacvlanRequest) -> int:
+        """Create a macvlan on the node's interface and move it here, as the SDN would have."""
+        if not os.path.exists(request.host_netns):
+            raise ApplyError(
+                f"EGRESS_HOST_NETNS: {request.host_netns} does not exist (the node's network namespace; "
+                "the default /proc/1/ns/net needs hostPID: true)"
+            )
+        temporary = "egr" + secrets.token_hex(4)
+        pod_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            with IPRoute(netns=request.host_netns, flags=0) as host:
+                masters = host.link_lookup(ifname=request.master)
+                if not masters:
+                    raise ApplyError(
+                        f"EGRESS_MACVLAN_MASTER: no interface '{request.master}' in the node's network namespace ({request.host_netns})"
+                    )
+                what = f"create macvlan on {request.master} in {request.host_netns}"
+                self._call(what, host.link, "add", ifname=temporary, kind="macvlan", link=masters[0], macvlan_mode=request.mode)
+                created = host.link_lookup(ifname=temporary)[0]
+                try:
+                    self._call("move the new macvlan into the pod", host.link, "set", index=created, net_ns_fd=pod_ns)
+                except ApplyError:
+                    host.link("del", index=created)
+                    raise
+        except NetlinkError as error:
+            raise ApplyError(f"cannot use the node's network namespace {request.host_netns}: {describe(error)}") from error
+        except OSError as error:
+            raise ApplyError(f"cannot enter the node's network namespace {request.host_netns}: {describe(error)}") from error
+        finally:
+            os.close(pod_ns)
+        index = self.link_index(temporary)
+        if index is None:
+            raise ApplyError("the new macvlan did not arrive in the pod's network namespace")
+        self.journal.record(f"create {name}", lambda: self.ipr.link("del", index=index))
+        self._call(f"rename the new macvlan to {name}", self.ipr.link, "set", index=index, ifname=name)
+        log.info("created %s: macvlan (%s) on %s in %s", name, request.mode, request.master, request.host_netns)
+        return index
+
+    def set_up(self, index: int, name: str) -> bool:
+        if self.link(index)["flags"] & 1:  # IFF_UP
+            return False
+        self._call(f"bring {name} up", self.ipr.link, "set", index=index, state="up")
+        self.journal.record(f"bring {name} up", lambda: self.ipr.link("set", index=index, state="down"))
+        log.debug("%s is up", name)
+        return True
+
+    # addresses -------------------------------------------------------------------------------
+
+    def ipv4_addresses(self, index: int) -> list[IPv4Interface]:
+        return [
+            IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            for a in self.ipr.get_addr(family=AF_INET, index=index)
+        ]
+
+    def set_only_address(self, index: int, name: str, wanted: IPv4Interface) -> bool:
+        """Make `wanted` the interface's only IPv4 address (a new EGRESS_SOURCE replaces the old)."""
+        changed = False
+        for current in self.ipv4_addresses(index):
+            if current == wanted:
+                continue
+            self._call(f"remove old address {current} from {name}", self.ipr.addr, "del", index=index, address=str(current.ip), prefixlen=current.network.prefixlen)
+            self.journal.record(
+                f"remove {current}",
+                lambda c=current: self.ipr.addr("add", index=index, address=str(c.ip), prefixlen=c.network.prefixlen),
+            )
+            log.info("removed old address %s from %s", current, name)
+            changed = True
+        if wanted not in self.ipv4_addresses(index):
+            self._call(f"add address {wanted} to {name}", self.ipr.addr, "add", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
+            self.journal.record(
+                f"add {wanted}",
+                lambda: self.ipr.addr("del", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen),
+            )
+            log.info("added address %s to %s", wanted, name)
+            changed = True
+        return changed
+
+    # routes ----------------------------------------------------------------------------------
+
+    def _routes(self, **filters: Any) -> list[Any]:
+        return list(self.ipr.get_routes(family=AF_INET, table=MAIN_TABLE, **filters))
+
+    def _delete_route(self, route: Any, what: str) -> None:
+        spec = route_spec(route)
+        self._call(f"delete route {what}", self.ipr.route, "del", **spec)
+        self.journal.record(f"delete route {what}", lambda: self.ipr.route("add", **spec))
+        log.info("removed route %s", what)
+
+    def set_gateway_route(self, index: int, name: str, gateway: IPv4Address) -> bool:
+        """Gateway on-link through the egress interface; stale on-link routes of earlier runs go."""
+        changed = False
+        present = False
+        for route in self._routes(oif=index):
+            if route["dst_len"] != 32 or route["scope"] != SCOPE_LINK or route["proto"] == RTPROT_KERNEL:
+                continue
+            if route.get_attr("RTA_DST") == str(gateway):
+                present = True
+            else:
+                self._delete_route(route, f"{route.get_attr('RTA_DST')} dev {name}")
+                changed = True
+        if not present:
+            what = f"{gateway} dev {name} scope link"
+            self._call(f"add route {what}", self.ipr.route, "add", dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE)
+            self.journal.record(f"add route {what}", lambda: self.ipr.route("del", dst=f"{gateway}/32", oif=index, table=MAIN_TABLE))
+            log.info("added route %s", what)
+            changed = True
+        return changed
+
+    def set_default_route(self, index: int, name: str, gateway: IPv4Address) -> bool:
+        """Exactly one default route, via the gateway on the egress interface."""
+        defaults = self._routes(dst_len=0)
+        wanted = [r for r in defaults if r.get_attr("RTA_GATEWAY") == str(gateway) and r.get_attr("RTA_OIF") == index]
+        if len(defaults) == 1 and wanted:
+            return False
+        for route in defaults:
+            if route not in wanted:
+                oif = route.get_attr("RTA_OIF")
+                via = route.get_attr("RTA_GATEWAY")
+                self._delete_route(route, f"default via {via} (interface index {oif})")
+        if not wanted:
+            what = f"default via {gateway} dev {name}"
+            self._call(f"add route {what}", self.ipr.route, "add", dst="0.0.0.0/0", gateway=str(gateway), oif=index, table=MAIN_TABLE)
+            self.journal.record(f"add route {what}", lambda: self.ipr.route("del", dst="0.0.0.0/0", gateway=str(gateway), oif=index, table=MAIN_TABLE))
+            log.info("added route %s", what)
+        return True
