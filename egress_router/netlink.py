@@ -50,8 +50,8 @@ class Journal:
                 undo()
                 log.debug("rolled back: %s", what)
             except Exception as error:  # noqa: BLE001 - keep undoing the rest whatever happens
-                failed.append(f"{what}: {error}")
-                log.error("could not roll back %s: %s", what, error)
+                failed.append(f"{what}: {describe(error)}")
+                log.error("could not roll back %s: %s", what, describe(error))
         return failed
 
 
@@ -208,7 +208,7 @@ class PodNetwork:
         if not present:
             what = f"{gateway} dev {name} scope link"
             self._call(f"add route {what}", self.ipr.route, "add", dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE)
-            self.journal.record(f"add route {what}", lambda: self.ipr.route("del", dst=f"{gateway}/32", oif=index, table=MAIN_TABLE))
+            self.journal.record(f"add route {what}", lambda: self.ipr.route("del", dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE))
             log.info("added route %s", what)
             changed = True
         return changed

@@ -5,7 +5,7 @@
                                          out of its eth0 192.168.12.11/24
     node eth0 ── lan (bridge) ── gateway (192.168.12.1 | 203.0.113.1) ── server (203.0.113.x)
 
-The gateway is the site firewall: only the egress range 192.168.12.96/29 may reach the protected
+The gateway is the site firewall: only the egress range 192.168.12.96/27 may reach the protected
 servers; the public server 203.0.113.50 answers anyone. Everything lives in namespaces named
 `<prefix>-<role>` and is removed by `close()`, including the processes started in them.
 """
@@ -29,13 +29,13 @@ from egress_router.lab.netns import socket_in
 POD_PREFIX = 23
 NODE_IP = "192.168.12.11"
 GATEWAY_IP = "192.168.12.1"
-EGRESS_RANGE = "192.168.12.96/29"
+EGRESS_RANGE = "192.168.12.96/27"
 EGRESS_SOURCE = "192.168.12.99"
 CLIENT_IP = "10.128.0.10"
 ROUTER_IP = "10.128.0.20"
 PROTECTED_SERVERS = ("203.0.113.25", "203.0.113.26", "203.0.113.27")
 PUBLIC_SERVER = "203.0.113.50"
-SERVER_PORTS = {"tcp": (80, 443, 8080, 5432, 9000), "udp": (53, 5353)}
+SERVER_PORTS = {"tcp": (53, 80, 443, 5432, 8080, 9000), "udp": (53, 5353)}
 
 NODE_NFT = """
 table ip lab {
@@ -195,6 +195,14 @@ class Lab:
             if macvlan:
                 self.add_macvlan("router")
 
+    def remove_namespace(self, role: str) -> None:
+        name = self.ns(role)
+        self.kill_namespace_processes(name)
+        run(["ip", "netns", "del", name], check=False)
+        shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
+        if name in self.namespaces:
+            self.namespaces.remove(name)
+
     # probing -----------------------------------------------------------------------------------
 
     def tcp(self, role: str, host: str, port: int, payload: bytes = b"", timeout: float = 3.0) -> Seen:
@@ -274,11 +282,8 @@ class Lab:
 
     def close(self) -> None:
         self.stop_processes()
-        for name in reversed(self.namespaces):
-            self.kill_namespace_processes(name)
-            run(["ip", "netns", "del", name], check=False)
-            shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
-        self.namespaces.clear()
+        for name in list(reversed(self.namespaces)):
+            self.remove_namespace(name.removeprefix(self.prefix + "-"))
 
     def __enter__(self) -> Lab:
         return self

@@ -1,0 +1,91 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from egress_router.config.errors import ConfigError
+from egress_router.config.init_settings import MacvlanRequest, Mode, load_init_settings
+
+BASE = {"source": "192.168.12.99", "gateway": "192.168.12.1", "destination": "80 tcp 203.0.113.25", "mode": "init"}
+
+
+def load(**changes: str | None):  # type: ignore[no-untyped-def]
+    return load_init_settings(**{**BASE, **changes})
+
+
+def messages(**changes: str | None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load(**changes)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_defaults() -> None:
+    settings = load(mode=None)
+    assert settings.mode is Mode.LEGACY
+    assert settings.interface == "macvlan0"
+    assert settings.macvlan is None
+    assert not settings.debug
+
+
+@pytest.mark.parametrize("mode", ["http-proxy", "dns-proxy"])
+def test_proxy_modes_need_no_destination(mode: str) -> None:
+    settings = load(mode=mode, destination=None)
+    assert settings.destinations is None
+    assert not settings.mode.installs_nat
+
+
+@pytest.mark.parametrize("mode", ["init", "legacy", "unit-test"])
+def test_redirect_modes_need_a_destination(mode: str) -> None:
+    assert messages(mode=mode, destination=None)[0].startswith("EGRESS_DESTINATION: unspecified")
+
+
+def test_unknown_mode() -> None:
+    assert messages(mode="proxy") == [
+        'EGRESS_ROUTER_MODE: unknown mode (must be one of init, legacy, http-proxy, dns-proxy, unit-test): "proxy"'
+    ]
+
+
+def test_all_problems_at_once() -> None:
+    found = messages(source="1.2.3", gateway=None, destination="0 tcp 1.2.3.4", interface="a/b", macvlan_mode="weird")
+    assert [m.split(":")[0] for m in found] == [
+        "EGRESS_SOURCE",
+        "EGRESS_GATEWAY",
+        "EGRESS_DESTINATION line 1",
+        "EGRESS_INTERFACE",
+        "EGRESS_MACVLAN_MODE",
+    ]
+
+
+def test_gateway_must_differ_from_source() -> None:
+    assert messages(gateway="192.168.12.99") == ['EGRESS_GATEWAY: must differ from EGRESS_SOURCE: "192.168.12.99"']
+
+
+@pytest.mark.parametrize(("name", "reason"), [("eth0", "cluster interface"), ("x" * 16, "longer than 15"), ("a b", "not a valid")])
+def test_bad_interface(name: str, reason: str) -> None:
+    (message,) = messages(interface=name)
+    assert message.startswith("EGRESS_INTERFACE: ") and reason in message
+
+
+def test_macvlan_request() -> None:
+    settings = load(interface="net1", macvlan_master="ens3", macvlan_mode="Private")
+    assert settings.interface == "net1"
+    assert settings.macvlan == MacvlanRequest("ens3", "private", "/proc/1/ns/net")
+    assert messages(macvlan_master="ens3", host_netns="proc/1/ns/net") == [
+        'EGRESS_HOST_NETNS: must be an absolute path to a network namespace file: "proc/1/ns/net"'
+    ]
+
+
+def test_debug_is_any_non_empty_value() -> None:
+    assert load(debug="1").debug and load(debug="false").debug
+    assert not load(debug=" ").debug
+
+
+@given(
+    st.fixed_dictionaries(
+        {k: st.one_of(st.none(), st.text(max_size=20)) for k in ("source", "gateway", "destination", "mode", "interface", "macvlan_master", "macvlan_mode", "host_netns")}
+    )
+)
+def test_any_environment_loads_or_lists_problems(values: dict[str, str | None]) -> None:
+    try:
+        load_init_settings(**values)
+    except ConfigError as error:
+        assert all(str(p).startswith("EGRESS_") for p in error.problems)

@@ -1,0 +1,46 @@
+from egress_router.config.init_settings import load_init_settings
+from egress_router.plan import build_plan, render_plan
+
+SETTINGS = {
+    "source": "192.168.12.99",
+    "gateway": "192.168.12.1",
+    "destination": "80 tcp 203.0.113.25\n8080 tcp 203.0.113.26 80\n53 udp 203.0.113.27\n203.0.113.50",
+}
+
+
+def test_redirect_plan_in_iptables_save_form() -> None:
+    plan = build_plan(load_init_settings(**SETTINGS, mode="init"))
+    assert plan.forwarding
+    assert render_plan(plan).splitlines() == [
+        "link   macvlan0: must already exist in this pod",
+        "addr   192.168.12.99/32 dev macvlan0 (only address on it)",
+        "route  192.168.12.1/32 dev macvlan0 scope link",
+        "route  default via 192.168.12.1 dev macvlan0 (replaces the current default route)",
+        "sysctl net.ipv4.ip_forward=1",
+        "*nat",
+        ":EGRESS-ROUTER-DNAT - [0:0]",
+        ":EGRESS-ROUTER-SNAT - [0:0]",
+        "-I PREROUTING 1 -j EGRESS-ROUTER-DNAT",
+        "-I POSTROUTING 1 -j EGRESS-ROUTER-SNAT",
+        "-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 80 -j DNAT --to-destination 203.0.113.25",
+        "-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 203.0.113.26:80",
+        "-A EGRESS-ROUTER-DNAT -i eth0 -p udp -m udp --dport 53 -j DNAT --to-destination 203.0.113.27",
+        "-A EGRESS-ROUTER-DNAT -i eth0 -j DNAT --to-destination 203.0.113.50",
+        "-A EGRESS-ROUTER-SNAT -o macvlan0 -j SNAT --to-source 192.168.12.99",
+        "COMMIT",
+    ]
+
+
+def test_proxy_modes_plan_no_nat_and_no_forwarding() -> None:
+    plan = build_plan(load_init_settings(**{**SETTINGS, "destination": None}, mode="http-proxy"))
+    assert plan.nat_rules is None and not plan.forwarding
+    assert "nat    none" in render_plan(plan)
+
+
+def test_subnet_source_and_created_macvlan() -> None:
+    settings = load_init_settings(**{**SETTINGS, "source": "192.168.12.99/24"}, mode="init", interface="net1", macvlan_master="ens3")
+    plan = build_plan(settings)
+    assert str(plan.address) == "192.168.12.99/24"
+    text = render_plan(plan)
+    assert "create a macvlan (bridge) on ens3 in /proc/1/ns/net" in text
+    assert "-A EGRESS-ROUTER-SNAT -o net1 -j SNAT --to-source 192.168.12.99" in text
