@@ -126,8 +126,8 @@ class Lab:
     # building ----------------------------------------------------------------------------------
 
     def add_namespace(self, role: str) -> None:
+        self.namespaces.append(self.ns(role))  # first, so an interrupt right after the add still cleans it
         run(["ip", "netns", "add", self.ns(role)])
-        self.namespaces.append(self.ns(role))
         self.ip(role, "link", "set", "lo", "up")
 
     def veth(self, role: str, name: str, peer_role: str, peer_name: str) -> None:

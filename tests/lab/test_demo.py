@@ -1,0 +1,37 @@
+"""The README's main command: a readable table, and nothing left behind, also when interrupted."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from egress_router.lab.topology import run
+
+
+def leftovers(prefix: str) -> list[str]:
+    return [line for line in run(["ip", "netns", "list"]).stdout.splitlines() if line.startswith(prefix)]
+
+
+def test_demo_shows_before_and_after_and_cleans_up() -> None:
+    done = subprocess.run([sys.executable, "-m", "egress_router", "demo"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    prefix = out.split("network namespaces ", 1)[1].split("-*", 1)[0]
+    assert "203.0.113.50:80 directly (public server)  192.168.12.11" in out
+    assert "refused by the site firewall" in out
+    assert out.count("192.168.12.99      reached") == 4
+    assert out.rstrip().endswith("Cleaned up: every lab namespace and process is gone.")
+    assert leftovers(prefix) == []
+
+
+def test_interrupted_demo_cleans_up() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "egress_router", "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    prefix = first.split("network namespaces ", 1)[1].split("-*", 1)[0]
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Cleaned up" in out
+    assert leftovers(prefix) == []
