@@ -61,35 +61,15 @@ def main() -> None:
 @env_option("--macvlan-master", "EGRESS_MACVLAN_MASTER", "Node interface to create the egress macvlan on when it does not exist yet.")
 @env_option("--macvlan-mode", "EGRESS_MACVLAN_MODE", "bridge (default) | private | vepa | passthru.")
 @env_option("--host-netns", "EGRESS_HOST_NETNS", "The node's network namespace, for creating the macvlan (default /proc/1/ns/net).")
-def init(
-    source: str | None,
-    gateway: str | None,
-    destination: str | None,
-    destination_file: str | None,
-    mode: str | None,
-    debug: str | None,
-    interface: str | None,
-    macvlan_master: str | None,
-    macvlan_mode: str | None,
-    host_netns: str | None,
-) -> None:
+def init(destination: str | None, destination_file: str | None, **values: str | None) -> None:
     """Set up the pod's egress interface, routes and NAT (the privileged init container)."""
     from egress_router.plan import build_plan, render_plan
 
+    debug = values["debug"]
     logs.setup(bool(debug and debug.strip()), "init")
     try:
-        destination = read_list("EGRESS_DESTINATION", destination, "EGRESS_DESTINATION_FILE", destination_file)
-        settings = load_init_settings(
-            source=source,
-            gateway=gateway,
-            destination=destination,
-            mode=mode,
-            interface=interface,
-            macvlan_master=macvlan_master,
-            macvlan_mode=macvlan_mode,
-            host_netns=host_netns,
-            debug=debug,
-        )
+        rules = read_list("EGRESS_DESTINATION", destination, "EGRESS_DESTINATION_FILE", destination_file)
+        settings = load_init_settings(destination=rules, **values)
     except ConfigError as error:
         fail("init", str(error))
         return

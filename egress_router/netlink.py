@@ -105,6 +105,14 @@ class PodNetwork:
     def link(self, index: int) -> Any:
         return self.ipr.get_links(index)[0]
 
+    def link_name(self, index: int | None) -> str:
+        if index is None:
+            return "?"
+        try:
+            return str(self.link(index).get_attr("IFLA_IFNAME"))
+        except NetlinkError:
+            return f"#{index}"
+
     def create_macvlan(self, name: str, request: MacvlanRequest) -> int:
         """Create a macvlan on the node's interface and move it here, as the SDN would have."""
         if not os.path.exists(request.host_netns):
@@ -221,9 +229,8 @@ class PodNetwork:
             return False
         for route in defaults:
             if route not in wanted:
-                oif = route.get_attr("RTA_OIF")
                 via = route.get_attr("RTA_GATEWAY")
-                self._delete_route(route, f"default via {via} (interface index {oif})")
+                self._delete_route(route, f"default via {via} dev {self.link_name(route.get_attr('RTA_OIF'))}")
         if not wanted:
             what = f"default via {gateway} dev {name}"
             self._call(f"add route {what}", self.ipr.route, "add", dst="0.0.0.0/0", gateway=str(gateway), oif=index, table=MAIN_TABLE)
