@@ -7,7 +7,7 @@ import logging
 from egress_router import arp, nat, sysctl
 from egress_router.errors import ApplyError
 from egress_router.netlink import Journal, PodNetwork
-from egress_router.plan import NetworkPlan
+from egress_router.plan import NetworkPlan, render_plan
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ def _egress_link(net: PodNetwork, plan: NetworkPlan) -> int:
 
 def apply_plan(plan: NetworkPlan) -> bool:
     """Returns whether anything changed. On failure, undoes what was done and raises ApplyError."""
+    for line in render_plan(plan).splitlines():
+        log.debug("plan: %s", line)
     journal = Journal()
     net = PodNetwork(journal)
     try:
@@ -43,6 +45,7 @@ def apply_plan(plan: NetworkPlan) -> bool:
         steps = len(journal)
         failed = journal.rollback()
         net.close()
+        log.debug("rolled back %d change(s) after: %s", steps, error or type(error).__name__)
         if isinstance(error, ApplyError):
             if failed:
                 raise ApplyError(f"{error}; rolling back also failed: {'; '.join(failed)}") from error

@@ -13,7 +13,7 @@ import click
 from egress_router import __version__, logs
 from egress_router.config.errors import ConfigError
 from egress_router.config.init_settings import Mode, load_init_settings
-from egress_router.errors import ApplyError
+from egress_router.errors import ApplyError, Terminated
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("egress_router")
@@ -79,12 +79,21 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
         return
     from egress_router.bringup import apply_plan
 
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         apply_plan(plan)
     except ApplyError as error:
         fail("init", str(error))
+    except Terminated:
+        fail("init", "stopped by SIGTERM before the setup was complete; every change was rolled back", 143)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if settings.mode is Mode.LEGACY:
         wait_for_termination()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def wait_for_termination() -> None:

@@ -79,6 +79,7 @@ def apply_nat(rules: tuple[NatRule, ...]) -> bool:
         table.refresh()
         wanted = {chain: [_to_iptc(iptc, r) for r in rules if r.chain == chain] for chain, _ in OWNED_CHAINS}
         if _already_applied(iptc, table, wanted):
+            log.debug("NAT rules already in place (%d rules)", len(rules))
             return False
         for chain_name, parent_name in OWNED_CHAINS:
             chain = iptc.Chain(table, chain_name) if table.is_chain(chain_name) else table.create_chain(chain_name)
@@ -91,6 +92,7 @@ def apply_nat(rules: tuple[NatRule, ...]) -> bool:
         table.commit()
         table.refresh()
         table.autocommit = True
+        log.debug("NAT: %d rules committed in one transaction", len(rules))
     except iptc.IPTCError as error:
         raise ApplyError(f"cannot install NAT rules: {error} (is the init container privileged, with the iptables modules loaded?)") from error
     return True

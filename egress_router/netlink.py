@@ -153,6 +153,7 @@ class PodNetwork:
 
     def set_up(self, index: int, name: str) -> bool:
         if self.link(index)["flags"] & 1:  # IFF_UP
+            log.debug("%s is already up", name)
             return False
         self._call(f"bring {name} up", self.ipr.link, "set", index=index, state="up")
         self.journal.record(f"bring {name} up", lambda: self.ipr.link("set", index=index, state="down"))
@@ -180,7 +181,9 @@ class PodNetwork:
             )
             log.info("removed old address %s from %s", current, name)
             changed = True
-        if wanted not in self.ipv4_addresses(index):
+        if wanted in self.ipv4_addresses(index):
+            log.debug("%s already has %s", name, wanted)
+        else:
             self._call(f"add address {wanted} to {name}", self.ipr.addr, "add", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
             self.journal.record(
                 f"add {wanted}",
@@ -213,7 +216,9 @@ class PodNetwork:
             else:
                 self._delete_route(route, f"{route.get_attr('RTA_DST')} dev {name}")
                 changed = True
-        if not present:
+        if present:
+            log.debug("route %s dev %s scope link already present", gateway, name)
+        else:
             what = f"{gateway} dev {name} scope link"
             self._call(f"add route {what}", self.ipr.route, "add", dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE)
             self.journal.record(f"add route {what}", lambda: self.ipr.route("del", dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE))
@@ -226,6 +231,7 @@ class PodNetwork:
         defaults = self._routes(dst_len=0)
         wanted = [r for r in defaults if r.get_attr("RTA_GATEWAY") == str(gateway) and r.get_attr("RTA_OIF") == index]
         if len(defaults) == 1 and wanted:
+            log.debug("default route already via %s dev %s", gateway, name)
             return False
         for route in defaults:
             if route not in wanted:
