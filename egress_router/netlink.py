@@ -120,6 +120,12 @@ class PodNetwork:
                 f"EGRESS_HOST_NETNS: {request.host_netns} does not exist (the node's network namespace; "
                 "the default /proc/1/ns/net needs hostPID: true)"
             )
+        host_stat, pod_stat = os.stat(request.host_netns), os.stat("/proc/thread-self/ns/net")
+        if (host_stat.st_dev, host_stat.st_ino) == (pod_stat.st_dev, pod_stat.st_ino):
+            raise ApplyError(
+                f"EGRESS_HOST_NETNS: {request.host_netns} is this pod's own network namespace, not the node's "
+                "(set hostPID: true on the pod, or point EGRESS_HOST_NETNS at the node's namespace)"
+            )
         temporary = "egr" + secrets.token_hex(4)
         pod_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:

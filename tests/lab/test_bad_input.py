@@ -23,6 +23,7 @@ CASES = [
     ({"EGRESS_INTERFACE": "net1"}, "EGRESS_INTERFACE: no interface 'net1' in this pod"),
     ({"EGRESS_INTERFACE": "net1", "EGRESS_MACVLAN_MASTER": "eth9", "EGRESS_HOST_NETNS": "/run/netns/{node}"}, "EGRESS_MACVLAN_MASTER: no interface 'eth9'"),
     ({"EGRESS_INTERFACE": "net1", "EGRESS_MACVLAN_MASTER": "eth0", "EGRESS_HOST_NETNS": "/nonexistent"}, "EGRESS_HOST_NETNS: /nonexistent does not exist"),
+    ({"EGRESS_INTERFACE": "net1", "EGRESS_MACVLAN_MASTER": "eth0", "EGRESS_HOST_NETNS": "/proc/self/ns/net"}, "is this pod's own network namespace"),
     ({"EGRESS_DESTINATION": "", "EGRESS_DESTINATION_FILE": "/nonexistent/rules"}, 'EGRESS_DESTINATION_FILE: cannot read the file: No such file or directory: "/nonexistent/rules"'),
 ]
 
