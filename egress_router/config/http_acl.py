@@ -1,0 +1,182 @@
+"""EGRESS_HTTP_PROXY_DESTINATION: which hosts the HTTP proxy may reach, first match wins.
+
+Pure: `Acl.decide` takes the requested host and the addresses it resolved to, and says yes or no
+with the rule that decided, so the proxy connects to exactly the addresses that were checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+
+from egress_router.config.errors import ConfigError, Problem
+from egress_router.config.lines import meaningful_lines
+
+VARIABLE = "EGRESS_HTTP_PROXY_DESTINATION"
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One line of the list. Exactly one of network, name, domain is set, or none for `*`."""
+
+    text: str
+    line_no: int
+    deny: bool = False
+    network: IPNetwork | None = None
+    name: str | None = None  # exact host name
+    domain: str | None = None  # "*.example.com" stored as "example.com"
+
+    def __str__(self) -> str:
+        return f"line {self.line_no}: {self.text}"
+
+    def matches_name(self, host: str) -> bool:
+        if self.name is not None:
+            return host == self.name
+        if self.domain is not None:
+            return host.endswith("." + self.domain)
+        return False
+
+    def matches_address(self, address: IPAddress) -> bool:
+        return self.network is not None and address.version == self.network.version and address in self.network
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str  # the rule that decided, or why nothing allowed it
+
+
+def normalize_host(host: str) -> str:
+    """Host names compare case-insensitively and without a trailing root dot."""
+    return host.strip().lower().rstrip(".")
+
+
+def is_special(address: IPAddress) -> bool:
+    """Addresses a proxy must not reach unless told to explicitly: itself, the node, cloud metadata."""
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return is_special(address.ipv4_mapped)
+    return address.is_loopback or address.is_link_local or address.is_unspecified
+
+
+@dataclass(frozen=True)
+class Acl:
+    rules: tuple[Rule, ...]
+    wildcard: Rule | None  # the final `*`, if any
+
+    def _decide_one(self, host: str | None, address: IPAddress) -> Decision:
+        for rule in self.rules:
+            if rule.matches_address(address):
+                return Decision(not rule.deny, str(rule))
+            if host is not None and rule.matches_name(host):
+                if not rule.deny and is_special(address):
+                    return Decision(False, f"{address} is loopback, link-local or unspecified; only an address rule can allow it")
+                return Decision(not rule.deny, str(rule))
+        if self.wildcard is not None:
+            if is_special(address):
+                return Decision(False, f"{address} is loopback, link-local or unspecified; only an address rule can allow it")
+            return Decision(True, str(self.wildcard))
+        return Decision(False, "no rule allows it (default deny)")
+
+    def decide(self, host: str | None, addresses: list[IPAddress]) -> Decision:
+        """`host` is the requested name (None for an address literal); every address must be allowed."""
+        if not addresses:
+            return Decision(False, "no address to connect to")
+        name = normalize_host(host) if host is not None else None
+        first: Decision | None = None
+        for address in addresses:
+            decision = self._decide_one(name, address)
+            if not decision.allowed:
+                shown = f"{address}" if name is None else f"{name} resolves to {address}"
+                return Decision(False, f"{shown}: {decision.reason}")
+            first = first or decision
+        assert first is not None
+        return first
+
+    def may_allow_name(self, host: str) -> bool:
+        """Whether resolving `host` is worth it: False when a name rule or the default denies it outright."""
+        name = normalize_host(host)
+        for rule in self.rules:
+            if rule.network is not None:
+                return True  # an address rule might decide, so resolve and look
+            if rule.matches_name(name):
+                return not rule.deny
+        return self.wildcard is not None
+
+
+def _label_ok(label: str) -> bool:
+    return 0 < len(label) <= 63 and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in label) and not label.startswith("-") and not label.endswith("-")
+
+
+def host_name_problem(name: str) -> str | None:
+    if len(name) > 253:
+        return "name longer than 253 characters"
+    labels = name.split(".")
+    if not all(_label_ok(label) for label in labels):
+        return "not a valid host name, address or CIDR"
+    if labels[-1].isdigit():
+        return "not a valid address (a name cannot end in a number)"
+    return None
+
+
+def _parse_rule(text: str, line_no: int) -> Rule | str:
+    deny = text.startswith("!")
+    body = text[1:].strip() if deny else text
+    if not body:
+        return "nothing after '!'"
+    if "/" in body or ":" in body or body.replace(".", "").isdigit():
+        try:
+            network = ip_network(body.strip("[]"), strict=False) if "/" in body else ip_network(ip_address(body.strip("[]")))
+        except ValueError as error:
+            return f"not a valid address or CIDR ({error})"
+        if "/" in body and ip_network(body, strict=False).network_address != ip_address(body.split("/")[0]):
+            return f"host bits set in CIDR (did you mean {network}?)"
+        return Rule(text, line_no, deny, network=network)
+    name = normalize_host(body)
+    if name.startswith("*."):
+        domain = name[2:]
+        if "*" in domain:
+            return "'*' may only be the first label"
+        problem = host_name_problem(domain)
+        if problem:
+            return problem
+        return Rule(text, line_no, deny, domain=domain)
+    if "*" in name:
+        return "'*' may only stand alone (last line) or as the first label ('*.example.com')"
+    problem = host_name_problem(name)
+    if problem:
+        return problem
+    return Rule(text, line_no, deny, name=name)
+
+
+def parse_acl(value: str | None, variable: str = VARIABLE) -> Acl:
+    if value is None or not value.strip():
+        raise ConfigError.single(variable, "unspecified (give at least one rule, e.g. 'example.com' or '*')")
+    problems: list[Problem] = []
+    rules: list[Rule] = []
+    wildcard: Rule | None = None
+    for line in meaningful_lines(value):
+        if wildcard is not None:
+            problems.append(Problem(variable, f"Wildcard must be last rule, if present (wildcard on line {wildcard.line_no})", line.text, line.number))
+            continue
+        if len(line.fields) != 1:
+            problems.append(Problem(variable, "Bad destination: one rule a line", line.text, line.number))
+            continue
+        text = line.fields[0]
+        if text == "*":
+            wildcard = Rule(text, line.number)
+            continue
+        if text == "!*":
+            problems.append(Problem(variable, "Bad destination: '!*' is the default already (leave it out)", line.text, line.number))
+            continue
+        rule = _parse_rule(text, line.number)
+        if isinstance(rule, str):
+            problems.append(Problem(variable, f"Bad destination: {rule}", line.text, line.number))
+        else:
+            rules.append(rule)
+    if not rules and wildcard is None and not problems:
+        problems.append(Problem(variable, "no rule given (only blank lines and comments)"))
+    if problems:
+        raise ConfigError(problems)
+    return Acl(tuple(rules), wildcard)

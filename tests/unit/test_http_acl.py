@@ -1,0 +1,112 @@
+from ipaddress import ip_address
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from egress_router.config.errors import ConfigError
+from egress_router.config.http_acl import parse_acl
+
+LIST = """
+# partner APIs
+!10.0.0.0/8            # never the cluster's own networks
+*.example.com
+203.0.113.0/24
+2001:db8::/32
+!blocked.example.org
+exact.example.org
+127.0.0.1              # a local sidecar, explicitly
+"""
+
+
+def decide(acl_text: str, host: str | None, *addresses: str):  # type: ignore[no-untyped-def]
+    return parse_acl(acl_text).decide(host, [ip_address(a) for a in addresses])
+
+
+@pytest.mark.parametrize(
+    ("host", "addresses", "allowed", "reason"),
+    [
+        ("api.example.com", ["198.51.100.7"], True, "line 4: *.example.com"),
+        ("API.Example.COM.", ["198.51.100.7"], True, "line 4: *.example.com"),
+        ("example.com", ["198.51.100.7"], False, "default deny"),  # the domain itself is not under itself
+        ("evil.example.com", ["10.1.2.3"], False, "evil.example.com resolves to 10.1.2.3: line 3: !10.0.0.0/8"),
+        ("api.example.com", ["198.51.100.7", "10.0.0.1"], False, "resolves to 10.0.0.1"),  # every address must pass
+        (None, ["203.0.113.9"], True, "line 5: 203.0.113.0/24"),
+        ("anything.test", ["203.0.113.9"], True, "line 5: 203.0.113.0/24"),
+        (None, ["2001:db8::1"], True, "line 6: 2001:db8::/32"),
+        ("blocked.example.org", ["198.51.100.1"], False, "line 7: !blocked.example.org"),
+        ("exact.example.org", ["198.51.100.1"], True, "line 8: exact.example.org"),
+        ("sub.exact.example.org", ["198.51.100.1"], False, "default deny"),
+        (None, ["127.0.0.1"], True, "line 9: 127.0.0.1"),
+        ("api.example.com", ["127.0.0.2"], False, "loopback"),
+        ("api.example.com", ["169.254.169.254"], False, "link-local"),
+        ("api.example.com", ["::ffff:127.0.0.1"], False, "loopback"),
+        (None, ["0.0.0.0"], False, "default deny"),
+    ],
+)
+def test_first_match_wins(host: str | None, addresses: list[str], allowed: bool, reason: str) -> None:
+    decision = decide(LIST, host, *addresses)
+    assert decision.allowed is allowed
+    assert reason in decision.reason
+
+
+def test_wildcard_allows_the_rest_but_not_special_addresses() -> None:
+    text = "!*.internal.example\n*"
+    assert decide(text, "x.org", "198.51.100.1").reason == "line 2: *"
+    assert not decide(text, "a.internal.example", "198.51.100.1").allowed
+    assert not decide(text, "metadata.x.org", "169.254.169.254").allowed
+    assert not decide(text, None, "::1").allowed
+    assert not decide(text, "x.org").allowed  # nothing resolved
+
+
+def test_may_allow_name_skips_useless_lookups() -> None:
+    acl = parse_acl("!bad.org\nexample.com")
+    assert not acl.may_allow_name("bad.org") and not acl.may_allow_name("other.org")
+    assert acl.may_allow_name("example.com")
+    assert parse_acl("10.0.0.0/8").may_allow_name("anything.org")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("*\nexample.com", 'line 2: Wildcard must be last rule, if present (wildcard on line 1): "example.com"'),
+        ("example.com other.com", 'line 1: Bad destination: one rule a line: "example.com other.com"'),
+        ("exa mple", "Bad destination"),
+        ("ex_ample!.com", 'line 1: Bad destination: not a valid host name, address or CIDR: "ex_ample!.com"'),
+        ("10.0.0.0/33", "not a valid address or CIDR"),
+        ("10.0.0.1/8", "host bits set in CIDR (did you mean 10.0.0.0/8?)"),
+        ("300.1.1.1", "not a valid address or CIDR"),
+        ("1.2.3", "not a valid address"),
+        ("*.*.example.com", "'*' may only be the first label"),
+        ("ex*ample.com", "'*' may only stand alone"),
+        ("!", "nothing after '!'"),
+        ("!*", "'!*' is the default already"),
+        ("-bad.example.com", "not a valid host name"),
+    ],
+)
+def test_bad_lists(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_acl(text)
+    assert message in str(caught.value)
+    assert str(caught.value).startswith("EGRESS_HTTP_PROXY_DESTINATION")
+
+
+@pytest.mark.parametrize("text", [None, "", "# nothing\n\n"])
+def test_empty_list(text: str | None) -> None:
+    with pytest.raises(ConfigError, match="EGRESS_HTTP_PROXY_DESTINATION: "):
+        parse_acl(text)
+
+
+@given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from(["*", "!", "*.a.b", "10.0.0.0/8", "::/0", "a.b", "!x.y"])), max_size=8).map("\n".join))
+def test_any_list_parses_or_explains(text: str) -> None:
+    try:
+        acl = parse_acl(text)
+    except ConfigError as error:
+        assert all(str(p).startswith("EGRESS_HTTP_PROXY_DESTINATION") for p in error.problems)
+        return
+    acl.decide("a.b", [ip_address("198.51.100.1")])
+
+
+@given(st.ip_addresses(), st.sampled_from(["x.example.com", None]))
+def test_decide_is_total(address, host) -> None:  # type: ignore[no-untyped-def]
+    assert isinstance(parse_acl(LIST + "\n*").decide(host, [address]).reason, str)
