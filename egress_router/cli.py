@@ -112,3 +112,35 @@ def demo() -> None:
 
     logs.setup(False, "demo")
     sys.exit(demo_module.run())
+
+
+@main.command("http-proxy")
+@env_option("--destination", "EGRESS_HTTP_PROXY_DESTINATION", "Allow/deny list, one rule a line: address, CIDR, name, *.domain, !rule, and * last.")
+@env_option("--destination-file", "EGRESS_HTTP_PROXY_DESTINATION_FILE", "File holding the list instead (a mounted ConfigMap).")
+@env_option("--listen-port", "EGRESS_HTTP_PROXY_LISTEN_PORT", "Port to listen on, IPv4 and IPv6 (default 8080).")
+@env_option("--connect-ports", "EGRESS_HTTP_PROXY_CONNECT_PORTS", "Ports CONNECT tunnels may reach, comma-separated (default 443).")
+@env_option("--max-connections", "EGRESS_HTTP_PROXY_MAX_CONNECTIONS", "Client connections per worker; more get 503 (default 4096).")
+@env_option("--max-header-size", "EGRESS_HTTP_PROXY_MAX_HEADER_SIZE", "Largest request head in bytes; larger gets 431 (default 65536).")
+@env_option("--header-timeout", "EGRESS_HTTP_PROXY_HEADER_TIMEOUT", "Time to send a whole request head; slower gets 408 (default 10s).")
+@env_option("--idle-timeout", "EGRESS_HTTP_PROXY_IDLE_TIMEOUT", "Idle keep-alive connections and silent servers are cut after this (default 60s).")
+@env_option("--tunnel-idle-timeout", "EGRESS_HTTP_PROXY_TUNNEL_IDLE_TIMEOUT", "A CONNECT tunnel with no bytes either way is closed after this (default 1h).")
+@env_option("--connect-timeout", "EGRESS_HTTP_PROXY_CONNECT_TIMEOUT", "Time to connect to a server address before trying the next (default 10s).")
+@env_option("--drain-timeout", "EGRESS_HTTP_PROXY_DRAIN_TIMEOUT", "On SIGTERM, in-flight requests get this long to finish (default 30s).")
+@env_option("--workers", "EGRESS_HTTP_PROXY_WORKERS", "Worker processes sharing the port (default: one per CPU).")
+@env_option("--debug", "EGRESS_ROUTER_DEBUG", "Non-empty: log more.")
+def http_proxy(destination: str | None, destination_file: str | None, debug: str | None, **values: str | None) -> None:
+    """Forward HTTP proxy with an allow/deny list and CONNECT tunnels (unprivileged)."""
+    from egress_router.config.http_settings import load_http_settings
+    from egress_router.http_proxy import service
+
+    logs.setup(bool(debug and debug.strip()), "http-proxy")
+    try:
+        rules = read_list("EGRESS_HTTP_PROXY_DESTINATION", destination, "EGRESS_HTTP_PROXY_DESTINATION_FILE", destination_file)
+        settings = load_http_settings(destination=rules, **values)
+    except ConfigError as error:
+        fail("http-proxy", str(error))
+        return
+    try:
+        sys.exit(service.run(settings))
+    except ApplyError as error:
+        fail("http-proxy", str(error))

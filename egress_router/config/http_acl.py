@@ -94,15 +94,15 @@ class Acl:
         assert first is not None
         return first
 
-    def may_allow_name(self, host: str) -> bool:
-        """Whether resolving `host` is worth it: False when a name rule or the default denies it outright."""
+    def decide_before_lookup(self, host: str) -> Decision | None:
+        """A denial that needs no DNS lookup (a `!name` rule or nothing that could allow it), else None."""
         name = normalize_host(host)
         for rule in self.rules:
             if rule.network is not None:
-                return True  # an address rule might decide, so resolve and look
+                return None  # an address rule might decide: resolve and look
             if rule.matches_name(name):
-                return not rule.deny
-        return self.wildcard is not None
+                return None if not rule.deny else Decision(False, f"{name}: {rule}")
+        return None if self.wildcard is not None else Decision(False, f"{name}: no rule allows it (default deny)")
 
 
 def _label_ok(label: str) -> bool:

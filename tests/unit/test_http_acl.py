@@ -59,11 +59,13 @@ def test_wildcard_allows_the_rest_but_not_special_addresses() -> None:
     assert not decide(text, "x.org").allowed  # nothing resolved
 
 
-def test_may_allow_name_skips_useless_lookups() -> None:
+def test_names_denied_before_any_lookup() -> None:
     acl = parse_acl("!bad.org\nexample.com")
-    assert not acl.may_allow_name("bad.org") and not acl.may_allow_name("other.org")
-    assert acl.may_allow_name("example.com")
-    assert parse_acl("10.0.0.0/8").may_allow_name("anything.org")
+    assert acl.decide_before_lookup("BAD.org.") == acl.decide_before_lookup("bad.org")
+    assert "line 1: !bad.org" in acl.decide_before_lookup("bad.org").reason  # type: ignore[union-attr]
+    assert "default deny" in acl.decide_before_lookup("other.org").reason  # type: ignore[union-attr]
+    assert acl.decide_before_lookup("example.com") is None
+    assert parse_acl("10.0.0.0/8").decide_before_lookup("anything.org") is None
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,1 @@
+"""The HTTP proxy mode: a forward proxy with an allow/deny list and CONNECT tunnels."""

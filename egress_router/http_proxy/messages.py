@@ -1,0 +1,156 @@
+"""Pure HTTP/1.1 pieces of the proxy: request targets, hop-by-hop headers, heads and error replies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from urllib.parse import urlsplit
+
+#: Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the proxy's own.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    421: "Misdirected Request",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request goes: the host as asked for, whether it is an address literal, the port and the origin-form path."""
+
+    host: str
+    address: IPv4Address | IPv6Address | None
+    port: int
+    path: str = ""
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if isinstance(self.address, IPv6Address) else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def host_header(self) -> str:
+        return self.authority if self.port != 80 else (f"[{self.host}]" if isinstance(self.address, IPv6Address) else self.host)
+
+
+def _host(text: str) -> tuple[str, IPv4Address | IPv6Address | None] | None:
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            return text[1:-1], IPv6Address(text[1:-1])
+        except ValueError:
+            return None
+    if not text or any(ch in text for ch in "[]@/\\ %") or not text.isascii():
+        return None
+    try:
+        return text, IPv4Address(text)
+    except ValueError:
+        pass
+    if text.replace(".", "").isdigit():
+        return None  # 1.2.3 or 012.1.1.1: ambiguous as an address, not a name either
+    return text.lower().rstrip("."), None
+
+
+def parse_absolute_target(raw: str) -> Target | str:
+    """An absolute-form http:// request target, or why it is not one we can forward."""
+    if raw.startswith("/"):
+        return "this is a proxy: send the absolute URL (http://host/path) in the request line"
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError:
+        return "malformed URL in the request line"
+    if parts.scheme.lower() != "http":
+        return f"only http:// URLs are proxied as requests (got '{parts.scheme}:'); use CONNECT for https"
+    if parts.username is not None or parts.password is not None:
+        return "user information in the URL is not forwarded"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    hostport = netloc.rsplit(":", 1)[0] if (":" in netloc and not netloc.endswith("]")) else netloc
+    host = _host(hostport)
+    if host is None or port == 0:
+        return "bad host or port in the request line"
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(host[0], host[1], port or 80, path)
+
+
+def parse_connect_target(raw: str) -> Target | str:
+    """CONNECT takes exactly host:port (RFC 9110 9.3.6), nothing else."""
+    hostport, colon, port_text = raw.rpartition(":")
+    if not colon or not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) <= 65535 or len(port_text) > 5:
+        return "CONNECT needs host:port"
+    host = _host(hostport)
+    if host is None or (":" in hostport and not hostport.startswith("[")):
+        return "CONNECT needs host:port"
+    return Target(host[0], host[1], int(port_text))
+
+
+def literal_address(host: str) -> IPv4Address | IPv6Address | None:
+    try:
+        return ip_address(host)
+    except ValueError:
+        return None
+
+
+def forwarded_headers(raw_headers: Iterable[tuple[bytes, bytes]], host_header: str | None) -> list[tuple[bytes, bytes]]:
+    """End-to-end headers only; headers listed in Connection go too; Host replaced when given."""
+    headers = list(raw_headers)
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.decode("latin-1").split(",")
+    }
+    kept = [
+        (name, value)
+        for name, value in headers
+        if (lowered := name.decode("latin-1").lower()) not in HOP_BY_HOP and lowered not in named and (host_header is None or lowered != "host")
+    ]
+    if host_header is not None:
+        kept.insert(0, (b"Host", host_header.encode("ascii")))
+    return kept
+
+
+def head(first_line: str, headers: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[str, str]] = ()) -> bytes:
+    """A message head: first line, headers, extra headers, blank line."""
+    parts = [first_line.encode("latin-1"), b"\r\n"]
+    for name, value in headers:
+        parts += [name, b": ", value, b"\r\n"]
+    for name_text, value_text in extra:
+        parts += [name_text.encode("latin-1"), b": ", value_text.encode("latin-1"), b"\r\n"]
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def error_response(status: int, reason: str, *, close: bool = True) -> bytes:
+    """A short text reply that says why, in one line."""
+    body = f"egress-router: {REASONS.get(status, 'Error').lower()}: {reason}\n".encode("utf-8", "replace")
+    lines = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+    ]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

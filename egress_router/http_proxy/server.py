@@ -1,0 +1,419 @@
+"""Client connections: aiohttp's C request parser in a plain asyncio protocol, one request at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+import time
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any
+
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_parser import HttpRequestParser
+
+from egress_router.config.http_acl import Decision
+from egress_router.config.http_settings import HttpProxySettings
+from egress_router.http_proxy import messages as m
+from egress_router.http_proxy.access_log import AccessLog
+from egress_router.http_proxy.upstream import Upstream, UpstreamError, UpstreamPool
+from egress_router.relay import Tunnel
+
+log = logging.getLogger(__name__)
+IPAddress = IPv4Address | IPv6Address
+ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+class Proxy:
+    """State shared by a worker's connections: settings, pool, resolver, live connections."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, settings: HttpProxySettings, access_log: AccessLog) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.access_log = access_log
+        self.pool = UpstreamPool(loop, settings.connect_timeout, settings.max_header_size)
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+
+    async def authorize(self, target: m.Target) -> tuple[list[IPAddress], Decision]:
+        """Resolve once, decide on exactly those addresses; the caller connects to nothing else."""
+        acl = self.settings.acl
+        if target.address is not None:
+            return [target.address], acl.decide(None, [target.address])
+        early = acl.decide_before_lookup(target.host)
+        if early is not None:
+            return [], early
+        try:
+            infos = await self.loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as error:
+            raise UpstreamError(502, f"cannot resolve {target.host}: {error.strerror}") from error
+        addresses: list[IPAddress] = []
+        for info in infos:
+            address = ip_address(info[4][0].split("%", 1)[0])
+            if address not in addresses:
+                addresses.append(address)
+        return addresses, acl.decide(target.host, addresses)
+
+    def protocol(self) -> ClientConnection:
+        return ClientConnection(self)
+
+
+class ClientConnection(BaseProtocol):
+    """One client connection: requests are parsed as bytes arrive and handled strictly in order."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        super().__init__(proxy.loop)
+        self.proxy = proxy
+        self.settings = proxy.settings
+        self._parser = HttpRequestParser(
+            self,
+            proxy.loop,
+            2**16,
+            max_line_size=self.settings.max_header_size // 2,
+            max_field_size=self.settings.max_header_size // 2,
+            max_headers=256,
+            auto_decompress=False,
+        )
+        self.queue: collections.deque[tuple[Any, Any]] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.head_bytes = 0
+        self.busy = False
+        self.tunnel: Tunnel | None = None
+        self.tunnel_pending: list[bytes] = []
+        self.peer = "-"
+        self.closing = False
+
+    # protocol ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            host = peer[0].removeprefix("::ffff:")
+            self.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+        if len(self.proxy.connections) >= self.settings.max_connections:
+            self.refuse(503, f"too many connections (EGRESS_HTTP_PROXY_MAX_CONNECTIONS={self.settings.max_connections})")
+            return
+        self.proxy.connections.add(self)
+        self.arm(self.settings.header_timeout, self.on_head_timeout)
+        self.task = self.proxy.loop.create_task(self.serve())
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.forward(0, data)
+            return
+        if self._upgraded:  # CONNECT parsed; bytes for the tunnel wait until it is up
+            if data:
+                self.tunnel_pending.append(data)
+            return
+        if not self.busy and not self.queue and data:
+            if self.head_bytes == 0:
+                self.arm(self.settings.header_timeout, self.on_head_timeout)
+            self.head_bytes += len(data)
+        try:
+            messages, upgraded, tail = self._parser.feed_data(data)
+        except LineTooLong as error:
+            self.refuse(431, f"a header line is longer than {self.settings.max_header_size // 2} bytes ({first_line(error)})")
+            return
+        except HttpProcessingError as error:
+            if "Too many headers" in str(error):
+                self.refuse(431, "too many header fields")
+            else:
+                self.refuse(400, first_line(error))
+            return
+        if messages:
+            self.head_bytes = 0
+            self.disarm()
+            self.queue.extend(messages)
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+        elif not self.busy and self.head_bytes > self.settings.max_header_size:
+            self.refuse(431, f"request head larger than {self.settings.max_header_size} bytes")
+            return
+        if upgraded:
+            self._upgraded = True
+            if tail:
+                self.tunnel_pending.append(tail)
+
+    def eof_received(self) -> bool:
+        if self.tunnel is not None:
+            self.tunnel.end_of_data(0)
+            return True
+        try:
+            self._parser.feed_eof()
+        except Exception:  # noqa: BLE001 - a truncated body; the request task sees it
+            pass
+        if not self.busy and not self.queue:
+            self.close()
+        return True  # half-closed clients still get their response
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.tunnel is not None:
+            self.tunnel.peer_full(0)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.tunnel is not None:
+            self.tunnel.peer_drained(0)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.disarm()
+        self.proxy.connections.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.lost(0, exc)
+        elif self.task is not None and not self.task.done():
+            self.task.cancel()
+        try:
+            self._parser.feed_eof()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # timers and closing -----------------------------------------------------------------------
+
+    def arm(self, delay: float, callback: Any) -> None:
+        self.disarm()
+        self.timer = self.proxy.loop.call_later(delay, callback)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def on_head_timeout(self) -> None:
+        if self.head_bytes:
+            self.refuse(408, f"request head not complete within {self.settings.header_timeout:g} s")
+        else:
+            self.close()
+
+    def refuse(self, status: int, reason: str, method: str = "-", target: str = "-") -> None:
+        """Answer an error the connection cannot recover from, log it, close."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(m.error_response(status, reason))
+        self.proxy.access_log.write(self.peer, method, target, status, 0, 0, 0.0, reason)
+        self.close()
+
+    def close(self) -> None:
+        self.closing = True
+        self.disarm()
+        if self.transport is not None:
+            self.transport.close()
+
+    def drain_now(self) -> None:
+        """SIGTERM: idle connections go now, busy ones after the current response."""
+        self.closing = True
+        if not self.busy and not self.queue and self.head_bytes == 0 and self.tunnel is None:
+            self.close()
+
+    async def write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("client went away")
+        self.transport.write(data)
+        if self._paused:
+            await self._drain_helper()
+
+    # requests ---------------------------------------------------------------------------------
+
+    async def next_request(self) -> tuple[Any, Any] | None:
+        while not self.queue:
+            if self.transport is None or self.transport.is_closing():
+                return None
+            self.waiter = self.proxy.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.queue.popleft()
+
+    async def serve(self) -> None:
+        try:
+            while not self.closing:
+                request = await self.next_request()
+                if request is None:
+                    return
+                self.busy = True
+                keep = await self.handle(*request)
+                self.busy = False
+                if not keep or self.closing:
+                    break
+                if not self.queue:
+                    self.arm(self.settings.idle_timeout, self.close)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:  # noqa: BLE001 - one broken exchange must not take the worker down
+            log.exception("unexpected error on a connection from %s", self.peer)
+        finally:
+            if self.tunnel is None:
+                self.close()
+
+    async def handle(self, message: Any, payload: Any) -> bool:
+        started = time.monotonic()
+        if message.method == "CONNECT":
+            return await self.connect(message, started)
+        target = m.parse_absolute_target(message.path)
+        if isinstance(target, str):
+            self.refuse(400, target, message.method, message.path)
+            return False
+        te = message.headers.get("Transfer-Encoding")
+        if te is not None and te.strip().lower() != "chunked":
+            self.refuse(501, f"Transfer-Encoding '{te}' is not supported (only chunked)", message.method, message.path)
+            return False
+        try:
+            addresses, decision = await self.proxy.authorize(target)
+        except UpstreamError as error:
+            await self.reply_error(error.status, error.reason, message, started, close=True)
+            return False
+        if not decision.allowed:
+            has_body = message.chunked or int(message.headers.get("Content-Length", "0") or 0) > 0
+            await self.reply_error(403, decision.reason, message, started, close=has_body or message.should_close)
+            return not (has_body or message.should_close)
+        return await self.exchange(message, payload, target, addresses, decision, started)
+
+    async def reply_error(self, status: int, reason: str, message: Any, started: float, *, close: bool) -> None:
+        await self.write(m.error_response(status, reason, close=close))
+        self.proxy.access_log.write(self.peer, message.method, message.path, status, 0, 0, time.monotonic() - started, reason)
+
+    async def exchange(self, message: Any, payload: Any, target: m.Target, addresses: list[IPAddress], decision: Decision, started: float) -> bool:
+        try:
+            upstream = await self.proxy.pool.acquire(addresses, target.port)
+        except UpstreamError as error:
+            await self.reply_error(error.status, error.reason, message, started, close=True)
+            return False
+        has_body = message.chunked or int(message.headers.get("Content-Length", "0") or 0) > 0
+        framing = [("Transfer-Encoding", "chunked")] if message.chunked else []
+        request_head = m.head(f"{message.method} {target.path} HTTP/1.1", m.forwarded_headers(message.raw_headers, target.host_header), framing)
+        upstream.start(message.method)
+        upstream.write(request_head)
+        body_task = self.proxy.loop.create_task(self.send_body(payload, upstream, message.chunked)) if has_body else None
+        sent_out = 0
+        client_keep = not message.should_close and not self.closing
+        try:
+            while True:
+                response, body = await upstream.next_response(self.settings.idle_timeout)
+                if 100 <= response.code < 200 and response.code != 101:
+                    if message.version >= (1, 1):
+                        await self.write(m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None)))
+                    continue
+                break
+        except UpstreamError as error:
+            if body_task is not None:
+                body_task.cancel()
+            upstream.abort()
+            await self.reply_error(error.status, error.reason, message, started, close=True)
+            return False
+        no_body = message.method == "HEAD" or response.code in (204, 304)
+        extra: list[tuple[str, str]] = []
+        chunked_out = False
+        if not no_body:
+            if response.chunked:
+                extra.append(("Transfer-Encoding", "chunked"))
+                chunked_out = True
+            elif "Content-Length" not in response.headers:
+                if message.version >= (1, 1):
+                    extra.append(("Transfer-Encoding", "chunked"))
+                    chunked_out = True
+                else:
+                    client_keep = False
+        body_done = body_task is None
+        if body_task is not None and not body_task.done():
+            client_keep = False  # the client's body was not read to its end: its framing is lost
+        if not client_keep:
+            extra.append(("Connection", "close"))
+        await self.write(m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None), extra))
+        complete = no_body
+        try:
+            if not no_body:
+                async for data in body.iter_any():
+                    sent_out += len(data)
+                    await self.write(m.chunk(data) if chunked_out else data)
+                if chunked_out:
+                    await self.write(m.LAST_CHUNK)
+                complete = True
+        except (ConnectionError, asyncio.CancelledError):
+            upstream.abort()
+            raise
+        except Exception as error:  # noqa: BLE001 - the server broke off mid-body: nothing to tell the client but a reset
+            upstream.abort()
+            self.proxy.access_log.write(self.peer, message.method, message.path, response.code, self.received(body_task), sent_out, time.monotonic() - started, f"{decision.reason}; server broke off: {error}")
+            if self.transport is not None:
+                self.transport.abort()
+            return False
+        if body_task is not None:
+            if body_task.done():
+                body_done = body_task.exception() is None
+            else:
+                body_task.cancel()
+        reusable = complete and body_done and not response.should_close and not upstream.lost
+        if reusable:
+            self.proxy.pool.release(upstream)
+        else:
+            upstream.close()
+        self.proxy.access_log.write(self.peer, message.method, message.path, response.code, self.received(body_task), sent_out, time.monotonic() - started, decision.reason)
+        return client_keep
+
+    @staticmethod
+    def received(task: asyncio.Task[int] | None) -> int:
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return 0
+        return task.result()
+
+    async def send_body(self, payload: Any, upstream: Upstream, chunked: bool) -> int:
+        total = 0
+        async for data in payload.iter_any():
+            total += len(data)
+            upstream.write(m.chunk(data) if chunked else data)
+            if upstream.writing_paused:
+                await upstream._drain_helper()
+        if chunked:
+            upstream.write(m.LAST_CHUNK)
+        return total
+
+    # CONNECT -----------------------------------------------------------------------------------
+
+    async def connect(self, message: Any, started: float) -> bool:
+        target = m.parse_connect_target(message.path)
+        if isinstance(target, str):
+            self.refuse(400, target, "CONNECT", message.path)
+            return False
+        if target.port not in self.settings.connect_ports:
+            allowed = ",".join(str(p) for p in sorted(self.settings.connect_ports))
+            self.refuse(403, f"CONNECT to port {target.port} is not allowed (EGRESS_HTTP_PROXY_CONNECT_PORTS={allowed})", "CONNECT", message.path)
+            return False
+        try:
+            addresses, decision = await self.proxy.authorize(target)
+        except UpstreamError as error:
+            self.refuse(error.status, error.reason, "CONNECT", message.path)
+            return False
+        if not decision.allowed:
+            self.refuse(403, decision.reason, "CONNECT", message.path)
+            return False
+        try:
+            upstream = await self.proxy.pool.acquire(addresses, target.port, pooled=False)
+        except UpstreamError as error:
+            self.refuse(error.status, error.reason, "CONNECT", message.path)
+            return False
+        if self.transport is None or self.transport.is_closing() or upstream.transport is None:
+            upstream.close()
+            return False
+        self.disarm()
+        self.transport.write(ESTABLISHED)
+        tunnel = Tunnel(self.proxy.loop, (self.transport, upstream.transport), self.settings.tunnel_idle_timeout)
+        self.tunnel = upstream.tunnel = tunnel
+        for data in self.tunnel_pending:
+            tunnel.forward(0, data)
+        self.tunnel_pending.clear()
+        why = await tunnel.closed
+        self.proxy.access_log.write(self.peer, "CONNECT", message.path, 200, tunnel.sent[0], tunnel.sent[1], time.monotonic() - started, f"{decision.reason}; {why}")
+        return False
+
+
+def first_line(error: Exception) -> str:
+    text = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("400, message:",))]
+    return lines[0].rstrip(":") if lines else type(error).__name__

@@ -1,0 +1,56 @@
+"""`egress-router http-proxy`: listen, serve, and drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from egress_router.config.http_settings import HttpProxySettings
+from egress_router.http_proxy.access_log import AccessLog
+from egress_router.http_proxy.server import Proxy
+from egress_router.listener import listen
+from egress_router.workers import run_loop, run_workers
+
+log = logging.getLogger(__name__)
+
+
+async def serve_until_stopped(settings: HttpProxySettings, sock: socket.socket, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    proxy = Proxy(loop, settings, AccessLog())
+    server = await loop.create_server(proxy.protocol, sock=sock, backlog=1024)
+    await stop.wait()
+    server.close()
+    in_flight = len(proxy.connections)
+    log.info("stopping: no new connections; draining %d for up to %g s", in_flight, settings.drain_timeout)
+    for connection in list(proxy.connections):
+        connection.drain_now()
+    deadline = loop.time() + settings.drain_timeout
+    while proxy.connections and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    for connection in list(proxy.connections):
+        if connection.transport is not None:
+            connection.transport.abort()
+    proxy.pool.close()
+    log.info("stopped (%d connection(s) cut at the drain deadline)", len(proxy.connections))
+
+
+def run(settings: HttpProxySettings) -> int:
+    reuse = settings.workers > 1
+    first = listen(settings.listen_port, reuse_port=reuse)  # fails here, clearly, if the port cannot be had
+    log.info(
+        "listening on port %d (IPv4 and IPv6), %d worker(s), CONNECT to port(s) %s",
+        settings.listen_port,
+        settings.workers,
+        ",".join(str(p) for p in sorted(settings.connect_ports)),
+    )
+    sockets = [first]
+
+    def worker() -> None:
+        sock = sockets.pop() if sockets else listen(settings.listen_port, reuse_port=True)
+        run_loop(lambda stop: serve_until_stopped(settings, sock, stop))
+
+    if reuse:
+        first.close()  # each worker opens its own socket in the SO_REUSEPORT group
+        sockets.clear()
+    return run_workers(settings.workers, worker, settings.drain_timeout)

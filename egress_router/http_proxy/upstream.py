@@ -1,0 +1,222 @@
+"""Connections from the proxy to origin servers: aiohttp's C response parser, a keep-alive pool."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
+
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_parser import HttpResponseParser
+
+from egress_router.relay import Tunnel
+
+IPAddress = IPv4Address | IPv6Address
+EOF_MARK = None
+#: How long an idle upstream connection is kept for reuse; origin servers commonly close at 60 s or more.
+POOL_IDLE = 15.0
+POOL_PER_HOST = 64
+
+
+class UpstreamError(Exception):
+    """Could not reach the origin: the proxy answers `status` with `reason`."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Upstream(BaseProtocol):
+    """One connection to an origin server, used for one request at a time or as one end of a tunnel."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: UpstreamPool, key: tuple[str, int], max_field_size: int) -> None:
+        super().__init__(loop)
+        self.pool = pool
+        self.key = key
+        self.max_field_size = max_field_size
+        self.responses: collections.deque[Any] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.tunnel: Tunnel | None = None
+        self.lost = False
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.reused = False
+
+    # requests ----------------------------------------------------------------------------------
+
+    def start(self, method: str) -> None:
+        """A new parser per exchange: whether a body may follow depends on the request method."""
+        self._parser = HttpResponseParser(
+            self,
+            self._loop,
+            2**16,
+            max_line_size=self.max_field_size,
+            max_field_size=self.max_field_size,
+            response_with_body=method != "HEAD",
+            read_until_eof=True,
+            auto_decompress=False,
+        )
+        self.responses.clear()
+
+    async def next_response(self, timeout: float) -> Any:
+        """(message, payload), or raises UpstreamError when the server closed or said nothing in time."""
+        while not self.responses:
+            if self.lost:
+                raise UpstreamError(502, "the server closed the connection without a response")
+            self.waiter = self._loop.create_future()
+            try:
+                await asyncio.wait_for(self.waiter, timeout)
+            except TimeoutError:
+                raise UpstreamError(504, f"no response from the server within {timeout:g} s") from None
+            finally:
+                self.waiter = None
+        item = self.responses.popleft()
+        if isinstance(item, Exception):
+            raise UpstreamError(502, f"bad response from the server: {str(item).splitlines()[0] if str(item) else type(item).__name__}")
+        return item
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    # protocol ----------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.forward(1, data)
+            return
+        if self._parser is None:
+            if data:  # an idle connection has nothing to say: drop it
+                self.close()
+            return
+        try:
+            messages, _upgraded, _tail = self._parser.feed_data(data)
+        except Exception as error:  # noqa: BLE001 - any parse failure means a broken server
+            self.responses.append(error)
+            self._wake()
+            self.close()
+            return
+        if messages:
+            self.responses.extend(messages)
+            self._wake()
+
+    def eof_received(self) -> bool:
+        if self.tunnel is not None:
+            self.tunnel.end_of_data(1)
+            return True
+        return False
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.tunnel is not None:
+            self.tunnel.peer_full(1)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.tunnel is not None:
+            self.tunnel.peer_drained(1)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        if self.tunnel is not None:
+            self.tunnel.lost(1, exc)
+        parser = self._parser
+        if parser is not None:
+            try:
+                parser.feed_eof()  # ends a read-until-close body, or fails a truncated one
+            except Exception as error:  # noqa: BLE001
+                self.responses.append(error)
+            self._parser = None
+        super().connection_lost(exc)
+        self.pool.forget(self)
+        self._wake()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per (address, port), reused newest first."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float, max_field_size: int) -> None:
+        self.loop = loop
+        self.connect_timeout = connect_timeout
+        self.max_field_size = max_field_size
+        self.idle: dict[tuple[str, int], list[Upstream]] = {}
+
+    def _reuse(self, addresses: list[IPAddress], port: int) -> Upstream | None:
+        for address in addresses:
+            idle = self.idle.get((str(address), port))
+            while idle:
+                upstream = idle.pop()
+                if upstream.idle_handle is not None:
+                    upstream.idle_handle.cancel()
+                    upstream.idle_handle = None
+                if not upstream.lost and upstream.transport is not None and not upstream.transport.is_closing():
+                    upstream.reused = True
+                    return upstream
+        return None
+
+    async def acquire(self, addresses: list[IPAddress], port: int, *, pooled: bool = True) -> Upstream:
+        """A connection to the first address that answers; each address was already allowed by the ACL."""
+        if pooled:
+            reused = self._reuse(addresses, port)
+            if reused is not None:
+                return reused
+        failures = []
+        for address in addresses:
+            key = (str(address), port)
+            try:
+                _transport, upstream = await asyncio.wait_for(
+                    self.loop.create_connection(lambda k=key: Upstream(self.loop, self, k, self.max_field_size), key[0], port),
+                    self.connect_timeout,
+                )
+                return upstream
+            except TimeoutError:
+                failures.append((504, f"{address} port {port}: no answer within {self.connect_timeout:g} s"))
+            except OSError as error:
+                reason = {errno.ECONNREFUSED: "connection refused", errno.ENETUNREACH: "network unreachable", errno.EHOSTUNREACH: "host unreachable"}.get(
+                    error.errno or 0, error.strerror or str(error)
+                )
+                failures.append((502, f"{address} port {port}: {reason}"))
+        status = 504 if all(code == 504 for code, _ in failures) else 502
+        raise UpstreamError(status, "; ".join(reason for _, reason in failures) or "no address to connect to")
+
+    def release(self, upstream: Upstream) -> None:
+        """Back to the pool after a complete exchange; closed after POOL_IDLE seconds unused."""
+        upstream._parser = None
+        upstream.reused = False
+        idle = self.idle.setdefault(upstream.key, [])
+        if upstream.lost or len(idle) >= POOL_PER_HOST:
+            upstream.close()
+            return
+        idle.append(upstream)
+        upstream.idle_handle = self.loop.call_later(POOL_IDLE, upstream.close)
+
+    def forget(self, upstream: Upstream) -> None:
+        idle = self.idle.get(upstream.key)
+        if idle and upstream in idle:
+            idle.remove(upstream)
+        if upstream.idle_handle is not None:
+            upstream.idle_handle.cancel()
+            upstream.idle_handle = None
+
+    def close(self) -> None:
+        for idle in self.idle.values():
+            for upstream in list(idle):
+                upstream.close()
+        self.idle.clear()

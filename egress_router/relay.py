@@ -1,0 +1,68 @@
+"""Byte pumping between two connected transports: CONNECT tunnels now, the DNS proxy's TCP relay later.
+
+Both sides' protocols hand their events to one Tunnel, which writes each side's bytes to the other,
+pauses reading a side whose peer cannot keep up, passes half-closes on, and ends on idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class Tunnel:
+    """Side 0 and side 1; `sent[i]` counts bytes that arrived on side i and were written to the other."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sides: tuple[asyncio.Transport, asyncio.Transport], idle_timeout: float) -> None:
+        self.loop = loop
+        self.sides = sides
+        self.sent = [0, 0]
+        self.eof = [False, False]
+        self.idle_timeout = idle_timeout
+        self.last_activity = loop.time()
+        self.closed: asyncio.Future[str] = loop.create_future()
+        self._timer = loop.call_later(idle_timeout, self._check_idle)
+
+    def forward(self, side: int, data: bytes) -> None:
+        self.sent[side] += len(data)
+        self.last_activity = self.loop.time()
+        peer = self.sides[1 - side]
+        if not peer.is_closing():
+            peer.write(data)
+
+    def end_of_data(self, side: int) -> None:
+        """A half-close: tell the peer no more bytes come; close when both directions are done."""
+        self.eof[side] = True
+        peer = self.sides[1 - side]
+        if all(self.eof):
+            self.close("both sides closed")
+        elif not peer.is_closing() and peer.can_write_eof():
+            peer.write_eof()
+
+    def peer_full(self, side: int) -> None:
+        """Side `side` cannot take more bytes for now: stop reading the other side."""
+        other = self.sides[1 - side]
+        if not other.is_closing():
+            other.pause_reading()
+
+    def peer_drained(self, side: int) -> None:
+        other = self.sides[1 - side]
+        if not other.is_closing():
+            other.resume_reading()
+
+    def lost(self, side: int, exc: BaseException | None) -> None:
+        self.close("reset" if exc else ("client closed" if side == 0 else "server closed"))
+
+    def _check_idle(self) -> None:
+        idle = self.loop.time() - self.last_activity
+        if idle >= self.idle_timeout:
+            self.close("idle timeout")
+        else:
+            self._timer = self.loop.call_later(self.idle_timeout - idle, self._check_idle)
+
+    def close(self, why: str) -> None:
+        if self.closed.done():
+            return
+        self._timer.cancel()
+        for transport in self.sides:
+            transport.close()  # flushes what is buffered, then closes
+        self.closed.set_result(why)
