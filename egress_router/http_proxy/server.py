@@ -126,6 +126,9 @@ class ClientConnection(BaseProtocol):
                 self.refuse(400, first_line(error))
             return
         if messages:
+            if any(head_size(message) > self.settings.max_header_size for message, _ in messages):
+                self.refuse(431, f"request head larger than {self.settings.max_header_size} bytes")
+                return
             self.head_bytes = 0
             self.disarm()
             self.queue.extend(messages)
@@ -410,6 +413,11 @@ class ClientConnection(BaseProtocol):
         why = await tunnel.closed
         self.proxy.access_log.write(self.peer, "CONNECT", message.path, 200, tunnel.sent[0], tunnel.sent[1], time.monotonic() - started, f"{decision.reason}; {why}")
         return False
+
+
+def head_size(message: Any) -> int:
+    """Bytes in a parsed request head, as the client sent them (give or take line-end whitespace)."""
+    return len(message.method) + len(message.path) + 12 + sum(len(name) + len(value) + 4 for name, value in message.raw_headers) + 2
 
 
 def first_line(error: Exception) -> str:

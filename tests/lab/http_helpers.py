@@ -1,0 +1,71 @@
+"""Starting the HTTP proxy and talking raw HTTP to it from inside lab namespaces."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+from egress_router.lab import Lab
+from egress_router.lab.netns import socket_in
+
+
+def start_proxy(lab: Lab, role: str, *, user: int | None = None, **env: str) -> None:
+    """`egress-router http-proxy` in a namespace (as `user`, with no capabilities, when given)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
+    environment.update(env)
+    argv = [sys.executable, "-m", "egress_router", "http-proxy"]
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", *argv]
+    lab.start_in(role, argv, env=environment)
+    wait_for_port(lab, role, "127.0.0.1", int(env.get("EGRESS_HTTP_PROXY_LISTEN_PORT", "8080")))
+
+
+def wait_for_port(lab: Lab, role: str, host: str, port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket_in(lab.ns(role)) as sock:
+            sock.settimeout(0.5)
+            try:
+                sock.connect((host, port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+        time.sleep(0.05)
+
+
+def open_connection(lab: Lab, role: str, host: str, port: int, timeout: float = 5) -> socket.socket:
+    sock = socket_in(lab.ns(role))
+    sock.settimeout(timeout)
+    sock.connect((host, port))
+    return sock
+
+
+def read_all(sock: socket.socket, timeout: float = 5) -> bytes:
+    """Everything until the peer closes (or `timeout` passes without a byte)."""
+    sock.settimeout(timeout)
+    chunks = []
+    try:
+        while data := sock.recv(65536):
+            chunks.append(data)
+    except TimeoutError:
+        pass
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def read_head(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(1)
+        if not more:
+            break
+        data += more
+    return data
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
