@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,10 +86,28 @@ class Seen:
 
 
 @dataclass
+class Process:
+    """A process started in the lab, with its output in files (never a pipe nobody reads)."""
+
+    popen: subprocess.Popen[bytes]
+    out_path: str
+    err_path: str
+
+    def stdout(self) -> str:
+        with open(self.out_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stderr(self) -> str:
+        with open(self.err_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+
+@dataclass
 class Lab:
     prefix: str = field(default_factory=lambda: "er" + secrets.token_hex(3))
     namespaces: list[str] = field(default_factory=list)
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: list[Process] = field(default_factory=list)
+    logdir: str | None = None
 
     # naming and running -------------------------------------------------------------------------
 
@@ -104,19 +123,24 @@ class Lab:
     def run_in(self, role: str, argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.exec_argv(role, argv), env=env, capture_output=True, text=True, timeout=timeout)
 
-    def start_in(self, role: str, argv: list[str], *, ready_line: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start a process in a namespace (own process group, stopped by close())."""
-        proc = subprocess.Popen(self.exec_argv(role, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    def start_in(self, role: str, argv: list[str], *, ready_line: str | None = None, env: dict[str, str] | None = None) -> Process:
+        """Start a process in a namespace (own process group, stopped by close()); its output goes to files."""
+        if self.logdir is None:
+            self.logdir = tempfile.mkdtemp(prefix=f"{self.prefix}-logs-")
+        base = os.path.join(self.logdir, f"{role}-{len(self.processes)}")
+        with open(base + ".out", "wb") as out, open(base + ".err", "wb") as err:
+            popen = subprocess.Popen(self.exec_argv(role, argv), stdout=out, stderr=err, env=env, start_new_session=True)
+        proc = Process(popen, base + ".out", base + ".err")
         self.processes.append(proc)
         if ready_line is not None:
-            assert proc.stdout is not None
-            line = proc.stdout.readline().decode().strip()
-            if line != ready_line:
-                err = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else ""
-                raise LabError(f"{' '.join(argv)} did not start: {line or err}")
+            deadline = time.monotonic() + 15
+            while ready_line not in proc.stdout():
+                if popen.poll() is not None or time.monotonic() > deadline:
+                    raise LabError(f"{' '.join(argv)} did not start: {proc.stderr().strip()[-500:]}")
+                time.sleep(0.02)
         return proc
 
-    def python_in(self, role: str, module: str, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    def python_in(self, role: str, module: str, *args: str, **kwargs: Any) -> Process:
         return self.start_in(role, [sys.executable, "-m", module, *args], **kwargs)
 
     def sysctl(self, role: str, key: str, value: str) -> None:
@@ -195,6 +219,13 @@ class Lab:
             if macvlan:
                 self.add_macvlan("router")
 
+    def write_etc(self, role: str, name: str, text: str) -> None:
+        """A file that `ip netns exec` shows as /etc/<name> inside the namespace (hosts, resolv.conf)."""
+        folder = f"/etc/netns/{self.ns(role)}"
+        os.makedirs(folder, exist_ok=True)
+        with open(f"{folder}/{name}", "w", encoding="utf-8") as f:
+            f.write(text)
+
     def remove_namespace(self, role: str) -> None:
         name = self.ns(role)
         self.kill_namespace_processes(name)
@@ -254,21 +285,18 @@ class Lab:
 
     def stop_processes(self) -> None:
         for proc in self.processes:
-            if proc.poll() is None:
+            if proc.popen.poll() is None:
                 try:
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 3
         for proc in self.processes:
             try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
+                proc.popen.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            for stream in (proc.stdout, proc.stderr):
-                if stream:
-                    stream.close()
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait()
         self.processes.clear()
 
     def kill_namespace_processes(self, name: str) -> None:
@@ -282,6 +310,9 @@ class Lab:
 
     def close(self) -> None:
         self.stop_processes()
+        if self.logdir is not None:
+            shutil.rmtree(self.logdir, ignore_errors=True)
+            self.logdir = None
         for name in list(reversed(self.namespaces)):
             self.remove_namespace(name.removeprefix(self.prefix + "-"))
 

@@ -8,18 +8,20 @@ import sys
 import time
 
 from egress_router.lab import Lab
+from egress_router.lab.topology import Process
 from egress_router.lab.netns import socket_in
 
 
-def start_proxy(lab: Lab, role: str, *, user: int | None = None, **env: str) -> None:
+def start_proxy(lab: Lab, role: str, *, user: int | None = None, **env: str) -> Process:
     """`egress-router http-proxy` in a namespace (as `user`, with no capabilities, when given)."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
     environment.update(env)
     argv = [sys.executable, "-m", "egress_router", "http-proxy"]
     if user is not None:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", *argv]
-    lab.start_in(role, argv, env=environment)
+    proc = lab.start_in(role, argv, env=environment)
     wait_for_port(lab, role, "127.0.0.1", int(env.get("EGRESS_HTTP_PROXY_LISTEN_PORT", "8080")))
+    return proc
 
 
 def wait_for_port(lab: Lab, role: str, host: str, port: int, timeout: float = 10) -> None:
