@@ -141,6 +141,6 @@ def http_proxy(destination: str | None, destination_file: str | None, debug: str
         fail("http-proxy", str(error))
         return
     try:
-        sys.exit(service.run(settings))
+        sys.exit(service.run(settings, destination_file.strip() if destination_file else None))
     except ApplyError as error:
         fail("http-proxy", str(error))

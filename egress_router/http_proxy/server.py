@@ -325,6 +325,7 @@ class ClientConnection(BaseProtocol):
         body_done = body_task is None
         if body_task is not None and not body_task.done():
             client_keep = False  # the client's body was not read to its end: its framing is lost
+        client_keep = client_keep and not self.closing  # SIGTERM may have come while the server worked
         if not client_keep:
             extra.append(("Connection", "close"))
         await self.write(m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None), extra))

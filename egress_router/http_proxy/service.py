@@ -5,21 +5,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from dataclasses import replace
 
+from egress_router.config.http_acl import Acl, parse_acl
 from egress_router.config.http_settings import HttpProxySettings
 from egress_router.http_proxy.access_log import AccessLog
 from egress_router.http_proxy.server import Proxy
 from egress_router.listener import listen
+from egress_router.watch import FileWatcher
 from egress_router.workers import run_loop, run_workers
 
 log = logging.getLogger(__name__)
 
 
-async def serve_until_stopped(settings: HttpProxySettings, sock: socket.socket, stop: asyncio.Event) -> None:
+async def serve_until_stopped(settings: HttpProxySettings, sock: socket.socket, stop: asyncio.Event, acl_file: str | None) -> None:
     loop = asyncio.get_running_loop()
     proxy = Proxy(loop, settings, AccessLog())
     server = await loop.create_server(proxy.protocol, sock=sock, backlog=1024)
+    watcher = None
+    if acl_file:
+
+        def use(acl: Acl) -> None:
+            proxy.settings = replace(proxy.settings, acl=acl)
+
+        watcher = FileWatcher(acl_file, "EGRESS_HTTP_PROXY_DESTINATION_FILE", parse_acl, use)
+        watcher.start()
     await stop.wait()
+    if watcher is not None:
+        watcher.stop()
     server.close()
     in_flight = len(proxy.connections)
     log.info("stopping: no new connections; draining %d for up to %g s", in_flight, settings.drain_timeout)
@@ -35,7 +48,8 @@ async def serve_until_stopped(settings: HttpProxySettings, sock: socket.socket, 
     log.info("stopped (%d connection(s) cut at the drain deadline)", len(proxy.connections))
 
 
-def run(settings: HttpProxySettings) -> int:
+def run(settings: HttpProxySettings, acl_file: str | None = None) -> int:
+    """Serve until SIGTERM; with `acl_file`, each worker follows changes to the list in that file."""
     reuse = settings.workers > 1
     first = listen(settings.listen_port, reuse_port=reuse)  # fails here, clearly, if the port cannot be had
     log.info(
@@ -48,7 +62,7 @@ def run(settings: HttpProxySettings) -> int:
 
     def worker() -> None:
         sock = sockets.pop() if sockets else listen(settings.listen_port, reuse_port=True)
-        run_loop(lambda stop: serve_until_stopped(settings, sock, stop))
+        run_loop(lambda stop: serve_until_stopped(settings, sock, stop, acl_file))
 
     if reuse:
         first.close()  # each worker opens its own socket in the SO_REUSEPORT group

@@ -1,0 +1,69 @@
+"""Follow a mounted ConfigMap file: re-read it when it changes, keep the last good version on errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from egress_router.config.errors import ConfigError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+INTERVAL = 1.0
+
+
+def _identity(path: str) -> tuple[int, int, int] | None:
+    """What changes when Kubernetes swaps a ConfigMap's ..data link or an editor rewrites the file."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+class FileWatcher(Generic[T]):
+    def __init__(self, path: str, variable: str, parse: Callable[[str], T], apply: Callable[[T], None], interval: float = INTERVAL) -> None:
+        self.path = path
+        self.variable = variable
+        self.parse = parse
+        self.apply = apply
+        self.interval = interval
+        self.seen = _identity(path)
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.check()
+
+    def check(self) -> bool:
+        """Reload when the file changed; returns whether a new version was applied."""
+        current = _identity(self.path)
+        if current == self.seen:
+            return False
+        self.seen = current
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as error:
+            log.error("%s: cannot read %s (%s); keeping the previous list", self.variable, self.path, error)
+            return False
+        try:
+            value = self.parse(text)
+        except ConfigError as error:
+            for problem in error.problems:
+                log.error("%s; keeping the previous list", problem)
+            return False
+        self.apply(value)
+        log.info("%s: reloaded %s", self.variable, self.path)
+        return True
