@@ -1,3 +1,3 @@
-from egress_router.cli import main
+from egress_router.cli import run
 
-main()
+run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -42,6 +43,30 @@ def read_list(variable: str, value: str | None, file_variable: str, path: str | 
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise ConfigError.single(file_variable, f"cannot read the file: {reason}", path) from error
+
+
+#: With no command, the mode the environment names: OpenShift's proxy pod manifests give no arguments.
+MODE_VARIABLES = (
+    ("http-proxy", ("EGRESS_HTTP_PROXY_DESTINATION", "EGRESS_HTTP_PROXY_DESTINATION_FILE")),
+    ("dns-proxy", ("EGRESS_DNS_PROXY_DESTINATION", "EGRESS_DNS_PROXY_DESTINATION_FILE")),
+)
+
+
+def command_from_environment(environ: dict[str, str]) -> str | None:
+    for command, variables in MODE_VARIABLES:
+        if any(environ.get(variable, "").strip() for variable in variables):
+            return command
+    return None
+
+
+def run() -> None:
+    """The console entry point: `egress-router` alone runs the mode the environment names."""
+    args = sys.argv[1:]
+    if not args:
+        command = command_from_environment(dict(os.environ))
+        if command:
+            args = [command]
+    main(args=args, prog_name="egress-router")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

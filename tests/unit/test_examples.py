@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
+from egress_router.cli import command_from_environment
+from egress_router.config.http_settings import load_http_settings
 from egress_router.config.init_settings import load_init_settings
 from egress_router.plan import build_plan
-from tests.manifests import EXAMPLES, init_containers
+from tests.manifests import EXAMPLES, containers, init_containers
 
 OPTION_FOR = {
     "EGRESS_SOURCE": "source",
@@ -29,5 +31,17 @@ def test_example_init_container_is_valid(name: str, container: dict[str, Any]) -
     env = container["resolved_env"]
     assert set(env) <= set(OPTION_FOR), f"{name} uses a variable we do not know"
     assert container["securityContext"]["privileged"] is True
-    plan = build_plan(load_init_settings(**{OPTION_FOR[k]: v for k, v in env.items()}))
-    assert plan.nat_rules, "the examples are redirect-mode pods"
+    plan = build_plan(load_init_settings(**{"destination": None, **{OPTION_FOR[k]: v for k, v in env.items()}}))
+    assert (plan.nat_rules is None) == name.startswith(("http-proxy", "dns-proxy"))
+
+
+PROXIES = [(path.name, c) for path in sorted(EXAMPLES.glob("*proxy*.yaml")) for c in containers(path)]
+
+
+@pytest.mark.parametrize(("name", "container"), PROXIES, ids=[c[0] for c in PROXIES])
+def test_example_proxy_container_is_valid(name: str, container: dict[str, Any]) -> None:
+    env = container["resolved_env"]
+    assert "securityContext" not in container  # unprivileged
+    assert command_from_environment(env) == name.split("-pod")[0]
+    settings = load_http_settings(destination=env["EGRESS_HTTP_PROXY_DESTINATION"])
+    assert settings.acl.wildcard is not None
