@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -11,6 +12,8 @@ from urllib.parse import urlsplit
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"}
 )
+
+HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 
 REASONS = {
     200: "OK",
@@ -64,6 +67,7 @@ def _host(text: str) -> tuple[str, IPv4Address | IPv6Address | None] | None:
     return text.lower().rstrip("."), None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_absolute_target(raw: str) -> Target | str:
     """An absolute-form http:// request target, or why it is not one we can forward."""
     if raw.startswith("/"):
@@ -108,20 +112,19 @@ def literal_address(host: str) -> IPv4Address | IPv6Address | None:
 
 def forwarded_headers(raw_headers: Iterable[tuple[bytes, bytes]], host_header: str | None) -> list[tuple[bytes, bytes]]:
     """End-to-end headers only; headers listed in Connection go too; Host replaced when given."""
-    headers = list(raw_headers)
-    named = {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.decode("latin-1").split(",")
-    }
-    kept = [
-        (name, value)
-        for name, value in headers
-        if (lowered := name.decode("latin-1").lower()) not in HOP_BY_HOP and lowered not in named and (host_header is None or lowered != "host")
-    ]
-    if host_header is not None:
-        kept.insert(0, (b"Host", host_header.encode("ascii")))
+    kept: list[tuple[bytes, bytes]] = [(b"Host", host_header.encode("ascii"))] if host_header is not None else []
+    named: set[bytes] = set()
+    for name, value in raw_headers:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP_BYTES:
+            if lowered == b"connection":
+                named.update(token.strip().lower() for token in value.split(b","))
+            continue
+        if host_header is not None and lowered == b"host":
+            continue
+        kept.append((name, value))
+    if named:
+        kept = [(name, value) for name, value in kept if name.lower() not in named]
     return kept
 
 

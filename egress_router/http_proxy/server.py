@@ -16,6 +16,7 @@ from aiohttp.http_parser import HttpRequestParser
 
 from egress_router.config.http_acl import Decision
 from egress_router.config.http_settings import HttpProxySettings
+from egress_router.deadline import Deadline
 from egress_router.http_proxy import messages as m
 from egress_router.http_proxy.access_log import AccessLog
 from egress_router.http_proxy.upstream import Upstream, UpstreamError, UpstreamPool
@@ -79,7 +80,7 @@ class ClientConnection(BaseProtocol):
         self.queue: collections.deque[tuple[Any, Any]] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = Deadline(proxy.loop, self.on_deadline)
         self.head_bytes = 0
         self.busy = False
         self.tunnel: Tunnel | None = None
@@ -99,7 +100,7 @@ class ClientConnection(BaseProtocol):
             self.refuse(503, f"too many connections (EGRESS_HTTP_PROXY_MAX_CONNECTIONS={self.settings.max_connections})")
             return
         self.proxy.connections.add(self)
-        self.arm(self.settings.header_timeout, self.on_head_timeout)
+        self.deadline.set(self.settings.header_timeout)
         self.task = self.proxy.loop.create_task(self.serve())
 
     def data_received(self, data: bytes) -> None:
@@ -112,7 +113,7 @@ class ClientConnection(BaseProtocol):
             return
         if not self.busy and not self.queue and data:
             if self.head_bytes == 0:
-                self.arm(self.settings.header_timeout, self.on_head_timeout)
+                self.deadline.set(self.settings.header_timeout)
             self.head_bytes += len(data)
         try:
             messages, upgraded, tail = self._parser.feed_data(data)
@@ -130,7 +131,7 @@ class ClientConnection(BaseProtocol):
                 self.refuse(431, f"request head larger than {self.settings.max_header_size} bytes")
                 return
             self.head_bytes = 0
-            self.disarm()
+            self.deadline.clear()
             self.queue.extend(messages)
             if self.waiter is not None and not self.waiter.done():
                 self.waiter.set_result(None)
@@ -166,7 +167,7 @@ class ClientConnection(BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
-        self.disarm()
+        self.deadline.cancel()
         self.proxy.connections.discard(self)
         if self.tunnel is not None:
             self.tunnel.lost(0, exc)
@@ -179,19 +180,11 @@ class ClientConnection(BaseProtocol):
 
     # timers and closing -----------------------------------------------------------------------
 
-    def arm(self, delay: float, callback: Any) -> None:
-        self.disarm()
-        self.timer = self.proxy.loop.call_later(delay, callback)
-
-    def disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def on_head_timeout(self) -> None:
+    def on_deadline(self) -> None:
+        """A request head took too long (408), or the connection sat idle (closed quietly)."""
         if self.head_bytes:
             self.refuse(408, f"request head not complete within {self.settings.header_timeout:g} s")
-        else:
+        elif not self.busy:
             self.close()
 
     def refuse(self, status: int, reason: str, method: str = "-", target: str = "-") -> None:
@@ -203,7 +196,7 @@ class ClientConnection(BaseProtocol):
 
     def close(self) -> None:
         self.closing = True
-        self.disarm()
+        self.deadline.cancel()
         if self.transport is not None:
             self.transport.close()
 
@@ -245,7 +238,7 @@ class ClientConnection(BaseProtocol):
                 if not keep or self.closing:
                     break
                 if not self.queue:
-                    self.arm(self.settings.idle_timeout, self.close)
+                    self.deadline.set(self.settings.idle_timeout)
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:  # noqa: BLE001 - one broken exchange must not take the worker down
@@ -328,15 +321,23 @@ class ClientConnection(BaseProtocol):
         client_keep = client_keep and not self.closing  # SIGTERM may have come while the server worked
         if not client_keep:
             extra.append(("Connection", "close"))
-        await self.write(m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None), extra))
+        response_head = m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None), extra)
         complete = no_body
         try:
-            if not no_body:
-                async for data in body.iter_any():
-                    sent_out += len(data)
-                    await self.write(m.chunk(data) if chunked_out else data)
-                if chunked_out:
-                    await self.write(m.LAST_CHUNK)
+            if no_body:
+                await self.write(response_head)
+            else:
+                # The head leaves with whatever body is already here: one write(2) for a small response.
+                first = body.read_nowait()
+                sent_out += len(first)
+                ending = m.LAST_CHUNK if chunked_out and body.at_eof() else b""
+                await self.write(response_head + ((m.chunk(first) if chunked_out else first) if first else b"") + ending)
+                if not ending:
+                    async for data in body.iter_any():
+                        sent_out += len(data)
+                        await self.write(m.chunk(data) if chunked_out else data)
+                    if chunked_out:
+                        await self.write(m.LAST_CHUNK)
                 complete = True
         except (ConnectionError, asyncio.CancelledError):
             upstream.abort()
@@ -404,7 +405,7 @@ class ClientConnection(BaseProtocol):
         if self.transport is None or self.transport.is_closing() or upstream.transport is None:
             upstream.close()
             return False
-        self.disarm()
+        self.deadline.cancel()
         self.transport.write(ESTABLISHED)
         tunnel = Tunnel(self.proxy.loop, (self.transport, upstream.transport), self.settings.tunnel_idle_timeout)
         self.tunnel = upstream.tunnel = tunnel

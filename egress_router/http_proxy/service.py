@@ -45,6 +45,7 @@ async def serve_until_stopped(settings: HttpProxySettings, sock: socket.socket, 
         if connection.transport is not None:
             connection.transport.abort()
     proxy.pool.close()
+    proxy.access_log.flush()
     log.info("stopped (%d connection(s) cut at the drain deadline)", len(proxy.connections))
 
 

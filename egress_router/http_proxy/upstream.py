@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParser
 
+from egress_router.deadline import Deadline
 from egress_router.relay import Tunnel
 
 IPAddress = IPv4Address | IPv6Address
@@ -38,26 +39,31 @@ class Upstream(BaseProtocol):
         self.key = key
         self.max_field_size = max_field_size
         self.responses: collections.deque[Any] = collections.deque()
+        self.in_use = True
         self.waiter: asyncio.Future[None] | None = None
         self.tunnel: Tunnel | None = None
         self.lost = False
-        self.idle_handle: asyncio.TimerHandle | None = None
-        self.reused = False
+        self.idle_since = 0.0
+        self.method_kind: bool | None = None  # whether the current parser expects bodies (not HEAD)
+        self.deadline = Deadline(loop, self._expire)
 
     # requests ----------------------------------------------------------------------------------
 
     def start(self, method: str) -> None:
-        """A new parser per exchange: whether a body may follow depends on the request method."""
-        self._parser = HttpResponseParser(
-            self,
-            self._loop,
-            2**16,
-            max_line_size=self.max_field_size,
-            max_field_size=self.max_field_size,
-            response_with_body=method != "HEAD",
-            read_until_eof=True,
-            auto_decompress=False,
-        )
+        """A parser for this exchange: whether a body may follow depends on the request method."""
+        with_body = method != "HEAD"
+        if self._parser is None or self.method_kind is not with_body:
+            self._parser = HttpResponseParser(
+                self,
+                self._loop,
+                2**16,
+                max_line_size=self.max_field_size,
+                max_field_size=self.max_field_size,
+                response_with_body=with_body,
+                read_until_eof=True,
+                auto_decompress=False,
+            )
+            self.method_kind = with_body
         self.responses.clear()
 
     async def next_response(self, timeout: float) -> Any:
@@ -66,16 +72,22 @@ class Upstream(BaseProtocol):
             if self.lost:
                 raise UpstreamError(502, "the server closed the connection without a response")
             self.waiter = self._loop.create_future()
+            self.deadline.set(timeout)
             try:
-                await asyncio.wait_for(self.waiter, timeout)
+                await self.waiter
             except TimeoutError:
                 raise UpstreamError(504, f"no response from the server within {timeout:g} s") from None
             finally:
+                self.deadline.clear()
                 self.waiter = None
         item = self.responses.popleft()
         if isinstance(item, Exception):
             raise UpstreamError(502, f"bad response from the server: {str(item).splitlines()[0] if str(item) else type(item).__name__}")
         return item
+
+    def _expire(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(TimeoutError())
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -94,7 +106,7 @@ class Upstream(BaseProtocol):
         if self.tunnel is not None:
             self.tunnel.forward(1, data)
             return
-        if self._parser is None:
+        if not self.in_use:
             if data:  # an idle connection has nothing to say: drop it
                 self.close()
             return
@@ -127,6 +139,7 @@ class Upstream(BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
+        self.deadline.cancel()
         if self.tunnel is not None:
             self.tunnel.lost(1, exc)
         parser = self._parser
@@ -157,18 +170,19 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.max_field_size = max_field_size
         self.idle: dict[tuple[str, int], list[Upstream]] = {}
+        self.sweeper: asyncio.TimerHandle | None = None
 
     def _reuse(self, addresses: list[IPAddress], port: int) -> Upstream | None:
+        now = self.loop.time()
         for address in addresses:
             idle = self.idle.get((str(address), port))
             while idle:
                 upstream = idle.pop()
-                if upstream.idle_handle is not None:
-                    upstream.idle_handle.cancel()
-                    upstream.idle_handle = None
-                if not upstream.lost and upstream.transport is not None and not upstream.transport.is_closing():
-                    upstream.reused = True
-                    return upstream
+                if upstream.lost or upstream.transport is None or upstream.transport.is_closing() or now - upstream.idle_since > POOL_IDLE:
+                    upstream.close()
+                    continue
+                upstream.in_use = True
+                return upstream
         return None
 
     async def acquire(self, addresses: list[IPAddress], port: int, *, pooled: bool = True) -> Upstream:
@@ -197,25 +211,35 @@ class UpstreamPool:
         raise UpstreamError(status, "; ".join(reason for _, reason in failures) or "no address to connect to")
 
     def release(self, upstream: Upstream) -> None:
-        """Back to the pool after a complete exchange; closed after POOL_IDLE seconds unused."""
-        upstream._parser = None
-        upstream.reused = False
+        """Back to the pool after a complete exchange; closed once unused for POOL_IDLE seconds."""
+        upstream.in_use = False
         idle = self.idle.setdefault(upstream.key, [])
         if upstream.lost or len(idle) >= POOL_PER_HOST:
             upstream.close()
             return
+        upstream.idle_since = self.loop.time()
         idle.append(upstream)
-        upstream.idle_handle = self.loop.call_later(POOL_IDLE, upstream.close)
+        if self.sweeper is None:
+            self.sweeper = self.loop.call_later(POOL_IDLE, self.sweep)
+
+    def sweep(self) -> None:
+        """Close connections idle for too long; one timer for the whole pool, not one per connection."""
+        self.sweeper = None
+        now = self.loop.time()
+        for idle in self.idle.values():
+            for upstream in [u for u in idle if now - u.idle_since > POOL_IDLE]:
+                upstream.close()
+        if any(self.idle.values()):
+            self.sweeper = self.loop.call_later(POOL_IDLE / 2, self.sweep)
 
     def forget(self, upstream: Upstream) -> None:
         idle = self.idle.get(upstream.key)
         if idle and upstream in idle:
             idle.remove(upstream)
-        if upstream.idle_handle is not None:
-            upstream.idle_handle.cancel()
-            upstream.idle_handle = None
 
     def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
         for idle in self.idle.values():
             for upstream in list(idle):
                 upstream.close()

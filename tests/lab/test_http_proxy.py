@@ -170,7 +170,8 @@ def test_access_log_line_per_request_and_tunnel(lab: Lab, proxy: Pod) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         lines = proxy.proxy.stdout().splitlines()  # type: ignore[attr-defined]
-        if any("method=CONNECT target=secure.example.test:8443" in line for line in lines):
+        wanted = ("method=CONNECT target=secure.example.test:8443", "http://api.example.test:8000/logged?x=1", "x.bad.example.test")
+        if all(any(needle in line for line in lines) for needle in wanted):  # each worker flushes its own lines
             break
         time.sleep(0.05)
     allowed = next(line for line in lines if 'target="http://api.example.test:8000/logged?x=1"' in line)
