@@ -25,6 +25,8 @@ from egress_router.relay import Tunnel
 log = logging.getLogger(__name__)
 IPAddress = IPv4Address | IPv6Address
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+#: Requests that may be sent again when a pooled connection turns out closed (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class Proxy:
@@ -275,33 +277,37 @@ class ClientConnection(BaseProtocol):
         self.proxy.access_log.write(self.peer, message.method, message.path, status, 0, 0, time.monotonic() - started, reason)
 
     async def exchange(self, message: Any, payload: Any, target: m.Target, addresses: list[IPAddress], decision: Decision, started: float) -> bool:
-        try:
-            upstream = await self.proxy.pool.acquire(addresses, target.port)
-        except UpstreamError as error:
-            await self.reply_error(error.status, error.reason, message, started, close=True)
-            return False
         has_body = message.chunked or int(message.headers.get("Content-Length", "0") or 0) > 0
         framing = [("Transfer-Encoding", "chunked")] if message.chunked else []
         request_head = m.head(f"{message.method} {target.path} HTTP/1.1", m.forwarded_headers(message.raw_headers, target.host_header), framing)
-        upstream.start(message.method)
-        upstream.write(request_head)
-        body_task = self.proxy.loop.create_task(self.send_body(payload, upstream, message.chunked)) if has_body else None
         sent_out = 0
         client_keep = not message.should_close and not self.closing
-        try:
-            while True:
-                response, body = await upstream.next_response(self.settings.idle_timeout)
-                if 100 <= response.code < 200 and response.code != 101:
-                    if message.version >= (1, 1):
-                        await self.write(m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None)))
-                    continue
-                break
-        except UpstreamError as error:
-            if body_task is not None:
-                body_task.cancel()
-            upstream.abort()
-            await self.reply_error(error.status, error.reason, message, started, close=True)
-            return False
+        for attempt in (1, 2):
+            try:
+                upstream = await self.proxy.pool.acquire(addresses, target.port, pooled=attempt == 1)
+            except UpstreamError as error:
+                await self.reply_error(error.status, error.reason, message, started, close=True)
+                return False
+            upstream.start(message.method)
+            upstream.write(request_head)
+            body_task = self.proxy.loop.create_task(self.send_body(payload, upstream, message.chunked)) if has_body else None
+            try:
+                while True:
+                    response, body = await upstream.next_response(self.settings.idle_timeout)
+                    if 100 <= response.code < 200 and response.code != 101:
+                        if message.version >= (1, 1):
+                            await self.write(m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None)))
+                        continue
+                    break
+            except UpstreamError as error:
+                if body_task is not None:
+                    body_task.cancel()
+                upstream.abort()
+                if attempt == 1 and upstream.exchanges and upstream.lost and not upstream.answered and not has_body and message.method in IDEMPOTENT:
+                    continue  # a pooled connection the server closed meanwhile: once more on a new one
+                await self.reply_error(error.status, error.reason, message, started, close=True)
+                return False
+            break
         no_body = message.method == "HEAD" or response.code in (204, 304)
         extra: list[tuple[str, str]] = []
         chunked_out = False

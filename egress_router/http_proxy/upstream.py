@@ -40,6 +40,8 @@ class Upstream(BaseProtocol):
         self.max_field_size = max_field_size
         self.responses: collections.deque[Any] = collections.deque()
         self.in_use = True
+        self.exchanges = 0  # completed on this connection; more than 0 means it came from the pool
+        self.answered = False  # the server sent bytes in the current exchange
         self.waiter: asyncio.Future[None] | None = None
         self.tunnel: Tunnel | None = None
         self.lost = False
@@ -65,6 +67,7 @@ class Upstream(BaseProtocol):
             )
             self.method_kind = with_body
         self.responses.clear()
+        self.answered = False
 
     async def next_response(self, timeout: float) -> Any:
         """(message, payload), or raises UpstreamError when the server closed or said nothing in time."""
@@ -110,6 +113,7 @@ class Upstream(BaseProtocol):
             if data:  # an idle connection has nothing to say: drop it
                 self.close()
             return
+        self.answered = True
         try:
             messages, _upgraded, _tail = self._parser.feed_data(data)
         except Exception as error:  # noqa: BLE001 - any parse failure means a broken server
@@ -213,6 +217,7 @@ class UpstreamPool:
     def release(self, upstream: Upstream) -> None:
         """Back to the pool after a complete exchange; closed once unused for POOL_IDLE seconds."""
         upstream.in_use = False
+        upstream.exchanges += 1
         idle = self.idle.setdefault(upstream.key, [])
         if upstream.lost or len(idle) >= POOL_PER_HOST:
             upstream.close()

@@ -78,6 +78,7 @@ def test_list_file_is_followed_and_a_bad_version_is_ignored(lab: Lab, tmp_path: 
     while not all(status_of(get(lab, "/")) == 200 for _ in range(6)):  # every worker has it (each checks every second)
         assert time.monotonic() < deadline, "the new list was not picked up"
         time.sleep(0.1)
+    time.sleep(2.5)  # every worker polls each second; connections are spread by hash, so wait rather than probe
     rules.write_text("*\nexample.com\n")
     deadline = time.monotonic() + 5
     while "keeping the previous list" not in proxy.stderr():
@@ -103,3 +104,43 @@ def test_server_connections_are_reused(lab: Lab) -> None:
     for _ in range(3):  # new client connections share the pooled server connection too
         ports.add(json.loads(get(lab, "/").split(b"\r\n\r\n", 1)[1])["client_port"])
     assert len(ports) == 1
+
+
+FORGETFUL_SERVER = """
+import asyncio
+
+async def handle(reader, writer):
+    served = 0
+    while True:
+        try:
+            await reader.readuntil(b"\\r\\n\\r\\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            break
+        if served == 1:  # as if its keep-alive timeout struck just as the next request came in
+            break
+        served += 1
+        writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n")
+        await writer.drain()
+    writer.close()
+
+async def main():
+    await asyncio.start_server(handle, "127.0.0.1", 8002)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_a_pooled_connection_closed_by_the_server_is_retried_once(lab: Lab) -> None:
+    lab.start_in(ROLE, ["python3", "-c", FORGETFUL_SERVER], ready_line="ready")
+    start_proxy(lab, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS="1")
+
+    def ask(method: str = "GET", body: bytes = b"") -> int:
+        with open_connection(lab, ROLE, "127.0.0.1", 8080) as sock:
+            length = f"Content-Length: {len(body)}\r\n" if body else ""
+            sock.sendall(f"{method} http://127.0.0.1:8002/ HTTP/1.1\r\nHost: x\r\n{length}Connection: close\r\n\r\n".encode() + body)
+            return status_of(read_all(sock))
+
+    assert [ask(), ask(), ask()] == [200, 200, 200]  # the 2nd and 3rd went out on a pooled connection first
+    assert ask("POST", b"data") == 502  # a request with a body is never sent twice
