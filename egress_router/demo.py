@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -12,12 +14,24 @@ from types import FrameType
 
 from egress_router.lab import Lab, LabError, Seen
 from egress_router.lab import topology as t
+from egress_router.lab.netns import socket_in
 
 DESTINATION = """\
 80 tcp 203.0.113.25
 8080 tcp 203.0.113.26 80
 53 udp 203.0.113.27
 203.0.113.50"""
+PROXY_POD_IP = "10.128.0.30"
+PROXY_SOURCE = "192.168.12.100"
+PROXY_LIST = """\
+!10.0.0.0/8
+api.example.test
+*.partner.test"""
+PROXY_HOSTS = """127.0.0.1 localhost
+203.0.113.25 api.example.test
+203.0.113.26 www.partner.test other.example.test
+10.128.0.10 sneaky.partner.test
+"""
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -46,6 +60,58 @@ def _rows(lab: Lab) -> list[tuple[str, str, str]]:
     return [(label, *_probe(action)) for label, action in probes]
 
 
+def _curl(lab: Lab, url: str) -> tuple[str, str]:
+    """What the origin saw for a request through the HTTP proxy pod, or the proxy's reason for refusing."""
+    done = subprocess.run(
+        lab.exec_argv("client", ["curl", "-sS", "--max-time", "5", "-x", f"http://{PROXY_POD_IP}:8080", "-w", "\n%{http_code}", url]),
+        capture_output=True,
+        text=True,
+    )
+    body, _, code = done.stdout.rpartition("\n")
+    if code == "200":
+        return json.loads(body)["client"], "200, allowed"
+    reason = body.strip().split(": ", 2)[-1] if body else done.stderr.strip()
+    return "-", f"{code}, {reason}"
+
+
+def _proxy_rows(lab: Lab) -> list[tuple[str, str, str]]:
+    urls = [
+        ("client -> proxy -> http://api.example.test:8000/", "http://api.example.test:8000/"),
+        ("client -> proxy -> http://www.partner.test:8000/", "http://www.partner.test:8000/"),
+        ("client -> proxy -> http://other.example.test:8000/", "http://other.example.test:8000/"),
+        ("client -> proxy -> http://sneaky.partner.test:8000/", "http://sneaky.partner.test:8000/"),
+    ]
+    return [(label, *_curl(lab, url)) for label, url in urls]
+
+
+def _start_http_proxy(lab: Lab, env: dict[str, str]) -> None:
+    """A second router pod in http-proxy mode, its proxy running unprivileged, an origin on port 8000."""
+    lab.add_pod("proxy", PROXY_POD_IP)
+    lab.add_macvlan("proxy")
+    init = {**env, "EGRESS_SOURCE": PROXY_SOURCE, "EGRESS_ROUTER_MODE": "http-proxy"}
+    del init["EGRESS_DESTINATION"]
+    done = lab.run_in("proxy", [sys.executable, "-m", "egress_router", "init"], env=init)
+    if done.returncode != 0:
+        raise LabError(f"init in http-proxy mode failed: {done.stderr}")
+    lab.write_etc("proxy", "hosts", PROXY_HOSTS)
+    lab.write_etc("proxy", "resolv.conf", "nameserver 127.0.0.1\n")
+    lab.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", ready_line="ready")
+    proxy_env = {**{k: v for k, v in env.items() if not k.startswith("EGRESS_")}, "EGRESS_HTTP_PROXY_DESTINATION": PROXY_LIST, "EGRESS_HTTP_PROXY_WORKERS": "1"}
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "egress_router", "http-proxy"]
+    lab.start_in("proxy", argv, env=proxy_env)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket_in(lab.ns("client")) as sock:
+                sock.settimeout(1)
+                sock.connect((PROXY_POD_IP, 8080))
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise LabError("the HTTP proxy did not start listening")
+            time.sleep(0.05)
+
+
 def _table(rows: list[tuple[str, str, str]]) -> str:
     header = ("path", "server saw source", "result")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
@@ -58,9 +124,9 @@ def run() -> int:
     if sys.platform != "linux" or os.geteuid() != 0:
         print("egress-router demo: error: run it as root on Linux (it builds network namespaces)", file=sys.stderr)
         return 1
-    missing = [tool for tool in ("ip", "nft") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "nft", "curl", "setpriv") if shutil.which(tool) is None]
     if missing:
-        print(f"egress-router demo: error: missing {', '.join(missing)} (apt-get install iproute2 nftables)", file=sys.stderr)
+        print(f"egress-router demo: error: missing {', '.join(missing)} (apt-get install iproute2 nftables curl util-linux)", file=sys.stderr)
         return 1
     previous = signal.signal(signal.SIGTERM, _interrupt)
     lab = Lab()
@@ -82,7 +148,11 @@ def run() -> int:
             return 1
         print(f"  done in {time.monotonic() - started:.2f} s\n")
         print(_table(_rows(lab)))
-        print(f"\nThe node's address {t.NODE_IP} changes with the node; {t.EGRESS_SOURCE} is what the firewall whitelists.")
+        print(f"\nThe node's address {t.NODE_IP} changes with the node; {t.EGRESS_SOURCE} is what the firewall whitelists.\n")
+        print(f"HTTP proxy mode: a second router pod ({PROXY_POD_IP}, EGRESS_SOURCE={PROXY_SOURCE}) runs egress-router http-proxy")
+        print("  unprivileged, with EGRESS_HTTP_PROXY_DESTINATION=" + PROXY_LIST.replace("\n", "\n" + " " * 45) + "\n")
+        _start_http_proxy(lab, env)
+        print(_table(_proxy_rows(lab)))
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
