@@ -251,6 +251,12 @@ class ClientConnection(BaseProtocol):
 
     async def handle(self, message: Any, payload: Any) -> bool:
         started = time.monotonic()
+        if message.version not in ((1, 1), (1, 0)):
+            self.refuse(505, f"HTTP/{message.version[0]}.{message.version[1]} is not supported (HTTP/1.1 or 1.0 only)", message.method, message.path)
+            return False
+        if message.version == (1, 0) and "Transfer-Encoding" in message.headers:
+            self.refuse(400, "Transfer-Encoding in an HTTP/1.0 request: framing is ambiguous (RFC 9112 6.1)", message.method, message.path)
+            return False
         if message.method == "CONNECT":
             return await self.connect(message, started)
         target = m.parse_absolute_target(message.path)

@@ -80,6 +80,23 @@ REFUSED = [
         ("CONNECT to a port not allowed", b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n", 403),
         ("denied by the list", b"GET http://x.blocked.test/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 403),
         ("not in the list", b"GET http://198.51.100.1/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 403),
+        ("TE in HTTP/1.0", b"POST http://127.0.0.1:8000/ HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        ("TE with vertical tab", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\x0b\r\n\r\n0\r\n\r\n", 400),
+        ("tab before colon", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding\t: chunked\r\n\r\n0\r\n\r\n", 400),
+        ("quoted chunked", b'POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "chunked"\r\n\r\n0\r\n\r\n', 400),
+        ("bare LF after chunk size", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n", 400),
+        ("empty chunk extension", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;\r\nhello\r\n0\r\n\r\n", 400),
+        ("space after chunk size", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n", 400),
+        ("chunk longer than its size", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n", 400),
+        ("negative Content-Length", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
+        ("overflowing Content-Length", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400),
+        ("space in a header name", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nX Y: 1\r\n\r\n", 400),
+        ("bare CR in a value", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 400),
+        ("lower-case method", b"get http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+        ("HTTP/2.0 request line", b"GET http://127.0.0.1:8000/ HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        ("no Host in HTTP/1.1", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\n\r\n", 400),
+        ("two Host headers", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
 ]
 
 
@@ -211,3 +228,16 @@ def test_connect_tunnel_through_loopback_allowed_port(lab: Lab) -> None:
 def test_upstream_refused_gets_502(lab: Lab) -> None:
     response = request(lab, "GET http://127.0.0.1:8001/ HTTP/1.1\nHost: a\n\n")
     assert status_of(response) == 502 and b"connection refused" in response
+
+
+def test_listens_on_ipv6_too(lab: Lab) -> None:
+    import socket
+
+    from egress_router.lab.netns import socket_in
+
+    with socket_in(lab.ns(ROLE), socket.AF_INET6) as sock:
+        sock.settimeout(3)
+        sock.connect(("::1", 8080))
+        sock.sendall(f"GET {ORIGIN}/v6 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
+        response = read_all(sock)
+    assert status_of(response) == 200 and b'"/v6"' in response
