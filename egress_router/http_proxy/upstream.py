@@ -103,7 +103,7 @@ class Upstream(BaseProtocol):
     # protocol ----------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        self.transport = transport  # type: ignore[assignment]  # TCP_NODELAY is already on (asyncio, uvloop)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
