@@ -66,3 +66,20 @@ class Tunnel:
         for transport in self.sides:
             transport.close()  # flushes what is buffered, then closes
         self.closed.set_result(why)
+
+
+class TunnelEnd:
+    """Mixin for a protocol that may become side `side` of a Tunnel: write pressure pauses the other side."""
+
+    tunnel: Tunnel | None = None
+    side = 0
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        if self.tunnel is not None:
+            self.tunnel.peer_full(self.side)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[misc]
+        if self.tunnel is not None:
+            self.tunnel.peer_drained(self.side)

@@ -134,20 +134,14 @@ def _parse_rule(text: str, line_no: int) -> Rule | str:
             return f"host bits set in CIDR (did you mean {network}?)"
         return Rule(text, line_no, deny, network=network)
     name = normalize_host(body)
-    if name.startswith("*."):
-        domain = name[2:]
-        if "*" in domain:
-            return "'*' may only be the first label"
-        problem = host_name_problem(domain)
-        if problem:
-            return problem
-        return Rule(text, line_no, deny, domain=domain)
-    if "*" in name:
-        return "'*' may only stand alone (last line) or as the first label ('*.example.com')"
-    problem = host_name_problem(name)
+    under = name.startswith("*.")
+    bare = name[2:] if under else name
+    if "*" in bare:
+        return "'*' may only be the first label" if under else "'*' may only stand alone (last line) or as the first label ('*.example.com')"
+    problem = host_name_problem(bare)
     if problem:
         return problem
-    return Rule(text, line_no, deny, name=name)
+    return Rule(text, line_no, deny, domain=bare) if under else Rule(text, line_no, deny, name=bare)
 
 
 def parse_acl(value: str | None, variable: str = VARIABLE) -> Acl:

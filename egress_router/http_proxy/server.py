@@ -20,7 +20,7 @@ from egress_router.deadline import Deadline
 from egress_router.http_proxy import messages as m
 from egress_router.http_proxy.access_log import AccessLog
 from egress_router.http_proxy.upstream import Upstream, UpstreamError, UpstreamPool
-from egress_router.relay import Tunnel
+from egress_router.relay import Tunnel, TunnelEnd
 
 log = logging.getLogger(__name__)
 IPAddress = IPv4Address | IPv6Address
@@ -63,7 +63,7 @@ class Proxy:
         return ClientConnection(self)
 
 
-class ClientConnection(BaseProtocol):
+class ClientConnection(TunnelEnd, BaseProtocol):
     """One client connection: requests are parsed as bytes arrive and handled strictly in order."""
 
     def __init__(self, proxy: Proxy) -> None:
@@ -153,16 +153,6 @@ class ClientConnection(BaseProtocol):
         if not self.busy and not self.queue:
             self.close()
         return True  # half-closed clients still get their response
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self.tunnel is not None:
-            self.tunnel.peer_full(0)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self.tunnel is not None:
-            self.tunnel.peer_drained(0)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         _ = self.peer  # still needed for log lines written after the connection is gone (tunnels)

@@ -12,7 +12,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParser
 
 from egress_router.deadline import Deadline
-from egress_router.relay import Tunnel
+from egress_router.relay import Tunnel, TunnelEnd
 
 IPAddress = IPv4Address | IPv6Address
 EOF_MARK = None
@@ -30,7 +30,7 @@ class UpstreamError(Exception):
         self.reason = reason
 
 
-class Upstream(BaseProtocol):
+class Upstream(TunnelEnd, BaseProtocol):
     """One connection to an origin server, used for one request at a time or as one end of a tunnel."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: UpstreamPool, key: tuple[str, int], max_field_size: int) -> None:
@@ -44,6 +44,7 @@ class Upstream(BaseProtocol):
         self.answered = False  # the server sent bytes in the current exchange
         self.waiter: asyncio.Future[None] | None = None
         self.tunnel: Tunnel | None = None
+        self.side = 1
         self.lost = False
         self.idle_since = 0.0
         self.method_kind: bool | None = None  # whether the current parser expects bodies (not HEAD)
@@ -130,16 +131,6 @@ class Upstream(BaseProtocol):
             self.tunnel.end_of_data(1)
             return True
         return False
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self.tunnel is not None:
-            self.tunnel.peer_full(1)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self.tunnel is not None:
-            self.tunnel.peer_drained(1)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
