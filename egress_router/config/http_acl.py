@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from egress_router.config.errors import ConfigError, Problem
+from egress_router.config.hostnames import host_name_problem, normalize_host
 from egress_router.config.lines import meaningful_lines
 
 VARIABLE = "EGRESS_HTTP_PROXY_DESTINATION"
@@ -46,11 +47,6 @@ class Rule:
 class Decision:
     allowed: bool
     reason: str  # the rule that decided, or why nothing allowed it
-
-
-def normalize_host(host: str) -> str:
-    """Host names compare case-insensitively and without a trailing root dot."""
-    return host.strip().lower().rstrip(".")
 
 
 def is_special(address: IPAddress) -> bool:
@@ -103,21 +99,6 @@ class Acl:
             if rule.matches_name(name):
                 return None if not rule.deny else Decision(False, f"{name}: {rule}")
         return None if self.wildcard is not None else Decision(False, f"{name}: no rule allows it (default deny)")
-
-
-def _label_ok(label: str) -> bool:
-    return 0 < len(label) <= 63 and all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in label) and not label.startswith("-") and not label.endswith("-")
-
-
-def host_name_problem(name: str) -> str | None:
-    if len(name) > 253:
-        return "name longer than 253 characters"
-    labels = name.split(".")
-    if not all(_label_ok(label) for label in labels):
-        return "not a valid host name, address or CIDR"
-    if labels[-1].isdigit():
-        return "not a valid address (a name cannot end in a number)"
-    return None
 
 
 def _parse_rule(text: str, line_no: int) -> Rule | str:

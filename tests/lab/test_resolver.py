@@ -1,0 +1,166 @@
+"""Our resolver against a scripted DNS server (the edges) inside a namespace with only lo."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from ipaddress import ip_address
+from typing import Any
+
+import pytest
+from dnslib import CNAME, QTYPE, RCODE, RR, SOA, A, DNSRecord
+
+from egress_router.config.resolv_conf import ResolvConf
+from egress_router.lab import Lab
+from egress_router.lab.netns import entered
+from egress_router.resolver import Resolver, ResolveError
+
+PORT = 5353
+Behaviour = Callable[[DNSRecord, str], DNSRecord | None]  # (query, transport) -> reply, or None to stay silent
+
+
+def answer(query: DNSRecord, *records: RR, rcode: int = RCODE.NOERROR, auth: tuple[RR, ...] = ()) -> DNSRecord:
+    reply = query.reply()
+    reply.header.rcode = rcode
+    for record in records:
+        reply.add_answer(record)
+    for record in auth:
+        reply.add_auth(record)
+    return reply
+
+
+ZONE: dict[str, Behaviour] = {
+    "plain.test.": lambda q, t: answer(q, RR("plain.test.", QTYPE.A, rdata=A("203.0.113.25"), ttl=30), RR("plain.test.", QTYPE.A, rdata=A("203.0.113.26"), ttl=20)),
+    "alias.test.": lambda q, t: answer(q, RR("alias.test.", QTYPE.CNAME, rdata=CNAME("mid.test."), ttl=10), RR("mid.test.", QTYPE.CNAME, rdata=CNAME("plain.test."), ttl=40)),
+    "mid.test.": lambda q, t: answer(q, RR("mid.test.", QTYPE.CNAME, rdata=CNAME("plain.test."), ttl=40)),
+    "loop.test.": lambda q, t: answer(q, RR("loop.test.", QTYPE.CNAME, rdata=CNAME("loop2.test."), ttl=5), RR("loop2.test.", QTYPE.CNAME, rdata=CNAME("loop.test."), ttl=5)),
+    "big.test.": lambda q, t: (answer(q, *(RR("big.test.", QTYPE.A, rdata=A(f"198.51.100.{i}"), ttl=60) for i in range(1, 41))) if t == "tcp" else _truncated(q)),
+    "broken.test.": lambda q, t: answer(q, rcode=RCODE.SERVFAIL),
+    "silent.test.": lambda q, t: None,
+    "empty.test.": lambda q, t: answer(q, auth=(RR("test.", QTYPE.SOA, rdata=SOA("ns.test.", "admin.test.", (1, 2, 3, 4, 7)), ttl=60),)),
+    "short.corp.test.": lambda q, t: answer(q, RR("short.corp.test.", QTYPE.A, rdata=A("203.0.113.30"), ttl=15)),
+}
+
+
+def _truncated(query: DNSRecord) -> DNSRecord:
+    reply = query.reply()
+    reply.header.tc = 1
+    return reply
+
+
+def respond(data: bytes, transport: str) -> bytes | None:
+    query = DNSRecord.parse(data)
+    behaviour = ZONE.get(str(query.q.qname))
+    if behaviour is None:
+        return answer(query, rcode=RCODE.NXDOMAIN, auth=(RR("test.", QTYPE.SOA, rdata=SOA("ns.test.", "admin.test.", (1, 2, 3, 4, 9)), ttl=60),)).pack()
+    reply = behaviour(query, transport)
+    return None if reply is None else reply.pack()
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = respond(data, "udp")
+        if reply is not None:
+            self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
+
+
+async def _tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    (length,) = struct.unpack("!H", await reader.readexactly(2))
+    reply = respond(await reader.readexactly(length), "tcp")
+    if reply is not None:
+        writer.write(struct.pack("!H", len(reply)) + reply)
+        await writer.drain()
+    writer.close()
+
+
+def run_in(lab: Lab, coroutine: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run a coroutine on a fresh loop in a thread that lives in the lab namespace, with the test server."""
+    result: dict[str, Any] = {}
+
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        udp, _ = await loop.create_datagram_endpoint(_Udp, local_addr=("127.0.0.1", PORT))
+        tcp = await asyncio.start_server(_tcp, "127.0.0.1", PORT)
+        try:
+            return await coroutine()
+        finally:
+            udp.close()
+            tcp.close()
+
+    def thread() -> None:
+        with entered(lab.ns("dns")):
+            try:
+                result["value"] = asyncio.run(main())
+            except BaseException as error:  # noqa: BLE001 - handed to the test thread
+                result["error"] = error
+
+    worker = threading.Thread(target=thread)
+    worker.start()
+    worker.join(30)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab() as built:
+        built.add_namespace("dns")
+        yield built
+
+
+def resolver(**conf: Any) -> Resolver:
+    return Resolver(ResolvConf(**{"nameservers": ("127.0.0.1",), "timeout": 1.0, "attempts": 1, **conf}), port=PORT)
+
+
+def test_addresses_and_the_smallest_ttl(lab: Lab) -> None:
+    found = run_in(lab, lambda: resolver().resolve("plain.test"))
+    assert found.addresses == (ip_address("203.0.113.25"), ip_address("203.0.113.26"))
+    assert found.ttl == 20
+
+
+def test_cname_chains_inside_and_beyond_the_answer(lab: Lab) -> None:
+    found = run_in(lab, lambda: resolver().resolve("alias.test"))
+    assert found.name == "plain.test" and len(found.addresses) == 2
+    assert found.ttl == 10  # the chain's smallest TTL
+
+
+def test_cname_loop_is_an_error(lab: Lab) -> None:
+    with pytest.raises(ResolveError, match="CNAME loop"):
+        run_in(lab, lambda: resolver().resolve("loop.test"))
+
+
+def test_truncated_answer_is_asked_again_over_tcp(lab: Lab) -> None:
+    found = run_in(lab, lambda: resolver().resolve("big.test"))
+    assert len(found.addresses) == 40
+
+
+def test_servfail_and_timeout_are_failures_not_negative(lab: Lab) -> None:
+    for name in ("broken.test", "silent.test"):
+        with pytest.raises(ResolveError) as caught:
+            run_in(lab, lambda n=name: resolver().resolve(n))
+        assert not caught.value.negative
+
+
+def test_nxdomain_and_nodata_are_negative_with_the_zone_ttl(lab: Lab) -> None:
+    with pytest.raises(ResolveError) as caught:
+        run_in(lab, lambda: resolver().resolve("missing.test"))
+    assert caught.value.negative and caught.value.ttl == 9
+    with pytest.raises(ResolveError) as caught:
+        run_in(lab, lambda: resolver().resolve("empty.test"))
+    assert caught.value.negative and caught.value.ttl == 7
+
+
+def test_search_list_and_ndots(lab: Lab) -> None:
+    found = run_in(lab, lambda: resolver(search=("corp.test",), ndots=2).resolve("short"))
+    assert found.name == "short.corp.test"
+
+
+def test_a_dead_nameserver_is_skipped(lab: Lab) -> None:
+    found = run_in(lab, lambda: resolver(nameservers=("127.0.0.2", "127.0.0.1")).resolve("plain.test"))
+    assert found.ttl == 20

@@ -1,0 +1,73 @@
+from ipaddress import ip_address
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from egress_router.config.dns_targets import Target, parse_targets
+from egress_router.config.errors import ConfigError
+from egress_router.config.resolv_conf import ResolvConf, candidates, parse_resolv_conf
+
+
+def test_targets() -> None:
+    assert parse_targets("# db\n5432 DB.example.com.\n53\t203.0.113.53 5353\n8080 [2001:db8::1] 80") == (
+        Target(5432, "db.example.com", None, 5432, 2),
+        Target(53, "203.0.113.53", ip_address("203.0.113.53"), 5353, 3),
+        Target(8080, "2001:db8::1", ip_address("2001:db8::1"), 80, 4),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0 db.example.com", 'line 1: invalid port 0 (must be 1-65535): "0 db.example.com"'),
+        ("5432 db.example.com 70000", "line 1: invalid port 70000"),
+        ("5432 db..example.com", "line 1: value 'db..example.com' is invalid"),
+        ("5432 -db.example.com", "value '-db.example.com' is invalid"),
+        ("5432 0.0.0.0", "unspecified"),
+        ("5432 1.2.3", "is invalid"),
+        ("5432 a.com\n5432 b.com", 'line 2: localport 5432 is already used on line 1: "5432 b.com"'),
+        ("5432", "got 1 field(s)"),
+        ("5432 a.com 1 2", "got 4 field(s)"),
+        ("", "EGRESS_DNS_PROXY_DESTINATION: unspecified"),
+        ("# nothing", "EGRESS_DNS_PROXY_DESTINATION: no destination given"),
+    ],
+)
+def test_bad_targets(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_targets(text)
+    assert message in str(caught.value)
+
+
+@given(st.lists(st.lists(st.one_of(st.integers(-1, 70000).map(str), st.sampled_from(["db.example.com", "1.2.3.4", "::1", "[::1]", "a..b", "#"]), st.text(max_size=6)), max_size=4).map(" ".join), max_size=6).map("\n".join))
+def test_any_target_list_parses_or_explains(text: str) -> None:
+    try:
+        targets = parse_targets(text)
+    except ConfigError as error:
+        assert all(str(p).startswith("EGRESS_DNS_PROXY_DESTINATION") for p in error.problems)
+        return
+    assert len({t.local_port for t in targets}) == len(targets)
+
+
+def test_resolv_conf() -> None:
+    conf = parse_resolv_conf(
+        "# kubelet\nnameserver 172.30.0.10\nnameserver fe80::1%eth0\nnameserver bogus\nsearch ns.svc.cluster.local svc.cluster.local Cluster.Local.\n"
+        "options ndots:5 timeout:2 attempts:3 rotate\nsortlist 10.0.0.0\n"
+    )
+    assert conf.nameservers == ("172.30.0.10", "fe80::1")
+    assert conf.search == ("ns.svc.cluster.local", "svc.cluster.local", "cluster.local")
+    assert (conf.ndots, conf.timeout, conf.attempts) == (5, 2.0, 3)
+    assert parse_resolv_conf("") == ResolvConf()
+
+
+def test_candidates_follow_ndots() -> None:
+    conf = ResolvConf(search=("ns.svc.cluster.local", "cluster.local"), ndots=5)
+    assert candidates("db.example.com", conf) == ["db.example.com.ns.svc.cluster.local", "db.example.com.cluster.local", "db.example.com"]
+    assert candidates("db.example.com.", conf) == ["db.example.com"]
+    assert candidates("a.b.c.d.e.f", conf)[0] == "a.b.c.d.e.f"
+
+
+@given(st.text())
+def test_resolv_conf_parser_is_total(text: str) -> None:
+    conf = parse_resolv_conf(text)
+    assert conf.nameservers and 1 <= conf.attempts <= 5
