@@ -169,3 +169,32 @@ def http_proxy(destination: str | None, destination_file: str | None, debug: str
         sys.exit(service.run(settings, destination_file.strip() if destination_file else None))
     except ApplyError as error:
         fail("http-proxy", str(error))
+
+
+@main.command("dns-proxy")
+@env_option("--destination", "EGRESS_DNS_PROXY_DESTINATION", "Relays, one a line: '<local-port> <address-or-name> [<remote-port>]'.")
+@env_option("--destination-file", "EGRESS_DNS_PROXY_DESTINATION_FILE", "File holding the relays instead (a mounted ConfigMap).")
+@env_option("--debug", "EGRESS_DNS_PROXY_DEBUG", "Non-empty: one log line per connection.")
+@env_option("--max-connections", "EGRESS_DNS_PROXY_MAX_CONNECTIONS", "Relayed connections in all; more are closed at once (default 4096).")
+@env_option("--idle-timeout", "EGRESS_DNS_PROXY_IDLE_TIMEOUT", "A connection with no bytes either way is closed after this (default 1h).")
+@env_option("--connect-timeout", "EGRESS_DNS_PROXY_CONNECT_TIMEOUT", "Time for one address to accept before trying the next (default 5s).")
+@env_option("--drain-timeout", "EGRESS_DNS_PROXY_DRAIN_TIMEOUT", "On SIGTERM, open connections get this long to finish (default 30s).")
+@env_option("--min-ttl", "EGRESS_DNS_PROXY_MIN_TTL", "Names are not re-resolved more often than this (default 1s).")
+@env_option("--max-ttl", "EGRESS_DNS_PROXY_MAX_TTL", "Names are re-resolved at least this often (default 5m).")
+@env_option("--stale-limit", "EGRESS_DNS_PROXY_STALE_LIMIT", "How long the last good answer is used while DNS fails (default 1h).")
+def dns_proxy(destination: str | None, destination_file: str | None, debug: str | None, **values: str | None) -> None:
+    """TCP relays to destinations given by address or DNS name, following record changes (unprivileged)."""
+    from egress_router.config.dns_settings import load_dns_settings
+    from egress_router.dns_proxy import service
+
+    logs.setup(False, "dns-proxy")
+    try:
+        lines = read_list("EGRESS_DNS_PROXY_DESTINATION", destination, "EGRESS_DNS_PROXY_DESTINATION_FILE", destination_file)
+        settings = load_dns_settings(destination=lines, debug=debug, **values)
+    except ConfigError as error:
+        fail("dns-proxy", str(error))
+        return
+    try:
+        sys.exit(service.run(settings))
+    except ApplyError as error:
+        fail("dns-proxy", str(error))

@@ -7,6 +7,8 @@ pauses reading a side whose peer cannot keep up, passes half-closes on, and ends
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 
 class Tunnel:
@@ -50,7 +52,10 @@ class Tunnel:
             other.resume_reading()
 
     def lost(self, side: int, exc: BaseException | None) -> None:
-        self.close("reset" if exc else ("client closed" if side == 0 else "server closed"))
+        if exc is not None:
+            self.close(f"{'client' if side == 0 else 'server'} reset", reset=True)
+        else:
+            self.close("client closed" if side == 0 else "server closed")
 
     def _check_idle(self) -> None:
         idle = self.loop.time() - self.last_activity
@@ -59,13 +64,28 @@ class Tunnel:
         else:
             self._timer = self.loop.call_later(self.idle_timeout - idle, self._check_idle)
 
-    def close(self, why: str) -> None:
+    def close(self, why: str, *, reset: bool = False) -> None:
+        """Close both sides: gracefully (buffered bytes are flushed), or with a reset passed on as a reset."""
         if self.closed.done():
             return
         self._timer.cancel()
         for transport in self.sides:
-            transport.close()  # flushes what is buffered, then closes
+            if reset:
+                abort_with_reset(transport)
+            else:
+                transport.close()
         self.closed.set_result(why)
+
+
+def abort_with_reset(transport: asyncio.Transport) -> None:
+    """Close so that the peer sees a TCP reset, as the other side of the relay did."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
 
 
 class TunnelEnd:

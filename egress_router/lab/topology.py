@@ -242,7 +242,10 @@ class Lab:
             sock.settimeout(timeout)
             sock.connect((host, port))
             reader = sock.makefile("rb")
-            seen = Seen.parse(reader.readline())
+            line = reader.readline()
+            if not line:
+                raise ConnectionAbortedError(f"{host}:{port} closed the connection without an answer")
+            seen = Seen.parse(line)
             if payload:
                 sock.sendall(payload)
             return seen

@@ -1,0 +1,1 @@
+"""The DNS proxy mode: TCP relays to destinations given by name, following their DNS records."""

@@ -1,0 +1,182 @@
+"""DNS proxy mode end to end: dnsmasq serves the names, the relay runs unprivileged in a router pod,
+the whoami server reports which address was reached and from which source."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from egress_router.lab import Lab, Seen
+from egress_router.lab import topology as t
+from egress_router.lab.netns import socket_in
+from egress_router.lab.topology import Process
+from tests.lab.conftest import Pod, new_pod
+from tests.lab.http_helpers import wait_for_port
+
+DNS = "203.0.113.53"
+REFUSING = "203.0.113.60"  # on the server, but nothing listens: connections are refused
+TARGETS = """
+5432 db.lab.test                # a name, remote port = local port
+9000 203.0.113.26               # an address
+8443 web.lab.test 443           # a name and another remote port
+7000 late.lab.test 9000         # not in DNS when the proxy starts
+6000 multi.lab.test 5432        # two addresses, one refusing
+"""
+HOSTS = f"""
+203.0.113.25 db.lab.test
+203.0.113.27 web.lab.test
+{REFUSING} multi.lab.test
+203.0.113.25 multi.lab.test
+"""
+
+
+class Dns:
+    def __init__(self, lab: Lab, folder: Path) -> None:
+        self.lab = lab
+        self.hosts = folder / "hosts"
+        self.hosts.write_text(HOSTS)
+        folder.chmod(0o755)
+        self.hosts.chmod(0o644)
+        self.proc: Process | None = None
+
+    def start(self) -> None:
+        self.proc = self.lab.start_in(
+            "server",
+            ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", f"--addn-hosts={self.hosts}", "--local-ttl=1", "--conf-file=/dev/null",
+             f"--listen-address={DNS}", "--bind-interfaces", "--pid-file=", "--user=root", "--log-facility=-"],
+        )
+        wait_for_port(self.lab, "server", DNS, 53)
+
+    def set(self, text: str) -> None:
+        self.hosts.write_text(text)
+        assert self.proc is not None
+        os.kill(self.proc.popen.pid, signal.SIGHUP)
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.popen.terminate()
+        self.proc.popen.wait(5)
+
+
+@pytest.fixture(scope="module")
+def dns(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Dns:
+    lab.ip("server", "addr", "add", f"{DNS}/24", "dev", "eth0")
+    lab.ip("server", "addr", "add", f"{REFUSING}/24", "dev", "eth0")
+    server = Dns(lab, tmp_path_factory.mktemp("dns"))
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def relay(lab: Lab, dns: Dns) -> Iterator[tuple[Pod, Process]]:
+    pod = new_pod(lab)
+    done = pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy")
+    assert done.returncode == 0, done.stderr
+    lab.write_etc(pod.role, "resolv.conf", f"nameserver {DNS}\noptions timeout:1 attempts:1\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
+    env.update(EGRESS_DNS_PROXY_DESTINATION=TARGETS, EGRESS_DNS_PROXY_DEBUG="1")
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-m", "egress_router"]
+    proc = lab.start_in(pod.role, argv, env=env)  # no command: the mode comes from the environment
+    wait_for_port(lab, pod.role, "127.0.0.1", 5432)
+    yield pod, proc
+    lab.remove_namespace(pod.role)
+
+
+def seen(lab: Lab, pod: Pod, port: int) -> Seen:
+    return lab.tcp("client", pod.ip, port, timeout=5)
+
+
+def eventually(check, seconds: float = 6):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "did not happen in time"
+        time.sleep(0.1)
+
+
+def test_names_and_addresses_default_and_other_remote_ports(lab: Lab, relay: tuple[Pod, Process]) -> None:
+    pod, _ = relay
+    db = seen(lab, pod, 5432)
+    assert (db.server, db.port, db.client) == ("203.0.113.25", 5432, pod.source)
+    by_address = seen(lab, pod, 9000)
+    assert (by_address.server, by_address.port, by_address.client) == ("203.0.113.26", 9000, pod.source)
+    web = seen(lab, pod, 8443)
+    assert (web.server, web.port) == ("203.0.113.27", 443)
+
+
+def test_one_refusing_address_of_several_is_skipped(lab: Lab, relay: tuple[Pod, Process]) -> None:
+    pod, _ = relay
+    for _ in range(6):
+        assert seen(lab, pod, 6000).server == "203.0.113.25"
+
+
+def test_bytes_pass_unchanged_both_ways_with_half_close(lab: Lab, relay: tuple[Pod, Process]) -> None:
+    pod, _ = relay
+    payload = os.urandom(4 * 1024 * 1024)
+    with socket_in(lab.ns("client")) as sock:
+        sock.settimeout(10)
+        sock.connect((pod.ip, 9000))
+        reader = sock.makefile("rb")
+        assert Seen.parse(reader.readline()).client == pod.source
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)  # half-close: the server still answers, then closes its side
+        echoed = reader.read()
+    assert echoed == payload
+
+
+def test_debug_logs_one_line_per_connection(lab: Lab, relay: tuple[Pod, Process]) -> None:
+    pod, proc = relay
+    seen(lab, pod, 9000)
+    line = eventually(lambda: next((l for l in proc.stderr().splitlines() if "target=203.0.113.26:9000" in l), None))
+    assert f"client={t.CLIENT_IP}:" in line and "address=203.0.113.26" in line and " in=" in line and " out=" in line and "closed=" in line
+
+
+def test_a_changed_record_is_followed(lab: Lab, dns: Dns, relay: tuple[Pod, Process]) -> None:
+    pod, _ = relay
+    assert seen(lab, pod, 5432).server == "203.0.113.25"
+    dns.set(HOSTS.replace("203.0.113.25 db.lab.test", "203.0.113.26 db.lab.test"))
+    changed = time.monotonic()
+    eventually(lambda: seen(lab, pod, 5432).server == "203.0.113.26", seconds=5)
+    assert time.monotonic() - changed < 1 + 1 + 1  # TTL 1 s, plus a second, plus test slack
+    dns.set(HOSTS)
+    eventually(lambda: seen(lab, pod, 5432).server == "203.0.113.25")
+
+
+def test_a_late_name_starts_working_once_it_resolves(lab: Lab, dns: Dns, relay: tuple[Pod, Process]) -> None:
+    pod, _ = relay
+    with pytest.raises(OSError):
+        seen(lab, pod, 7000)  # accepted, then closed: there is nothing to relay to yet
+    dns.set(HOSTS + "203.0.113.27 late.lab.test\n")
+    late = eventually(lambda: seen(lab, pod, 7000), seconds=40)
+    assert (late.server, late.port) == ("203.0.113.27", 9000)
+    dns.set(HOSTS)
+
+
+def test_dns_down_keeps_the_last_good_answer_and_open_connections(lab: Lab, dns: Dns, relay: tuple[Pod, Process]) -> None:
+    pod, proc = relay
+    with socket_in(lab.ns("client")) as open_connection:
+        open_connection.settimeout(5)
+        open_connection.connect((pod.ip, 9000))
+        reader = open_connection.makefile("rb")
+        reader.readline()
+        dns.stop()
+        try:
+            time.sleep(2.5)  # several TTLs: the proxy has tried and failed to re-resolve
+            assert seen(lab, pod, 5432).server == "203.0.113.25"
+            open_connection.sendall(b"still here\n")
+            assert reader.readline() == b"still here\n"
+            assert "keeping 203.0.113.25" in proc.stderr()
+        finally:
+            dns.start()
