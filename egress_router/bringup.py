@@ -38,7 +38,7 @@ def apply_plan(plan: NetworkPlan) -> bool:
             net.set_only_address(index, plan.interface, plan.address),
             net.set_gateway_route(index, plan.interface, plan.gateway),
             net.set_default_route(index, plan.interface, plan.gateway),
-            plan.forwarding and sysctl.enable_forwarding(journal),
+            *[sysctl.set_sysctl(journal, key, value) for key, value in plan.sysctls],
             plan.nat_rules is not None and nat.apply_nat(plan.nat_rules),
         ]
     except BaseException as error:

@@ -13,6 +13,10 @@ from egress_router.config.init_settings import InitSettings, MacvlanRequest
 CLUSTER_INTERFACE = "eth0"
 DNAT_CHAIN = "EGRESS-ROUTER-DNAT"
 SNAT_CHAIN = "EGRESS-ROUTER-SNAT"
+IP_FORWARD = "net.ipv4.ip_forward"
+#: Proxy modes: the unprivileged proxy container may listen on any port of its own pod, 80 included,
+#: as OpenShift's proxy manifests ask; the setting only exists in the pod's network namespace.
+UNPRIVILEGED_PORTS = "net.ipv4.ip_unprivileged_port_start"
 #: Our chains and the built-in chain that jumps to each of them.
 OWNED_CHAINS = ((DNAT_CHAIN, "PREROUTING"), (SNAT_CHAIN, "POSTROUTING"))
 
@@ -64,8 +68,12 @@ class NetworkPlan:
     address: IPv4Interface
     gateway: IPv4Address
     routes: tuple[Route, ...]
-    forwarding: bool
+    sysctls: tuple[tuple[str, str], ...]
     nat_rules: tuple[NatRule, ...] | None  # None: leave NAT alone (proxy modes)
+
+    @property
+    def forwarding(self) -> bool:
+        return (IP_FORWARD, "1") in self.sysctls
 
 
 def build_plan(settings: InitSettings) -> NetworkPlan:
@@ -81,7 +89,7 @@ def build_plan(settings: InitSettings) -> NetworkPlan:
         address=settings.source.interface,
         gateway=settings.gateway,
         routes=(gateway_route, default_route),
-        forwarding=nat_rules is not None,
+        sysctls=((IP_FORWARD, "1"),) if nat_rules is not None else ((UNPRIVILEGED_PORTS, "0"),),
         nat_rules=nat_rules,
     )
 
@@ -123,8 +131,8 @@ def render_plan(plan: NetworkPlan) -> str:
     for route in plan.routes:
         note = " (replaces the current default route)" if route.dst == "default" else ""
         lines.append(f"route  {route.describe(plan.interface)}{note}")
-    if plan.forwarding:
-        lines.append("sysctl net.ipv4.ip_forward=1")
+    for key, value in plan.sysctls:
+        lines.append(f"sysctl {key}={value}")
     if plan.nat_rules is None:
         lines.append("nat    none (proxy mode: the proxy's own connections leave from the egress address)")
     else:

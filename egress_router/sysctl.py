@@ -1,4 +1,4 @@
-"""IPv4 forwarding for the pod's namespace (/proc/sys/net is per network namespace)."""
+"""Per-namespace kernel settings of the pod (/proc/sys/net belongs to the network namespace)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from egress_router.netlink import Journal
 
 log = logging.getLogger(__name__)
 
-IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+PROC_SYS = "/proc/sys"
 
 
 def _write(path: str, value: str) -> None:
@@ -17,16 +17,19 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
-def enable_forwarding(journal: Journal, path: str = IP_FORWARD) -> bool:
+def set_sysctl(journal: Journal, key: str, value: str, root: str = PROC_SYS) -> bool:
+    """Set `key` (dotted) to `value`; journaled so a later failure puts the old value back."""
+    path = f"{root}/{key.replace('.', '/')}"
     try:
         with open(path, encoding="ascii") as f:
             before = f.read().strip()
-        if before == "1":
+        if before == value:
+            log.debug("%s is already %s", key, value)
             return False
-        _write(path, "1")
+        _write(path, value)
     except OSError as error:
         hint = " (is the init container privileged?)" if error.errno in (1, 13, 30) else ""
-        raise ApplyError(f"cannot enable IPv4 forwarding in {path}: {error.strerror}{hint}") from error
-    journal.record("enable forwarding", lambda: _write(path, before))
-    log.info("enabled IPv4 forwarding")
+        raise ApplyError(f"cannot set {key}={value} in {path}: {error.strerror}{hint}") from error
+    journal.record(f"set {key}={value}", lambda: _write(path, before))
+    log.info("set %s=%s", key, value)
     return True

@@ -4,7 +4,6 @@ the whoami server reports which address was reached and from which source."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 import time
@@ -18,9 +17,9 @@ from egress_router.lab import topology as t
 from egress_router.lab.netns import socket_in
 from egress_router.lab.topology import Process
 from tests.lab.conftest import Pod, new_pod
+from tests.lab.dns_helpers import DNS, Dns
 from tests.lab.http_helpers import wait_for_port
 
-DNS = "203.0.113.53"
 REFUSING = "203.0.113.60"  # on the server, but nothing listens: connections are refused
 TARGETS = """
 5432 db.lab.test                # a name, remote port = local port
@@ -37,39 +36,10 @@ HOSTS = f"""
 """
 
 
-class Dns:
-    def __init__(self, lab: Lab, folder: Path) -> None:
-        self.lab = lab
-        self.hosts = folder / "hosts"
-        self.hosts.write_text(HOSTS)
-        folder.chmod(0o755)
-        self.hosts.chmod(0o644)
-        self.proc: Process | None = None
-
-    def start(self) -> None:
-        self.proc = self.lab.start_in(
-            "server",
-            ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", f"--addn-hosts={self.hosts}", "--local-ttl=1", "--conf-file=/dev/null",
-             f"--listen-address={DNS}", "--bind-interfaces", "--pid-file=", "--user=root", "--log-facility=-"],
-        )
-        wait_for_port(self.lab, "server", DNS, 53)
-
-    def set(self, text: str) -> None:
-        self.hosts.write_text(text)
-        assert self.proc is not None
-        os.kill(self.proc.popen.pid, signal.SIGHUP)
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.popen.terminate()
-        self.proc.popen.wait(5)
-
-
 @pytest.fixture(scope="module")
 def dns(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Dns:
-    lab.ip("server", "addr", "add", f"{DNS}/24", "dev", "eth0")
     lab.ip("server", "addr", "add", f"{REFUSING}/24", "dev", "eth0")
-    server = Dns(lab, tmp_path_factory.mktemp("dns"))
+    server = Dns(lab, tmp_path_factory.mktemp("dns"), HOSTS)
     server.start()
     return server
 

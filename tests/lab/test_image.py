@@ -15,6 +15,7 @@ import pytest
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
+from tests.lab.dns_helpers import DNS, Dns
 from tests.lab.http_helpers import wait_for_port
 from tests.manifests import EXAMPLES, containers, init_containers
 
@@ -100,3 +101,30 @@ def test_http_proxy_manifest_works_with_our_images(lab: Lab, image: str, proxy_i
     finally:
         podman(tmp_path, "rm", "-f", "-t", "2", name)
         lab.remove_namespace("himg")
+
+
+def test_dns_proxy_manifest_works_with_our_images(lab: Lab, image: str, proxy_image: str, tmp_path: Path) -> None:
+    """Init image in dns-proxy mode, then the proxy image with no arguments and a random UID, listening on port 80."""
+    manifest = EXAMPLES / "dns-proxy-pod.yaml"
+    (init,) = init_containers(manifest)
+    (proxy,) = containers(manifest)
+    dns = Dns(lab, tmp_path, "203.0.113.25 foobar.com\n203.0.113.27 example.com\n")
+    dns.start()
+    lab.add_pod("dimg", "10.128.0.62")
+    lab.add_macvlan("dimg")
+    network = f"ns:/run/netns/{lab.ns('dimg')}"
+    name = f"{lab.prefix}-dns"
+    source = init["resolved_env"]["EGRESS_SOURCE"].split("/")[0]
+    try:
+        done = podman(tmp_path, "run", "--rm", "--privileged", "--network", network, *env_args(init["resolved_env"]), image)
+        assert done.returncode == 0, done.stderr
+        done = podman(tmp_path, "run", "-d", "--name", name, "--network", network, "--dns", DNS, "--user", "1000650000",
+                      *env_args(proxy["resolved_env"]), proxy_image)
+        assert done.returncode == 0, done.stderr
+        wait_for_port(lab, "dimg", "127.0.0.1", 80)
+        for port, server, remote in ((80, "203.0.113.25", 80), (8080, "203.0.113.26", 80), (8443, "203.0.113.25", 443)):
+            seen = lab.tcp("client", "10.128.0.62", port)
+            assert (seen.server, seen.port, seen.client) == (server, remote, source)
+    finally:
+        podman(tmp_path, "rm", "-f", "-t", "2", name)
+        lab.remove_namespace("dimg")

@@ -128,6 +128,8 @@ def test_proxy_modes_set_up_the_network_without_nat(lab: Lab, pod: Pod, mode: st
     state = pod.snapshot()
     assert "EGRESS-ROUTER" not in state["nat"] and state["ip_forward"] == "0"
     assert lab.tcp(pod.role, "203.0.113.25", 443).client == pod.source  # the proxy's own connections
+    unprivileged = lab.run_in(pod.role, ["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).stdout.strip()
+    assert unprivileged == "0"  # an unprivileged proxy may listen on port 80 of its own pod
 
 
 def test_legacy_mode_stays_up_until_sigterm(lab: Lab, pod: Pod) -> None:

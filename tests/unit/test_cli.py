@@ -64,3 +64,31 @@ def test_destination_file_errors(env: dict[str, str | None], message: str) -> No
     result = invoke(["init"], {**ENV, **env})
     assert result.exit_code == 1
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "message"),
+    [
+        ("dns-proxy", {"EGRESS_DNS_PROXY_DESTINATION": "80 a.example\n80 b.example"}, 'EGRESS_DNS_PROXY_DESTINATION line 2: localport 80 is already used on line 1: "80 b.example"'),
+        ("dns-proxy", {"EGRESS_DNS_PROXY_DESTINATION": "99999 a.example"}, "EGRESS_DNS_PROXY_DESTINATION line 1: invalid port 99999"),
+        ("dns-proxy", {"EGRESS_DNS_PROXY_DESTINATION": "80 a..example"}, "value 'a..example' is invalid"),
+        ("dns-proxy", {"EGRESS_DNS_PROXY_DESTINATION": "# nothing"}, "EGRESS_DNS_PROXY_DESTINATION: no destination given"),
+        ("dns-proxy", {"EGRESS_DNS_PROXY_DESTINATION": "80 a.example", "EGRESS_DNS_PROXY_MIN_TTL": "10m"}, "must not exceed EGRESS_DNS_PROXY_MAX_TTL"),
+        ("http-proxy", {"EGRESS_HTTP_PROXY_DESTINATION": "*\nexample.com"}, "Wildcard must be last rule, if present"),
+        ("http-proxy", {"EGRESS_HTTP_PROXY_DESTINATION": "!bad host"}, "Bad destination: one rule a line"),
+        ("http-proxy", {"EGRESS_HTTP_PROXY_DESTINATION": "*", "EGRESS_HTTP_PROXY_IDLE_TIMEOUT": "soon"}, "EGRESS_HTTP_PROXY_IDLE_TIMEOUT: not a duration"),
+    ],
+)
+def test_proxy_list_errors_stop_the_start(command: str, env: dict[str, str], message: str) -> None:
+    result = invoke([command], env)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert all(line.startswith(f"egress-router {command}: error: ") for line in result.stderr.splitlines())
+
+
+def test_mode_from_environment() -> None:
+    from egress_router.cli import command_from_environment
+
+    assert command_from_environment({"EGRESS_DNS_PROXY_DESTINATION": "80 a.example"}) == "dns-proxy"
+    assert command_from_environment({"EGRESS_HTTP_PROXY_DESTINATION_FILE": "/etc/list"}) == "http-proxy"
+    assert command_from_environment({"EGRESS_SOURCE": "192.0.2.1"}) is None

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from egress_router.cli import command_from_environment
+from egress_router.config.dns_settings import load_dns_settings
 from egress_router.config.http_settings import load_http_settings
 from egress_router.config.init_settings import load_init_settings
 from egress_router.plan import build_plan
@@ -43,5 +44,8 @@ def test_example_proxy_container_is_valid(name: str, container: dict[str, Any]) 
     env = container["resolved_env"]
     assert "securityContext" not in container  # unprivileged
     assert command_from_environment(env) == name.split("-pod")[0]
-    settings = load_http_settings(destination=env["EGRESS_HTTP_PROXY_DESTINATION"])
-    assert settings.acl.wildcard is not None
+    if "EGRESS_HTTP_PROXY_DESTINATION" in env:
+        assert load_http_settings(destination=env["EGRESS_HTTP_PROXY_DESTINATION"]).acl.wildcard is not None
+    else:
+        settings = load_dns_settings(destination=env["EGRESS_DNS_PROXY_DESTINATION"], debug=env.get("EGRESS_DNS_PROXY_DEBUG"))
+        assert settings.debug and [t.local_port for t in settings.targets] == [80, 100, 8080, 8443]
