@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -22,6 +23,9 @@ DESTINATION = """\
 53 udp 203.0.113.27
 203.0.113.50"""
 PROXY_POD_IP = "10.128.0.30"
+DNS_POD_IP = "10.128.0.40"
+DNS_SOURCE = "192.168.12.101"
+DNS_SERVER = "203.0.113.53"
 PROXY_SOURCE = "192.168.12.100"
 PROXY_LIST = """\
 !10.0.0.0/8
@@ -99,16 +103,56 @@ def _start_http_proxy(lab: Lab, env: dict[str, str]) -> None:
     proxy_env = {**{k: v for k, v in env.items() if not k.startswith("EGRESS_")}, "EGRESS_HTTP_PROXY_DESTINATION": PROXY_LIST, "EGRESS_HTTP_PROXY_WORKERS": "1"}
     argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "egress_router", "http-proxy"]
     lab.start_in("proxy", argv, env=proxy_env)
+    _wait_for(lab, PROXY_POD_IP, 8080)
+
+
+def _dns_rows(lab: Lab, env: dict[str, str], hosts: str) -> list[tuple[str, str, str]]:
+    """A third router pod in dns-proxy mode relaying port 5432 to db.lab.test, whose record then changes."""
+    lab.ip("server", "addr", "add", f"{DNS_SERVER}/24", "dev", "eth0")
+    with open(hosts, "w", encoding="utf-8") as f:
+        f.write("203.0.113.25 db.lab.test\n")
+    os.chmod(os.path.dirname(hosts), 0o755)
+    os.chmod(hosts, 0o644)
+    dnsmasq = lab.start_in("server", ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", "--local-ttl=1",
+                                      "--conf-file=/dev/null", f"--listen-address={DNS_SERVER}", "--bind-interfaces", "--pid-file=", "--user=root"])
+    lab.add_pod("dns", DNS_POD_IP)
+    lab.add_macvlan("dns")
+    init = {**env, "EGRESS_SOURCE": DNS_SOURCE, "EGRESS_ROUTER_MODE": "dns-proxy"}
+    del init["EGRESS_DESTINATION"]
+    done = lab.run_in("dns", [sys.executable, "-m", "egress_router", "init"], env=init)
+    if done.returncode != 0:
+        raise LabError(f"init in dns-proxy mode failed: {done.stderr}")
+    lab.write_etc("dns", "resolv.conf", f"nameserver {DNS_SERVER}\n")
+    proxy_env = {**{k: v for k, v in env.items() if not k.startswith("EGRESS_")}, "EGRESS_DNS_PROXY_DESTINATION": "5432 db.lab.test"}
+    lab.start_in("dns", ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "egress_router", "dns-proxy"], env=proxy_env)
+    _wait_for(lab, DNS_POD_IP, 5432)
+    rows = [("client -> dns-proxy:5432 (db.lab.test is 203.0.113.25)", *_probe(lambda: lab.tcp("client", DNS_POD_IP, 5432)))]
+    with open(hosts, "w", encoding="utf-8") as f:
+        f.write("203.0.113.26 db.lab.test\n")
+    os.kill(dnsmasq.popen.pid, signal.SIGHUP)
+    changed = time.monotonic()
+    seen = "-", "not followed within 5 s"
+    while time.monotonic() - changed < 5:
+        seen = _probe(lambda: lab.tcp("client", DNS_POD_IP, 5432))
+        if "203.0.113.26" in seen[1]:
+            seen = seen[0], f"{seen[1]} after {time.monotonic() - changed:.1f} s"
+            break
+        time.sleep(0.1)
+    rows.append(("client -> dns-proxy:5432 (record changed to .26)", *seen))
+    return rows
+
+
+def _wait_for(lab: Lab, host: str, port: int) -> None:
     deadline = time.monotonic() + 10
     while True:
         try:
             with socket_in(lab.ns("client")) as sock:
                 sock.settimeout(1)
-                sock.connect((PROXY_POD_IP, 8080))
+                sock.connect((host, port))
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise LabError("the HTTP proxy did not start listening")
+                raise LabError(f"nothing listens on {host}:{port}")
             time.sleep(0.05)
 
 
@@ -124,9 +168,9 @@ def run() -> int:
     if sys.platform != "linux" or os.geteuid() != 0:
         print("egress-router demo: error: run it as root on Linux (it builds network namespaces)", file=sys.stderr)
         return 1
-    missing = [tool for tool in ("ip", "nft", "curl", "setpriv") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "nft", "curl", "setpriv", "dnsmasq") if shutil.which(tool) is None]
     if missing:
-        print(f"egress-router demo: error: missing {', '.join(missing)} (apt-get install iproute2 nftables curl util-linux)", file=sys.stderr)
+        print(f"egress-router demo: error: missing {', '.join(missing)} (apt-get install iproute2 nftables curl util-linux dnsmasq-base)", file=sys.stderr)
         return 1
     previous = signal.signal(signal.SIGTERM, _interrupt)
     lab = Lab()
@@ -153,6 +197,10 @@ def run() -> int:
         print("  unprivileged, with EGRESS_HTTP_PROXY_DESTINATION=" + PROXY_LIST.replace("\n", "\n" + " " * 45) + "\n")
         _start_http_proxy(lab, env)
         print(_table(_proxy_rows(lab)))
+        print(f"\nDNS proxy mode: a third router pod ({DNS_POD_IP}, EGRESS_SOURCE={DNS_SOURCE}) runs egress-router dns-proxy")
+        print("  unprivileged, with EGRESS_DNS_PROXY_DESTINATION=5432 db.lab.test; dnsmasq serves db.lab.test with a 1 s TTL\n")
+        with tempfile.TemporaryDirectory() as folder:
+            print(_table(_dns_rows(lab, env, os.path.join(folder, "hosts"))))
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

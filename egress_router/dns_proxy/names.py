@@ -17,6 +17,8 @@ from egress_router.resolver import Resolver, ResolveError
 log = logging.getLogger(__name__)
 IPAddress = IPv4Address | IPv6Address
 MAX_BACKOFF = 30.0
+#: Ask again when this share of the TTL has passed, so the answer is refreshed before it expires.
+REFRESH_AT = 0.9
 
 
 class Destination:
@@ -67,7 +69,7 @@ class Destination:
                 self.good_until = loop.time() + self.settings.stale_limit
                 self.ready.set()
                 backoff = 1.0
-                delay = min(max(answer.ttl, self.settings.min_ttl), self.settings.max_ttl)
+                delay = min(max(answer.ttl * REFRESH_AT, self.settings.min_ttl), self.settings.max_ttl)
             await asyncio.sleep(max(delay, self.settings.min_ttl))
 
     def order(self) -> list[IPAddress]:

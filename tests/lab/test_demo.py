@@ -23,6 +23,8 @@ def test_demo_shows_before_and_after_and_cleans_up() -> None:
     assert out.count("192.168.12.99      reached") == 4
     assert out.count("192.168.12.100     200, allowed") == 2
     assert "403, sneaky.partner.test resolves to 10.128.0.10: line 1: !10.0.0.0/8" in out
+    assert "192.168.12.101     reached 203.0.113.25:5432/tcp" in out
+    assert "192.168.12.101     reached 203.0.113.26:5432/tcp after" in out
     assert out.rstrip().endswith("Cleaned up: every lab namespace and process is gone.")
     assert leftovers(prefix) == []
 
