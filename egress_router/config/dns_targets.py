@@ -70,7 +70,8 @@ def parse_targets(value: str | None, variable: str = VARIABLE) -> tuple[Target, 
             bad(f"value '{line.fields[1]}' is invalid: not an IPv4/IPv6 address or a host name")
             continue
         if not isinstance(host, str):
-            reason = unusable_host_reason(host) if isinstance(host, IPv4Address) else ("cannot be used" if host.is_unspecified or host.is_multicast else None)
+            # An explicit loopback address is allowed: a relay to a sidecar in the pod is the admin's call.
+            reason = None if host.is_loopback else (unusable_host_reason(host) if isinstance(host, IPv4Address) else ("cannot be used" if host.is_unspecified or host.is_multicast else None))
             if reason:
                 bad(f"value '{line.fields[1]}' is invalid: {reason}")
                 continue

@@ -108,7 +108,8 @@ class Listener:
         failures = []
         for address in self.destination.order():
             try:
-                _, server = await asyncio.wait_for(loop.create_connection(lambda: Side(1), str(address), target.remote_port), self.settings.connect_timeout)
+                async with asyncio.timeout(self.settings.connect_timeout):  # no extra task, unlike wait_for
+                    _, server = await loop.create_connection(lambda: Side(1), str(address), target.remote_port)
                 chosen = str(address)
                 break
             except (OSError, TimeoutError) as error:
