@@ -195,6 +195,6 @@ def dns_proxy(destination: str | None, destination_file: str | None, debug: str 
         fail("dns-proxy", str(error))
         return
     try:
-        sys.exit(service.run(settings))
+        sys.exit(service.run(settings, destination_file.strip() if destination_file else None))
     except ApplyError as error:
         fail("dns-proxy", str(error))

@@ -127,7 +127,11 @@ class Listener:
         tunnel = Tunnel(loop, (client.transport, server.transport), self.settings.idle_timeout)
         client.join(tunnel)
         server.join(tunnel)
-        why = await tunnel.closed
+        try:
+            why = await tunnel.closed
+        except asyncio.CancelledError:  # the drain deadline after SIGTERM
+            tunnel.close("drain deadline")
+            raise
         self._log(peer, chosen, tunnel.sent[0], tunnel.sent[1], started, why)
 
     def _log(self, peer: tuple[str, int] | None, address: str, sent: int, received: int, started: float, why: str) -> None:

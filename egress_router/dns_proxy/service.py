@@ -1,55 +1,104 @@
-"""`egress-router dns-proxy`: a listener per destination line, names followed, graceful SIGTERM."""
+"""`egress-router dns-proxy`: a listener per destination line, names followed, list file followed, graceful SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from egress_router.config.dns_settings import DnsProxySettings
+from egress_router.config.dns_targets import Target, parse_targets
 from egress_router.config.resolv_conf import parse_resolv_conf
 from egress_router.dns_proxy.names import Destination
 from egress_router.dns_proxy.relay_server import Listener
+from egress_router.errors import ApplyError
 from egress_router.listener import listen
 from egress_router.resolver import Resolver
+from egress_router.watch import FileWatcher
 from egress_router.workers import run_loop
 
 log = logging.getLogger(__name__)
 RESOLV_CONF = "/etc/resolv.conf"
 
 
-async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
+class Relays:
+    """The listening ports and where each one goes; `apply` turns one list into another without a restart."""
+
+    def __init__(self, settings: DnsProxySettings, resolver: Resolver) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self.active: set[asyncio.Task[None]] = set()
+        self.ports: dict[int, tuple[asyncio.Server, Listener]] = {}
+
+    async def apply(self, targets: tuple[Target, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        wanted = {target.local_port: target for target in targets}
+        for port in [p for p in self.ports if p not in wanted]:
+            server, listener = self.ports.pop(port)
+            server.close()  # open connections on it run on
+            listener.destination.stop()
+            log.info("port %d closed", port)
+        for port, target in wanted.items():
+            current = self.ports.get(port)
+            if current is not None and (current[1].destination.target.host, current[1].destination.target.remote_port) == (target.host, target.remote_port):
+                continue
+            destination = Destination(target, self.settings, self.resolver)
+            if current is not None:
+                current[1].destination.stop()
+                current[1].destination = destination  # new connections go to the new destination
+            else:
+                try:
+                    sock = listen(port, reuse_port=False)
+                except ApplyError as error:
+                    log.error("EGRESS_DNS_PROXY_DESTINATION line %d: %s", target.line_no, error)
+                    continue
+                listener = Listener(destination, self.settings, self.active)
+                self.ports[port] = (await loop.create_server(listener.protocol, sock=sock), listener)
+            destination.start()
+            log.info("port %d -> %s", port, target.describe)
+
+    def stop(self) -> None:
+        for server, listener in self.ports.values():
+            server.close()
+            listener.destination.stop()
+
+
+async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, list_file: str | None) -> None:
     try:
         resolv = parse_resolv_conf(Path(RESOLV_CONF).read_text(encoding="utf-8", errors="replace"))
     except OSError:
         resolv = parse_resolv_conf("")
-    resolver = Resolver(resolv)
-    active: set[asyncio.Task[None]] = set()
-    servers = []
-    destinations = []
-    for target in settings.targets:
-        destination = Destination(target, settings, resolver)
-        destinations.append(destination)
-        sock = listen(target.local_port, reuse_port=False)
-        servers.append(await loop.create_server(Listener(destination, settings, active).protocol, sock=sock))
-        destination.start()
-        log.info("port %d -> %s", target.local_port, target.describe)
+    relays = Relays(settings, Resolver(resolv))
+    await relays.apply(settings.targets)
+    watcher = None
+    if list_file:
+        loop = asyncio.get_running_loop()
+
+        def use(targets: tuple[Target, ...]) -> None:
+            relays.settings = replace(relays.settings, targets=targets)
+            loop.create_task(relays.apply(targets))
+
+        watcher = FileWatcher(list_file, "EGRESS_DNS_PROXY_DESTINATION_FILE", parse_targets, use)
+        watcher.start()
     await stop.wait()
-    for server in servers:
-        server.close()
-    for destination in destinations:
-        destination.stop()
-    log.info("stopping: no new connections; %d relayed connection(s) get up to %g s", len(active), settings.drain_timeout)
-    if active:
-        _done, pending = await asyncio.wait(set(active), timeout=settings.drain_timeout)
+    if watcher is not None:
+        watcher.stop()
+    relays.stop()
+    log.info("stopping: no new connections; %d relayed connection(s) get up to %g s", len(relays.active), settings.drain_timeout)
+    cut = 0
+    if relays.active:
+        _done, pending = await asyncio.wait(set(relays.active), timeout=settings.drain_timeout)
+        cut = len(pending)
         for task in pending:
             task.cancel()
-    log.info("stopped")
+        if pending:
+            await asyncio.wait(pending, timeout=1)
+    log.info("stopped (%d connection(s) cut at the drain deadline)", cut)
 
 
-def run(settings: DnsProxySettings) -> int:
+def run(settings: DnsProxySettings, list_file: str | None = None) -> int:
     for target in settings.targets:  # every port must be ours before anything starts
         listen(target.local_port, reuse_port=False).close()
-    run_loop(lambda stop: serve_until_stopped(settings, stop))
+    run_loop(lambda stop: serve_until_stopped(settings, stop, list_file))
     return 0

@@ -150,3 +150,57 @@ def test_dns_down_keeps_the_last_good_answer_and_open_connections(lab: Lab, dns:
             assert "keeping 203.0.113.25" in proc.stderr()
         finally:
             dns.start()
+
+
+def test_sigterm_lets_open_connections_finish_then_cuts_them(lab: Lab, dns: Dns, tmp_path: Path) -> None:
+    pod = new_pod(lab)
+    try:
+        assert pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy").returncode == 0
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
+        env.update(EGRESS_DNS_PROXY_DESTINATION="9000 203.0.113.26", EGRESS_DNS_PROXY_DRAIN_TIMEOUT="1500ms")
+        proc = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "dns-proxy"], env=env)
+        wait_for_port(lab, pod.role, "127.0.0.1", 9000)
+        with socket_in(lab.ns("client")) as sock:
+            sock.settimeout(5)
+            sock.connect((pod.ip, 9000))
+            reader = sock.makefile("rb")
+            reader.readline()
+            started = time.monotonic()
+            proc.popen.send_signal(15)
+            time.sleep(0.3)
+            with pytest.raises(ConnectionRefusedError):
+                seen(lab, pod, 9000)  # no new connections
+            sock.sendall(b"in flight\n")
+            assert reader.readline() == b"in flight\n"  # the open one still works
+            assert reader.read() == b""  # until the drain deadline cuts it
+            assert 1.2 < time.monotonic() - started < 4
+        assert proc.popen.wait(5) == 0
+        assert "1 connection(s) cut at the drain deadline" in proc.stderr()
+    finally:
+        lab.remove_namespace(pod.role)
+
+
+def test_the_list_file_is_followed(lab: Lab, dns: Dns, tmp_path: Path) -> None:
+    pod = new_pod(lab)
+    try:
+        assert pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy").returncode == 0
+        lab.write_etc(pod.role, "resolv.conf", f"nameserver {DNS}\noptions timeout:1 attempts:1\n")
+        listing = tmp_path / "destination"
+        listing.write_text("9000 203.0.113.26\n")
+        tmp_path.chmod(0o755)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
+        env.update(EGRESS_DNS_PROXY_DESTINATION_FILE=str(listing))
+        proc = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "dns-proxy"], env=env)
+        wait_for_port(lab, pod.role, "127.0.0.1", 9000)
+        assert seen(lab, pod, 9000).server == "203.0.113.26"
+        listing.write_text("9000 203.0.113.27   # moved\n5432 db.lab.test\n")
+        eventually(lambda: seen(lab, pod, 9000).server == "203.0.113.27")
+        assert eventually(lambda: seen(lab, pod, 5432)).server == "203.0.113.25"  # a new port
+        listing.write_text("5432 db.lab.test\n9000 nonsense..name\n")
+        eventually(lambda: "keeping the previous list" in proc.stderr())
+        listing.write_text("5432 db.lab.test\n")
+        eventually(lambda: "port 9000 closed" in proc.stderr())
+        with pytest.raises(ConnectionRefusedError):
+            seen(lab, pod, 9000)
+    finally:
+        lab.remove_namespace(pod.role)
