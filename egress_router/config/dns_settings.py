@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from egress_router.config.dns_targets import Target, parse_targets
-from egress_router.config.errors import Collector, ConfigError
+from egress_router.config.errors import Collector, ConfigError, Problem
 from egress_router.config.values import parse_count, parse_duration
 
 
@@ -21,6 +21,7 @@ class DnsProxySettings:
     max_ttl: float = 300.0
     stale_limit: float = 3600.0
     avoid_failed_for: float = 30.0
+    splice: bool = True
 
 
 def load_dns_settings(
@@ -34,9 +35,14 @@ def load_dns_settings(
     min_ttl: str | None = None,
     max_ttl: str | None = None,
     stale_limit: str | None = None,
+    splice: str | None = None,
 ) -> DnsProxySettings:
     found = Collector()
     values: dict[str, object] = {"debug": bool(debug and debug.strip())}
+    choice = (splice or "on").strip().lower()
+    if choice not in ("on", "off"):
+        found.add(Problem("EGRESS_DNS_PROXY_SPLICE", "must be on or off", choice))
+    values["splice"] = choice == "on"
     steps = {
         "targets": lambda: parse_targets(destination),
         "max_connections": lambda: parse_count(max_connections, "EGRESS_DNS_PROXY_MAX_CONNECTIONS", 4096),

@@ -27,6 +27,21 @@ TARGETS = """
 8443 web.lab.test 443           # a name and another remote port
 7000 late.lab.test 9000         # not in DNS when the proxy starts
 6000 multi.lab.test 5432        # two addresses, one refusing
+9100 203.0.113.26               # a server that resets
+"""
+RESETTING_SERVER = """
+import socket, struct
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("203.0.113.26", 9100))
+listener.listen(16)
+print("ready", flush=True)
+while True:
+    conn, _ = listener.accept()
+    conn.sendall(b"x")
+    conn.recv(1)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
 """
 HOSTS = f"""
 203.0.113.25 db.lab.test
@@ -45,13 +60,18 @@ def dns(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Dns:
 
 
 @pytest.fixture(scope="module")
-def relay(lab: Lab, dns: Dns) -> Iterator[tuple[Pod, Process]]:
+def resetting_server(lab: Lab) -> None:
+    lab.start_in("server", ["python3", "-c", RESETTING_SERVER], ready_line="ready")
+
+
+@pytest.fixture(scope="module", params=["on", "off"], ids=["splice", "copy"])
+def relay(lab: Lab, dns: Dns, resetting_server: None, request: pytest.FixtureRequest) -> Iterator[tuple[Pod, Process]]:
     pod = new_pod(lab)
     done = pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy")
     assert done.returncode == 0, done.stderr
     lab.write_etc(pod.role, "resolv.conf", f"nameserver {DNS}\noptions timeout:1 attempts:1\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-    env.update(EGRESS_DNS_PROXY_DESTINATION=TARGETS, EGRESS_DNS_PROXY_DEBUG="1")
+    env.update(EGRESS_DNS_PROXY_DESTINATION=TARGETS, EGRESS_DNS_PROXY_DEBUG="1", EGRESS_DNS_PROXY_SPLICE=request.param)
     argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-m", "egress_router"]
     proc = lab.start_in(pod.role, argv, env=env)  # no command: the mode comes from the environment
     wait_for_port(lab, pod.role, "127.0.0.1", 5432)
@@ -104,6 +124,18 @@ def test_bytes_pass_unchanged_both_ways_with_half_close(lab: Lab, relay: tuple[P
         sock.shutdown(socket.SHUT_WR)  # half-close: the server still answers, then closes its side
         echoed = reader.read()
     assert echoed == payload
+
+
+def test_a_reset_is_passed_on(lab: Lab, relay: tuple[Pod, Process]) -> None:
+    pod, _ = relay
+    with socket_in(lab.ns("client")) as sock:
+        sock.settimeout(5)
+        sock.connect((pod.ip, 9100))
+        assert sock.recv(1) == b"x"
+        sock.sendall(b"y")  # the server answers with a reset
+        with pytest.raises(ConnectionResetError):
+            while sock.recv(1):
+                pass
 
 
 def test_debug_logs_one_line_per_connection(lab: Lab, relay: tuple[Pod, Process]) -> None:
