@@ -73,14 +73,18 @@ def main() -> None:
         results["haproxy"] = measure(lab, 7000, sorted({haproxy.popen.pid, *pids_of(lab, b"haproxy")}), args.seconds)
         haproxy.popen.terminate()
         haproxy.popen.wait(30)
-        env = own_env(EGRESS_DNS_PROXY_DESTINATION="7001 127.0.0.1 8081")
-        proc = subprocess.Popen(lab.exec_argv(ROLE, [*PROXY_CPUS, sys.executable, "-m", "egress_router", "dns-proxy"]), env=env, stderr=subprocess.DEVNULL)
-        wait_port(lab, 7001)
-        try:
-            results["egress-router dns-proxy"] = measure(lab, 7001, pids_of(lab, b"dns-proxy"), args.seconds)
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        for index, mode in enumerate(("off", "on")):
+            port = 7001 + index
+            env = own_env(EGRESS_DNS_PROXY_DESTINATION=f"{port} 127.0.0.1 8081", EGRESS_DNS_PROXY_SPLICE=mode)
+            argv = [*PROXY_CPUS, sys.executable, "-m", "egress_router", "dns-proxy"]
+            proc = subprocess.Popen(lab.exec_argv(ROLE, argv), env=env, stderr=subprocess.DEVNULL)
+            wait_port(lab, port)
+            try:
+                name = "egress-router dns-proxy" + (", splice" if mode == "on" else "")
+                results[name] = measure(lab, port, pids_of(lab, b"dns-proxy"), args.seconds)
+            finally:
+                proc.terminate()
+                proc.wait(30)
     theirs = results["haproxy"]
     print("| relay | req/s, 50 keep-alive conns | new conns/s | CPU µs/request | bulk MB/s, 1 stream | bulk MB/s, 8 streams | KiB per idle conn |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -1,15 +1,17 @@
 """One listener per destination: each client connection is relayed to an address of the destination.
 
-Sockets are accepted and connected directly (no asyncio transports), then handed to the zero-copy
-splice pump; where the kernel has no splice for them, to the transport-based Tunnel instead.
+uvloop accepts; then either the socket is taken over by the zero-copy splice pump, or (EGRESS_DNS_PROXY_SPLICE
+off, or no splice in this kernel) both sides stay asyncio transports joined by the Tunnel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
+from collections.abc import Callable
 
 from egress_router import splice
 from egress_router.config.dns_settings import DnsProxySettings
@@ -24,9 +26,16 @@ class _Side(TunnelEnd, asyncio.Protocol):
 
     def __init__(self, side: int) -> None:
         self.side = side
+        self.transport: asyncio.Transport | None = None
+        self.on_made: Callable[[asyncio.Transport], None] | None = None
         self.early: list[bytes] = []
         self.early_eof = False
         self.lost_early: tuple[BaseException | None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.on_made is not None:
+            self.on_made(self.transport)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -58,40 +67,48 @@ class _Side(TunnelEnd, asyncio.Protocol):
             tunnel.lost(self.side, self.lost_early[0])
 
 
+class _Handoff(asyncio.Protocol):
+    """Takes an accepted socket away from asyncio for the splice pump (uvloop still does the fast accept)."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]  # no byte may be read into asyncio's buffers
+        fd = os.dup(transport.get_extra_info("socket").fileno())
+        peer = transport.get_extra_info("peername")
+        transport.abort()  # closes asyncio's descriptor only; the connection lives on in ours
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self.listener.spawn(sock, peer)
+
+
 class Listener:
     """Connections to one local port; `destination` may be swapped when the list file changes."""
 
-    def __init__(self, sock: socket.socket, destination: Destination, settings: DnsProxySettings, active: set[asyncio.Task[None]]) -> None:
-        self.sock = sock
+    def __init__(self, destination: Destination, settings: DnsProxySettings, active: set[asyncio.Task[None]]) -> None:
         self.destination = destination
         self.settings = settings
         self.active = active
-        self.task: asyncio.Task[None] | None = None
         self.use_splice = settings.splice and splice.available()
 
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.accept())
+    def protocol(self) -> asyncio.Protocol:
+        if self.use_splice:
+            return _Handoff(self)
+        client = _Side(0)
+        client.on_made = lambda transport: self.spawn(client, transport.get_extra_info("peername"))
+        return client
 
-    def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        self.sock.close()
+    def spawn(self, client: socket.socket | _Side, peer: tuple[str, int] | None) -> None:
+        if len(self.active) >= self.settings.max_connections:
+            log.warning("port %d: connection limit (%d) reached, closing a new connection", self.destination.target.local_port, self.settings.max_connections)
+            _close(client)
+            return
+        task = asyncio.get_running_loop().create_task(self.relay(client, peer))
+        self.active.add(task)
+        task.add_done_callback(self.active.discard)
 
-    async def accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            client, peer = await loop.sock_accept(self.sock)
-            if len(self.active) >= self.settings.max_connections:
-                log.warning("port %d: connection limit (%d) reached, closing a new connection", self.destination.target.local_port, self.settings.max_connections)
-                client.close()
-                continue
-            client.setblocking(False)
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = loop.create_task(self.relay(client, peer))
-            self.active.add(task)
-            task.add_done_callback(self.active.discard)
-
-    async def relay(self, client: socket.socket, peer: tuple[str, int]) -> None:
+    async def relay(self, client: socket.socket | _Side, peer: tuple[str, int] | None) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         destination = self.destination
@@ -102,53 +119,58 @@ class Listener:
                     await destination.ready.wait()
             except TimeoutError:
                 self._log(peer, "-", 0, 0, started, f"{target.host} does not resolve (yet)")
-                client.close()
+                _close(client)
                 return
-        server = None
-        chosen = "-"
         failures = []
         for address in destination.order():
-            candidate = socket.socket(socket.AF_INET6 if address.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
-            candidate.setblocking(False)
             try:
                 async with asyncio.timeout(self.settings.connect_timeout):
-                    await loop.sock_connect(candidate, (str(address), target.remote_port))
+                    server = await self._connect(loop, client, str(address), target.remote_port)
             except (OSError, TimeoutError) as error:
-                candidate.close()
                 destination.failed(address)
                 failures.append(f"{address}: {'timeout' if isinstance(error, TimeoutError) else error.strerror or error}")
                 continue
             except asyncio.CancelledError:
-                candidate.close()
-                client.close()
+                _close(client)
                 raise
-            candidate.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            server, chosen = candidate, str(address)
             break
-        if server is None:
+        else:
             log.warning("port %d: no address of %s answered (%s)", target.local_port, target.host, "; ".join(failures) or "no address")
-            client.close()
+            _close(client)
             return
-        if self.use_splice:
+        if isinstance(client, socket.socket):
+            assert isinstance(server, socket.socket)
             pump = splice.SplicePump(loop, client, server, self.settings.idle_timeout)
             pump.start()
-            closed, counts = pump.finished, pump.sent
+            closed, counts, finish = pump.finished, pump.sent, pump.finish
         else:
-            client_transport, client_side = await loop.connect_accepted_socket(lambda: _Side(0), client)
-            server_transport, server_side = await loop.create_connection(lambda: _Side(1), sock=server)
-            tunnel = Tunnel(loop, (client_transport, server_transport), self.settings.idle_timeout)  # type: ignore[arg-type]
-            client_side.join(tunnel)
-            server_side.join(tunnel)
-            closed, counts = tunnel.closed, tunnel.sent
+            assert isinstance(server, _Side) and client.transport is not None and server.transport is not None
+            tunnel = Tunnel(loop, (client.transport, server.transport), self.settings.idle_timeout)
+            client.join(tunnel)
+            server.join(tunnel)
+            closed, counts, finish = tunnel.closed, tunnel.sent, tunnel.close
         try:
             why = await closed
         except asyncio.CancelledError:  # the drain deadline after SIGTERM
-            if self.use_splice:
-                pump.finish("drain deadline")
-            else:
-                tunnel.close("drain deadline")
+            finish("drain deadline")
             raise
-        self._log(peer, chosen, counts[0], counts[1], started, why)
+        self._log(peer, str(address), counts[0], counts[1], started, why)
+
+    @staticmethod
+    async def _connect(loop: asyncio.AbstractEventLoop, client: socket.socket | _Side, host: str, port: int) -> socket.socket | _Side:
+        """A raw socket for the splice pump, or a transport-backed side for the Tunnel."""
+        if isinstance(client, _Side):
+            _, side = await loop.create_connection(lambda: _Side(1), host, port)
+            return side
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _log(self, peer: tuple[str, int] | None, address: str, sent: int, received: int, started: float, why: str) -> None:
         if not self.settings.debug:
@@ -159,3 +181,10 @@ class Listener:
             "client=%s port=%d target=%s address=%s in=%d out=%d ms=%.1f closed=%s",
             client, target.local_port, target.describe, address, sent, received, (time.monotonic() - started) * 1000, why.replace(" ", "_"),
         )
+
+
+def _close(client: socket.socket | _Side) -> None:
+    if isinstance(client, socket.socket):
+        client.close()
+    elif client.transport is not None:
+        client.transport.close()

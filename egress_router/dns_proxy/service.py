@@ -29,38 +29,38 @@ class Relays:
         self.settings = settings
         self.resolver = resolver
         self.active: set[asyncio.Task[None]] = set()
-        self.ports: dict[int, Listener] = {}
+        self.ports: dict[int, tuple[asyncio.Server, Listener]] = {}
 
     async def apply(self, targets: tuple[Target, ...]) -> None:
+        loop = asyncio.get_running_loop()
         wanted = {target.local_port: target for target in targets}
         for port in [p for p in self.ports if p not in wanted]:
-            listener = self.ports.pop(port)
-            listener.close()  # open connections on it run on
+            server, listener = self.ports.pop(port)
+            server.close()  # open connections on it run on
             listener.destination.stop()
             log.info("port %d closed", port)
         for port, target in wanted.items():
             current = self.ports.get(port)
-            if current is not None and (current.destination.target.host, current.destination.target.remote_port) == (target.host, target.remote_port):
+            if current is not None and (current[1].destination.target.host, current[1].destination.target.remote_port) == (target.host, target.remote_port):
                 continue
             destination = Destination(target, self.settings, self.resolver)
             if current is not None:
-                current.destination.stop()
-                current.destination = destination  # new connections go to the new destination
+                current[1].destination.stop()
+                current[1].destination = destination  # new connections go to the new destination
             else:
                 try:
                     sock = listen(port, reuse_port=False)
                 except ApplyError as error:
                     log.error("EGRESS_DNS_PROXY_DESTINATION line %d: %s", target.line_no, error)
                     continue
-                listener = Listener(sock, destination, self.settings, self.active)
-                listener.start()
-                self.ports[port] = listener
+                listener = Listener(destination, self.settings, self.active)
+                self.ports[port] = (await loop.create_server(listener.protocol, sock=sock), listener)
             destination.start()
             log.info("port %d -> %s", port, target.describe)
 
     def stop(self) -> None:
-        for listener in self.ports.values():
-            listener.close()
+        for server, listener in self.ports.values():
+            server.close()
             listener.destination.stop()
 
 
