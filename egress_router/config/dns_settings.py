@@ -21,7 +21,7 @@ class DnsProxySettings:
     max_ttl: float = 300.0
     stale_limit: float = 3600.0
     avoid_failed_for: float = 30.0
-    splice: bool = True
+    splice: bool = False
 
 
 def load_dns_settings(
@@ -39,7 +39,7 @@ def load_dns_settings(
 ) -> DnsProxySettings:
     found = Collector()
     values: dict[str, object] = {"debug": bool(debug and debug.strip())}
-    choice = (splice or "on").strip().lower()
+    choice = (splice or "off").strip().lower()
     if choice not in ("on", "off"):
         found.add(Problem("EGRESS_DNS_PROXY_SPLICE", "must be on or off", choice))
     values["splice"] = choice == "on"
