@@ -15,7 +15,7 @@ import pytest
 from egress_router.lab import Lab, Seen
 from egress_router.lab import topology as t
 from egress_router.lab.netns import socket_in
-from egress_router.lab.topology import Process
+from egress_router.lab.topology import Process, run
 from tests.lab.conftest import Pod, new_pod
 from tests.lab.dns_helpers import DNS, Dns
 from tests.lab.http_helpers import wait_for_port
@@ -28,6 +28,8 @@ TARGETS = """
 7000 late.lab.test 9000         # not in DNS when the proxy starts
 6000 multi.lab.test 5432        # two addresses, one refusing
 9100 203.0.113.26               # a server that resets
+6100 spread.lab.test 5432       # two working addresses
+6200 slow.lab.test 5432         # one address drops packets, one answers
 """
 RESETTING_SERVER = """
 import socket, struct
@@ -43,7 +45,12 @@ while True:
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()
 """
+BLACKHOLE = "203.0.113.61"  # the site firewall drops everything to it: connecting times out
 HOSTS = f"""
+203.0.113.25 spread.lab.test
+203.0.113.26 spread.lab.test
+{BLACKHOLE} slow.lab.test
+203.0.113.27 slow.lab.test
 203.0.113.25 db.lab.test
 203.0.113.27 web.lab.test
 {REFUSING} multi.lab.test
@@ -54,6 +61,8 @@ HOSTS = f"""
 @pytest.fixture(scope="module")
 def dns(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Dns:
     lab.ip("server", "addr", "add", f"{REFUSING}/24", "dev", "eth0")
+    lab.ip("server", "addr", "add", f"{BLACKHOLE}/24", "dev", "eth0")
+    run(lab.exec_argv("gw", ["nft", "insert", "rule", "inet", "site", "forward", "ip", "daddr", BLACKHOLE, "drop"]))
     server = Dns(lab, tmp_path_factory.mktemp("dns"), HOSTS)
     server.start()
     return server
@@ -71,7 +80,7 @@ def relay(lab: Lab, dns: Dns, resetting_server: None, request: pytest.FixtureReq
     assert done.returncode == 0, done.stderr
     lab.write_etc(pod.role, "resolv.conf", f"nameserver {DNS}\noptions timeout:1 attempts:1\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-    env.update(EGRESS_DNS_PROXY_DESTINATION=TARGETS, EGRESS_DNS_PROXY_DEBUG="1", EGRESS_DNS_PROXY_SPLICE=request.param)
+    env.update(EGRESS_DNS_PROXY_DESTINATION=TARGETS, EGRESS_DNS_PROXY_DEBUG="1", EGRESS_DNS_PROXY_SPLICE=request.param, EGRESS_DNS_PROXY_CONNECT_TIMEOUT="1s")
     argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-m", "egress_router"]
     proc = lab.start_in(pod.role, argv, env=env)  # no command: the mode comes from the environment
     wait_for_port(lab, pod.role, "127.0.0.1", 5432)
@@ -110,6 +119,21 @@ def test_one_refusing_address_of_several_is_skipped(lab: Lab, relay: tuple[Pod, 
     pod, _ = relay
     for _ in range(6):
         assert seen(lab, pod, 6000).server == "203.0.113.25"
+
+
+def test_new_connections_spread_over_every_address(lab: Lab, relay: tuple[Pod, Process]) -> None:
+    pod, _ = relay
+    assert {seen(lab, pod, 6100).server for _ in range(6)} == {"203.0.113.25", "203.0.113.26"}
+
+
+def test_an_address_that_times_out_is_passed_over_then_avoided(lab: Lab, relay: tuple[Pod, Process]) -> None:
+    pod, _ = relay
+    for _ in range(2):  # whichever comes first, the answering address serves it
+        assert seen(lab, pod, 6200).server == "203.0.113.27"
+    started = time.monotonic()
+    for _ in range(4):
+        assert seen(lab, pod, 6200).server == "203.0.113.27"
+    assert time.monotonic() - started < 1  # the dropping address is tried last now, not waited for
 
 
 def test_bytes_pass_unchanged_both_ways_with_half_close(lab: Lab, relay: tuple[Pod, Process]) -> None:
@@ -234,5 +258,30 @@ def test_the_list_file_is_followed(lab: Lab, dns: Dns, tmp_path: Path) -> None:
         eventually(lambda: "port 9000 closed" in proc.stderr())
         with pytest.raises(ConnectionRefusedError):
             seen(lab, pod, 9000)
+    finally:
+        lab.remove_namespace(pod.role)
+
+
+def test_connection_limit(lab: Lab, dns: Dns) -> None:
+    pod = new_pod(lab)
+    try:
+        assert pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy").returncode == 0
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
+        env.update(EGRESS_DNS_PROXY_DESTINATION="9000 203.0.113.26", EGRESS_DNS_PROXY_MAX_CONNECTIONS="2")
+        proc = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "dns-proxy"], env=env)
+        wait_for_port(lab, pod.role, "127.0.0.1", 9000)
+        held = [socket_in(lab.ns("client")) for _ in range(2)]
+        try:
+            for sock in held:
+                sock.settimeout(5)
+                sock.connect((pod.ip, 9000))
+                assert sock.makefile("rb").readline()  # relayed
+            with pytest.raises(OSError):
+                seen(lab, pod, 9000)  # the third is closed at once
+            assert "connection limit (2) reached" in proc.stderr()
+        finally:
+            for sock in held:
+                sock.close()
+        eventually(lambda: seen(lab, pod, 9000))  # room again
     finally:
         lab.remove_namespace(pod.role)
