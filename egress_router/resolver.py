@@ -78,6 +78,21 @@ class Resolver:
         assert last is not None
         raise last
 
+    async def addresses(self, name: str, *, ipv6: bool) -> Answer:
+        """IPv4 addresses, and IPv6 ones too when the pod can send IPv6; negative only if every family is."""
+        if not ipv6:
+            return await self.resolve(name, "A")
+        results = await asyncio.gather(self.resolve(name, "A"), self.resolve(name, "AAAA"), return_exceptions=True)
+        answers = [r for r in results if isinstance(r, Answer)]
+        if answers:
+            merged = tuple(dict.fromkeys(a for answer in answers for a in answer.addresses))
+            return Answer(answers[0].name, merged, min(answer.ttl for answer in answers))
+        errors = [r for r in results if isinstance(r, ResolveError)]
+        if len(errors) != len(results):
+            raise next(r for r in results if isinstance(r, BaseException))
+        failed = [e for e in errors if not e.negative]
+        raise failed[0] if failed else errors[0]
+
     async def lookup(self, qname: str, qtype: str = "A") -> Answer:
         """Follow CNAMEs from `qname` until addresses of `qtype`; the TTL is the chain's smallest."""
         wanted = getattr(QTYPE, qtype)
@@ -164,3 +179,13 @@ def _negative_ttl(reply: DNSRecord) -> int:
         if rr.rtype == QTYPE.SOA:
             return max(1, min(rr.ttl, rr.rdata.times[-1]))
     return DEFAULT_NEGATIVE_TTL
+
+
+def can_send_ipv6() -> bool:
+    """Whether this namespace has an IPv6 route out (then names are asked for AAAA records too)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.connect(("2001:db8::1", 53))  # no packet is sent: this only asks the routing table
+            return True
+    except OSError:
+        return False

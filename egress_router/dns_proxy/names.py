@@ -22,8 +22,9 @@ REFRESH_AT = 0.9
 
 
 class Destination:
-    def __init__(self, target: Target, settings: DnsProxySettings, resolver: Resolver | None) -> None:
+    def __init__(self, target: Target, settings: DnsProxySettings, resolver: Resolver | None, ipv6: bool = False) -> None:
         self.target = target
+        self.ipv6 = ipv6
         self.settings = settings
         self.resolver = resolver
         self.addresses: tuple[IPAddress, ...] = (target.address,) if target.address is not None else ()
@@ -49,7 +50,7 @@ class Destination:
         assert self.resolver is not None
         while True:
             try:
-                answer = await self.resolver.resolve(self.target.host)
+                answer = await self.resolver.addresses(self.target.host, ipv6=self.ipv6)
             except ResolveError as error:
                 now = loop.time()
                 if self.addresses and now > self.good_until:

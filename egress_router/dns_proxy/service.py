@@ -14,7 +14,7 @@ from egress_router.dns_proxy.names import Destination
 from egress_router.dns_proxy.relay_server import Listener
 from egress_router.errors import ApplyError
 from egress_router.listener import listen
-from egress_router.resolver import Resolver
+from egress_router.resolver import Resolver, can_send_ipv6
 from egress_router.watch import FileWatcher
 from egress_router.workers import run_loop
 
@@ -28,6 +28,7 @@ class Relays:
     def __init__(self, settings: DnsProxySettings, resolver: Resolver) -> None:
         self.settings = settings
         self.resolver = resolver
+        self.ipv6 = can_send_ipv6()
         self.active: set[asyncio.Task[None]] = set()
         self.ports: dict[int, tuple[asyncio.Server, Listener]] = {}
 
@@ -43,7 +44,7 @@ class Relays:
             current = self.ports.get(port)
             if current is not None and (current[1].destination.target.host, current[1].destination.target.remote_port) == (target.host, target.remote_port):
                 continue
-            destination = Destination(target, self.settings, self.resolver)
+            destination = Destination(target, self.settings, self.resolver, self.ipv6)
             if current is not None:
                 current[1].destination.stop()
                 current[1].destination = destination  # new connections go to the new destination

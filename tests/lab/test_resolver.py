@@ -10,12 +10,12 @@ from ipaddress import ip_address
 from typing import Any
 
 import pytest
-from dnslib import CNAME, QTYPE, RCODE, RR, SOA, A, DNSRecord
+from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, SOA, A, DNSRecord
 
 from egress_router.config.resolv_conf import ResolvConf
 from egress_router.lab import Lab
 from egress_router.lab.netns import entered
-from egress_router.resolver import Resolver, ResolveError
+from egress_router.resolver import Resolver, ResolveError, can_send_ipv6
 
 PORT = 5353
 Behaviour = Callable[[DNSRecord, str], DNSRecord | None]  # (query, transport) -> reply, or None to stay silent
@@ -41,6 +41,8 @@ ZONE: dict[str, Behaviour] = {
     "silent.test.": lambda q, t: None,
     "empty.test.": lambda q, t: answer(q, auth=(RR("test.", QTYPE.SOA, rdata=SOA("ns.test.", "admin.test.", (1, 2, 3, 4, 7)), ttl=60),)),
     "short.corp.test.": lambda q, t: answer(q, RR("short.corp.test.", QTYPE.A, rdata=A("203.0.113.30"), ttl=15)),
+    "dual.test.": lambda q, t: answer(q, RR("dual.test.", QTYPE.A, rdata=A("203.0.113.31"), ttl=30)) if q.q.qtype == QTYPE.A
+    else answer(q, RR("dual.test.", QTYPE.AAAA, rdata=AAAA("2001:db8::31"), ttl=12)),
 }
 
 
@@ -164,3 +166,27 @@ def test_search_list_and_ndots(lab: Lab) -> None:
 def test_a_dead_nameserver_is_skipped(lab: Lab) -> None:
     found = run_in(lab, lambda: resolver(nameservers=("127.0.0.2", "127.0.0.1")).resolve("plain.test"))
     assert found.ttl == 20
+
+
+def test_aaaa_records_join_when_the_pod_sends_ipv6(lab: Lab) -> None:
+    only_v4 = run_in(lab, lambda: resolver().addresses("dual.test", ipv6=False))
+    assert only_v4.addresses == (ip_address("203.0.113.31"),)
+    both = run_in(lab, lambda: resolver().addresses("dual.test", ipv6=True))
+    assert both.addresses == (ip_address("203.0.113.31"), ip_address("2001:db8::31")) and both.ttl == 12
+    v4_only_name = run_in(lab, lambda: resolver().addresses("plain.test", ipv6=True))  # no AAAA: still fine
+    assert len(v4_only_name.addresses) == 2
+    with pytest.raises(ResolveError) as caught:
+        run_in(lab, lambda: resolver().addresses("missing.test", ipv6=True))
+    assert caught.value.negative
+
+
+def test_ipv6_egress_is_detected_from_the_routing_table(lab: Lab) -> None:
+    with entered(lab.ns("dns")):
+        assert not can_send_ipv6()
+    lab.ip("dns", "-6", "addr", "add", "2001:db8::99/64", "dev", "lo", "nodad")
+    lab.ip("dns", "-6", "route", "add", "default", "dev", "lo")
+    try:
+        with entered(lab.ns("dns")):
+            assert can_send_ipv6()
+    finally:
+        lab.ip("dns", "-6", "route", "del", "default", "dev", "lo")
