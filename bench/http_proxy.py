@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import LOAD_CPU, ORIGIN, PROXY_CPUS, ROLE, cpu_seconds, download_mb_s, idle_memory_kib, own_env, pids_of, start_nginx, wait_port, wrk
+from common import ORIGIN, PROXY_CPUS, ROLE, cpu_seconds, download_mb_s, idle_memory_kib, own_env, pids_of, start_nginx, wait_port, wrk
 
 from egress_router.lab import Lab
 

@@ -11,7 +11,6 @@ import argparse
 import itertools
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path

@@ -11,10 +11,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from egress_router.lab import Lab, LabError, Seen
 from egress_router.lab import topology as t
+from egress_router.lab.dns import DNS, DnsServer
 from egress_router.lab.netns import socket_in
 
 DESTINATION = """\
@@ -25,7 +27,6 @@ DESTINATION = """\
 PROXY_POD_IP = "10.128.0.30"
 DNS_POD_IP = "10.128.0.40"
 DNS_SOURCE = "192.168.12.101"
-DNS_SERVER = "203.0.113.53"
 PROXY_SOURCE = "192.168.12.100"
 PROXY_LIST = """\
 !10.0.0.0/8
@@ -90,13 +91,7 @@ def _proxy_rows(lab: Lab) -> list[tuple[str, str, str]]:
 
 def _start_http_proxy(lab: Lab, env: dict[str, str]) -> None:
     """A second router pod in http-proxy mode, its proxy running unprivileged, an origin on port 8000."""
-    lab.add_pod("proxy", PROXY_POD_IP)
-    lab.add_macvlan("proxy")
-    init = {**env, "EGRESS_SOURCE": PROXY_SOURCE, "EGRESS_ROUTER_MODE": "http-proxy"}
-    del init["EGRESS_DESTINATION"]
-    done = lab.run_in("proxy", [sys.executable, "-m", "egress_router", "init"], env=init)
-    if done.returncode != 0:
-        raise LabError(f"init in http-proxy mode failed: {done.stderr}")
+    lab.add_router("proxy", PROXY_POD_IP, {"EGRESS_SOURCE": PROXY_SOURCE, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_ROUTER_MODE": "http-proxy"})
     lab.write_etc("proxy", "hosts", PROXY_HOSTS)
     lab.write_etc("proxy", "resolv.conf", "nameserver 127.0.0.1\n")
     lab.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", ready_line="ready")
@@ -106,30 +101,17 @@ def _start_http_proxy(lab: Lab, env: dict[str, str]) -> None:
     _wait_for(lab, PROXY_POD_IP, 8080)
 
 
-def _dns_rows(lab: Lab, env: dict[str, str], hosts: str) -> list[tuple[str, str, str]]:
+def _dns_rows(lab: Lab, env: dict[str, str], folder: Path) -> list[tuple[str, str, str]]:
     """A third router pod in dns-proxy mode relaying port 5432 to db.lab.test, whose record then changes."""
-    lab.ip("server", "addr", "add", f"{DNS_SERVER}/24", "dev", "eth0")
-    with open(hosts, "w", encoding="utf-8") as f:
-        f.write("203.0.113.25 db.lab.test\n")
-    os.chmod(os.path.dirname(hosts), 0o755)
-    os.chmod(hosts, 0o644)
-    dnsmasq = lab.start_in("server", ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", "--local-ttl=1",
-                                      "--conf-file=/dev/null", f"--listen-address={DNS_SERVER}", "--bind-interfaces", "--pid-file=", "--user=root"])
-    lab.add_pod("dns", DNS_POD_IP)
-    lab.add_macvlan("dns")
-    init = {**env, "EGRESS_SOURCE": DNS_SOURCE, "EGRESS_ROUTER_MODE": "dns-proxy"}
-    del init["EGRESS_DESTINATION"]
-    done = lab.run_in("dns", [sys.executable, "-m", "egress_router", "init"], env=init)
-    if done.returncode != 0:
-        raise LabError(f"init in dns-proxy mode failed: {done.stderr}")
-    lab.write_etc("dns", "resolv.conf", f"nameserver {DNS_SERVER}\n")
+    dns = DnsServer(lab, folder, "203.0.113.25 db.lab.test\n")
+    dns.start()
+    lab.add_router("dns", DNS_POD_IP, {"EGRESS_SOURCE": DNS_SOURCE, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_ROUTER_MODE": "dns-proxy"})
+    lab.write_etc("dns", "resolv.conf", f"nameserver {DNS}\n")
     proxy_env = {**{k: v for k, v in env.items() if not k.startswith("EGRESS_")}, "EGRESS_DNS_PROXY_DESTINATION": "5432 db.lab.test"}
     lab.start_in("dns", ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "egress_router", "dns-proxy"], env=proxy_env)
     _wait_for(lab, DNS_POD_IP, 5432)
     rows = [("client -> dns-proxy:5432 (db.lab.test is 203.0.113.25)", *_probe(lambda: lab.tcp("client", DNS_POD_IP, 5432)))]
-    with open(hosts, "w", encoding="utf-8") as f:
-        f.write("203.0.113.26 db.lab.test\n")
-    os.kill(dnsmasq.popen.pid, signal.SIGHUP)
+    dns.set("203.0.113.26 db.lab.test\n")
     changed = time.monotonic()
     seen = "-", "not followed within 5 s"
     while time.monotonic() - changed < 5:
@@ -200,7 +182,7 @@ def run() -> int:
         print(f"\nDNS proxy mode: a third router pod ({DNS_POD_IP}, EGRESS_SOURCE={DNS_SOURCE}) runs egress-router dns-proxy")
         print("  unprivileged, with EGRESS_DNS_PROXY_DESTINATION=5432 db.lab.test; dnsmasq serves db.lab.test with a 1 s TTL\n")
         with tempfile.TemporaryDirectory() as folder:
-            print(_table(_dns_rows(lab, env, os.path.join(folder, "hosts"))))
+            print(_table(_dns_rows(lab, env, Path(folder))))
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -53,11 +53,7 @@ def load_dns_settings(
         "max_ttl": lambda: parse_duration(max_ttl, "EGRESS_DNS_PROXY_MAX_TTL", 300.0),
         "stale_limit": lambda: parse_duration(stale_limit, "EGRESS_DNS_PROXY_STALE_LIMIT", 3600.0),
     }
-    for key, step in steps.items():
-        try:
-            values[key] = step()
-        except ConfigError as error:
-            found.take(error)
+    values.update(found.gather(steps))
     found.raise_if_any()
     settings = DnsProxySettings(**values)  # type: ignore[arg-type]
     if settings.min_ttl > settings.max_ttl:

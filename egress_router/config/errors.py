@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,16 @@ class Collector:
 
     def take(self, error: ConfigError) -> None:
         self.problems.extend(error.problems)
+
+    def gather(self, steps: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+        """Run each parsing step; keep the values that parsed and the problems of those that did not."""
+        values = {}
+        for key, step in steps.items():
+            try:
+                values[key] = step()
+            except ConfigError as error:
+                self.take(error)
+        return values
 
     def raise_if_any(self) -> None:
         if self.problems:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from egress_router.config.errors import Collector, ConfigError
+from egress_router.config.errors import Collector
 from egress_router.config.http_acl import Acl, parse_acl
 from egress_router.config.values import parse_count, parse_duration, parse_port_list, parse_port_value
 
@@ -58,10 +58,6 @@ def load_http_settings(
         "drain_timeout": lambda: parse_duration(drain_timeout, "EGRESS_HTTP_PROXY_DRAIN_TIMEOUT", 30.0),
         "workers": lambda: parse_count(workers, "EGRESS_HTTP_PROXY_WORKERS", default_workers(), 1, 256),
     }
-    for key, step in steps.items():
-        try:
-            values[key] = step()
-        except ConfigError as error:
-            found.take(error)
+    values.update(found.gather(steps))
     found.raise_if_any()
     return HttpProxySettings(**values)  # type: ignore[arg-type]

@@ -81,29 +81,15 @@ def load_init_settings(
 ) -> InitSettings:
     """Validate every variable and raise one ConfigError listing all problems."""
     found = Collector()
-    parsed_mode: Mode | None = None
-    parsed_source: Source | None = None
-    parsed_gateway: IPv4Address | None = None
+    parsed = found.gather({"mode": lambda: parse_mode(mode), "source": lambda: parse_source(source), "gateway": lambda: parse_gateway(gateway)})
+    parsed_mode: Mode | None = parsed.get("mode")
+    parsed_source: Source | None = parsed.get("source")
+    parsed_gateway: IPv4Address | None = parsed.get("gateway")
     parsed_destinations: Destinations | None = None
-    try:
-        parsed_mode = parse_mode(mode)
-    except ConfigError as error:
-        found.take(error)
-    try:
-        parsed_source = parse_source(source)
-    except ConfigError as error:
-        found.take(error)
-    try:
-        parsed_gateway = parse_gateway(gateway)
-    except ConfigError as error:
-        found.take(error)
     if parsed_source and parsed_gateway and parsed_source.ip == parsed_gateway:
         found.add(Problem("EGRESS_GATEWAY", "must differ from EGRESS_SOURCE", str(parsed_gateway)))
     if parsed_mode is None or parsed_mode.installs_nat:
-        try:
-            parsed_destinations = parse_destinations(destination)
-        except ConfigError as error:
-            found.take(error)
+        parsed_destinations = found.gather({"destinations": lambda: parse_destinations(destination)}).get("destinations")
     ifname = (interface or "macvlan0").strip()
     reason = interface_name_problem(ifname)
     if reason:

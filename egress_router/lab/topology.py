@@ -170,6 +170,16 @@ class Lab:
         self.up(role, "eth0", f"{address}/{POD_PREFIX}")
         self.ip(role, "route", "add", "default", "via", "10.128.0.1")
 
+    def add_router(self, role: str, address: str, env: dict[str, str]) -> None:
+        """A router pod with a macvlan, set up by the real `egress-router init` with `env`."""
+        self.add_pod(role, address)
+        self.add_macvlan(role)
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
+        environment.update(env)
+        done = self.run_in(role, [sys.executable, "-m", "egress_router", "init"], env=environment)
+        if done.returncode != 0:
+            raise LabError(f"egress-router init failed in {role}: {done.stderr.strip()}")
+
     def add_macvlan(self, role: str, name: str = "macvlan0", mode: str = "bridge") -> None:
         """What the SDN does for the assign-macvlan annotation: a macvlan on the node's eth0, moved into the pod."""
         temporary = "mv" + secrets.token_hex(4)

@@ -36,6 +36,25 @@ def lab() -> Iterator[Lab]:
 
 
 _numbers = itertools.count(1)
+_slots: dict[str, int] = {}  # namespace -> slot: pod address 10.128.0.(20+slot), source 192.168.12.(96+slot)
+
+
+_last_slot = 0
+
+
+def _free_slot(lab: Lab) -> int:
+    """The next slot no living pod uses (module-scoped pods outlive many test pods), in rotation:
+    an address comes back as late as possible, so neighbours' ARP caches have long forgotten its old MAC."""
+    global _last_slot
+    for name in [n for n in _slots if n not in lab.namespaces]:
+        del _slots[name]
+    used = set(_slots.values())
+    for step in range(1, 31):
+        slot = (_last_slot + step - 1) % 30 + 1
+        if slot not in used:
+            _last_slot = slot
+            return slot
+    raise RuntimeError("more than 30 lab pods at once")
 
 
 @dataclass
@@ -58,9 +77,10 @@ class Pod:
 
 
 def new_pod(lab: Lab, macvlan: bool = True) -> Pod:
-    n = (next(_numbers) - 1) % 30 + 1
-    pod = Pod(lab, f"r{n}", f"10.128.0.{20 + n}", f"192.168.12.{96 + n}")
+    slot = _free_slot(lab)
+    pod = Pod(lab, f"r{next(_numbers)}", f"10.128.0.{20 + slot}", f"192.168.12.{96 + slot}")
     lab.add_pod(pod.role, pod.ip)
+    _slots[lab.ns(pod.role)] = slot
     if macvlan:
         lab.add_macvlan(pod.role)
     return pod

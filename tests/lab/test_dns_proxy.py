@@ -17,7 +17,8 @@ from egress_router.lab import topology as t
 from egress_router.lab.netns import socket_in
 from egress_router.lab.topology import Process, run
 from tests.lab.conftest import Pod, new_pod
-from tests.lab.dns_helpers import DNS, Dns
+from egress_router.lab.dns import DNS
+from egress_router.lab.dns import DnsServer as Dns
 from tests.lab.http_helpers import wait_for_port
 
 REFUSING = "203.0.113.60"  # on the server, but nothing listens: connections are refused

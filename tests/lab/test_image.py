@@ -15,7 +15,8 @@ import pytest
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
-from tests.lab.dns_helpers import DNS, Dns
+from egress_router.lab.dns import DNS
+from egress_router.lab.dns import DnsServer as Dns
 from tests.lab.http_helpers import wait_for_port
 from tests.manifests import EXAMPLES, containers, init_containers
 
