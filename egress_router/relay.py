@@ -1,4 +1,4 @@
-"""Byte pumping between two connected transports: CONNECT tunnels now, the DNS proxy's TCP relay later.
+"""Byte pumping between two connected transports: the HTTP proxy's CONNECT tunnels, the DNS proxy's copy relay.
 
 Both sides' protocols hand their events to one Tunnel, which writes each side's bytes to the other,
 pauses reading a side whose peer cannot keep up, passes half-closes on, and ends on idle.
