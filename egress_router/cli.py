@@ -199,3 +199,27 @@ def dns_proxy(destination: str | None, destination_file: str | None, debug: str 
         sys.exit(service.run(settings, destination_file.strip() if destination_file else None))
     except ApplyError as error:
         fail("dns-proxy", str(error))
+
+
+@main.command()
+@env_option("--source", "EGRESS_SOURCE", "Reserved egress address, as given to init. Required.")
+@env_option("--gateway", "EGRESS_GATEWAY", "Next hop, as given to init. Required.")
+@env_option("--destination", "EGRESS_DESTINATION", "Redirect rules, as given to init.")
+@env_option("--destination-file", "EGRESS_DESTINATION_FILE", "File holding the rules; re-applied whenever it changes.")
+@env_option("--interface", "EGRESS_INTERFACE", "Egress interface in the pod (default macvlan0).")
+@env_option("--check-interval", "EGRESS_ROUTER_MONITOR_INTERVAL", "How often the NAT rules are checked and put back if changed (default 10s).")
+@env_option("--debug", "EGRESS_ROUTER_DEBUG", "Non-empty: log every step.")
+def monitor(destination: str | None, destination_file: str | None, check_interval: str | None, debug: str | None, **values: str | None) -> None:
+    """Keep a redirect pod's setup true: re-announce, follow the rules file, restore removed rules (NET_ADMIN, NET_RAW)."""
+    from egress_router import monitor as monitor_module
+    from egress_router.config.values import parse_duration
+
+    logs.setup(bool(debug and debug.strip()), "monitor")
+    try:
+        rules = read_list("EGRESS_DESTINATION", destination, "EGRESS_DESTINATION_FILE", destination_file)
+        settings = load_init_settings(destination=rules, mode="init", debug=debug, **values)
+        interval = parse_duration(check_interval, "EGRESS_ROUTER_MONITOR_INTERVAL", 10.0)
+    except ConfigError as error:
+        fail("monitor", str(error))
+        return
+    sys.exit(monitor_module.run(settings, destination_file.strip() if destination_file else None, interval))

@@ -92,3 +92,11 @@ def test_mode_from_environment() -> None:
     assert command_from_environment({"EGRESS_DNS_PROXY_DESTINATION": "80 a.example"}) == "dns-proxy"
     assert command_from_environment({"EGRESS_HTTP_PROXY_DESTINATION_FILE": "/etc/list"}) == "http-proxy"
     assert command_from_environment({"EGRESS_SOURCE": "192.0.2.1"}) is None
+
+
+def test_monitor_validates_like_init() -> None:
+    result = invoke(["monitor"], {"EGRESS_GATEWAY": "192.168.12.1", "EGRESS_DESTINATION": "80 tcp 203.0.113.25", "EGRESS_ROUTER_MONITOR_INTERVAL": "0"})
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "egress-router monitor: error: EGRESS_SOURCE: unspecified (set it to the reserved egress IPv4 address, e.g. 192.168.12.99)",
+    ]

@@ -1,0 +1,56 @@
+"""`egress-router monitor` in a redirect pod: follows the rules file, restores removed rules, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from egress_router.lab import Lab
+from egress_router.lab import topology as t
+from egress_router.lab.topology import run
+from tests.lab.conftest import Pod
+
+
+def eventually(check, seconds: float = 6):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "did not happen in time"
+        time.sleep(0.1)
+
+
+def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_path: Path) -> None:
+    rules = tmp_path / "destination"
+    rules.write_text("80 tcp 203.0.113.25\n")
+    env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION_FILE": str(rules)}
+    assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
+    environment.update(env, EGRESS_ROUTER_MONITOR_INTERVAL="500ms")
+    monitor = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment)
+    eventually(lambda: "watching macvlan0" in monitor.stderr())
+    assert lab.tcp("client", pod.ip, 80).server == "203.0.113.25"
+
+    rules.write_text("80 tcp 203.0.113.26\n9000 tcp 203.0.113.27\n")
+    eventually(lambda: lab.tcp("client", pod.ip, 9000).server == "203.0.113.27")
+    assert lab.tcp("client", pod.ip, 80).server == "203.0.113.26"
+    assert "NAT rules replaced from the new list" in monitor.stderr()
+
+    rules.write_text("80 tcp 203.0.113.25 99999\n")
+    eventually(lambda: "keeping the previous list" in monitor.stderr())
+    assert "EGRESS_DESTINATION line 1: invalid port 99999" in monitor.stderr()
+    assert lab.tcp("client", pod.ip, 80).server == "203.0.113.26"
+
+    run(lab.exec_argv(pod.role, ["iptables-legacy", "-t", "nat", "-F", "EGRESS-ROUTER-DNAT"]))
+    eventually(lambda: "NAT rules restored" in monitor.stderr())
+    assert lab.tcp("client", pod.ip, 9000).server == "203.0.113.27"
+
+    os.killpg(monitor.popen.pid, signal.SIGTERM)
+    assert monitor.popen.wait(5) == 0
+    assert "Traceback" not in monitor.stderr()
