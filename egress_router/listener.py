@@ -8,8 +8,12 @@ import socket
 from egress_router.errors import ApplyError
 
 
-def listen(port: int, *, reuse_port: bool, backlog: int = 1024) -> socket.socket:
-    """IPv6 and IPv4 on one socket ([::] with V6ONLY off); IPv4 only where the pod has no IPv6."""
+def listen(port: int, *, reuse_port: bool, backlog: int | None = 1024) -> socket.socket:
+    """IPv6 and IPv4 on one socket ([::] with V6ONLY off); IPv4 only where the pod has no IPv6.
+
+    With `backlog=None` the socket is only bound, not listening: a check that the port can be had which
+    no client can connect to in the meantime.
+    """
     try:
         sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -33,7 +37,8 @@ def listen(port: int, *, reuse_port: bool, backlog: int = 1024) -> socket.socket
                 sock.bind(("0.0.0.0", port))
             else:
                 raise
-        sock.listen(backlog)
+        if backlog is not None:
+            sock.listen(backlog)
         sock.setblocking(False)
         return sock
     except OSError as error:

@@ -100,6 +100,6 @@ async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, l
 
 def run(settings: DnsProxySettings, list_file: str | None = None) -> int:
     for target in settings.targets:  # every port must be ours before anything starts
-        listen(target.local_port, reuse_port=False).close()
+        listen(target.local_port, reuse_port=False, backlog=None).close()
     run_loop(lambda stop: serve_until_stopped(settings, stop, list_file))
     return 0

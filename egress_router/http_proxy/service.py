@@ -52,20 +52,20 @@ async def serve_until_stopped(settings: HttpProxySettings, sock: socket.socket, 
 def run(settings: HttpProxySettings, acl_file: str | None = None) -> int:
     """Serve until SIGTERM; with `acl_file`, each worker follows changes to the list in that file."""
     reuse = settings.workers > 1
-    first = listen(settings.listen_port, reuse_port=reuse)  # fails here, clearly, if the port cannot be had
+    # One worker listens on this socket; several each open their own in an SO_REUSEPORT group, so here
+    # the port is only bound (not listening) to fail early and clearly if it cannot be had.
+    first = listen(settings.listen_port, reuse_port=reuse, backlog=None if reuse else 1024)
     log.info(
         "listening on port %d (IPv4 and IPv6), %d worker(s), CONNECT to port(s) %s",
         settings.listen_port,
         settings.workers,
         ",".join(str(p) for p in sorted(settings.connect_ports)),
     )
-    sockets = [first]
+    if reuse:
+        first.close()
 
     def worker() -> None:
-        sock = sockets.pop() if sockets else listen(settings.listen_port, reuse_port=True)
+        sock = first if not reuse else listen(settings.listen_port, reuse_port=True)
         run_loop(lambda stop: serve_until_stopped(settings, sock, stop, acl_file))
 
-    if reuse:
-        first.close()  # each worker opens its own socket in the SO_REUSEPORT group
-        sockets.clear()
     return run_workers(settings.workers, worker, settings.drain_timeout)
