@@ -214,9 +214,10 @@ def test_sigterm_lets_open_connections_finish_then_cuts_them(lab: Lab, dns: Dns,
     try:
         assert pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy").returncode == 0
         env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-        env.update(EGRESS_DNS_PROXY_DESTINATION="9000 203.0.113.26", EGRESS_DNS_PROXY_DRAIN_TIMEOUT="1500ms")
+        env.update(EGRESS_DNS_PROXY_DESTINATION="9000 203.0.113.26", EGRESS_DNS_PROXY_DRAIN_TIMEOUT="1500ms", EGRESS_DNS_PROXY_DEBUG="1")
         proc = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "dns-proxy"], env=env)
         wait_for_port(lab, pod.role, "127.0.0.1", 9000)
+        eventually(lambda: "closed=" in proc.stderr())  # the readiness probe's relay is over
         with socket_in(lab.ns("client")) as sock:
             sock.settimeout(5)
             sock.connect((pod.ip, 9000))
