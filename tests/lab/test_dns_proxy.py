@@ -131,10 +131,10 @@ def test_an_address_that_times_out_is_passed_over_then_avoided(lab: Lab, relay: 
     pod, _ = relay
     for _ in range(2):  # whichever comes first, the answering address serves it
         assert seen(lab, pod, 6200).server == "203.0.113.27"
-    started = time.monotonic()
     for _ in range(4):
+        started = time.monotonic()
         assert seen(lab, pod, 6200).server == "203.0.113.27"
-    assert time.monotonic() - started < 1  # the dropping address is tried last now, not waited for
+        assert time.monotonic() - started < 0.9  # the dropping address (1 s connect timeout) is not waited for
 
 
 def test_bytes_pass_unchanged_both_ways_with_half_close(lab: Lab, relay: tuple[Pod, Process]) -> None:
