@@ -7,6 +7,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from egress_router.lab import Lab
 from egress_router.lab.netns import socket_in
@@ -136,3 +137,17 @@ def own_env(**variables: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
     env.update(variables)
     return env
+
+
+def print_table(first_column: str, columns: list[tuple[str, str, str]], results: dict[str, Any], baseline: str) -> None:
+    """A Markdown table; every row but the baseline's shows its ratio to the baseline. `columns` are
+    (attribute, header, number format)."""
+    print(f"| {first_column} | " + " | ".join(header for _, header, _ in columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    theirs = results[baseline]
+    for name, result in results.items():
+        cells = []
+        for attribute, _, fmt in columns:
+            ours, other = getattr(result, attribute), getattr(theirs, attribute)
+            cells.append(f"{ours:{fmt}}" + ("" if result is theirs else f" ({ours / max(other, 1e-9):.2f}x)"))
+        print(f"| {name} | " + " | ".join(cells) + " |")

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import PROXY_CPUS, ROLE, cpu_seconds, download_mb_s, idle_memory_kib, own_env, pids_of, start_nginx, wait_port, wrk
+from common import PROXY_CPUS, ROLE, cpu_seconds, download_mb_s, idle_memory_kib, own_env, pids_of, print_table, start_nginx, wait_port, wrk
 
 from egress_router.lab import Lab
 
@@ -85,14 +85,10 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait(30)
-    theirs = results["haproxy"]
-    print("| relay | req/s, 50 keep-alive conns | new conns/s | CPU µs/request | bulk MB/s, 1 stream | bulk MB/s, 8 streams | KiB per idle conn |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        cells = [(r.keepalive_rps, theirs.keepalive_rps, ",.0f"), (r.close_rps, theirs.close_rps, ",.0f"), (r.cpu_us_per_request, theirs.cpu_us_per_request, ".0f"),
-                 (r.bulk_1, theirs.bulk_1, ",.0f"), (r.bulk_8, theirs.bulk_8, ",.0f"), (r.kib_per_idle_connection, theirs.kib_per_idle_connection, ".1f")]
-        text = [f"{ours:{fmt}}" + ("" if r is theirs else f" ({ours / max(other, 1e-9):.2f}x)") for ours, other, fmt in cells]
-        print(f"| {name} | " + " | ".join(text) + " |")
+    columns = [("keepalive_rps", "req/s, 50 keep-alive conns", ",.0f"), ("close_rps", "new conns/s", ",.0f"),
+               ("cpu_us_per_request", "CPU µs/request", ".0f"), ("bulk_1", "bulk MB/s, 1 stream", ",.0f"),
+               ("bulk_8", "bulk MB/s, 8 streams", ",.0f"), ("kib_per_idle_connection", "KiB per idle conn", ".1f")]
+    print_table("relay", columns, results, "haproxy")
     subprocess.run(["rm", "-rf", workdir], check=False)
 
 

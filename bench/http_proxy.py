@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import ORIGIN, PROXY_CPUS, ROLE, cpu_seconds, download_mb_s, idle_memory_kib, own_env, pids_of, start_nginx, wait_port, wrk
+from common import ORIGIN, PROXY_CPUS, ROLE, cpu_seconds, download_mb_s, idle_memory_kib, own_env, pids_of, print_table, start_nginx, wait_port, wrk
 
 from egress_router.lab import Lab
 
@@ -94,14 +94,10 @@ def main() -> None:
                 finally:
                     proc.terminate()
                     proc.wait(30)
-    squid = results["squid 5.7"]
-    print("| proxy | req/s, 50 keep-alive conns | req/s, new conn each | CPU µs/request | CONNECT tunnel MB/s | KiB per idle conn |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        cells = [(r.keepalive_rps, squid.keepalive_rps, ",.0f"), (r.close_rps, squid.close_rps, ",.0f"), (r.cpu_us_per_request, squid.cpu_us_per_request, ".0f"),
-                 (r.tunnel_mb_s, squid.tunnel_mb_s, ",.0f"), (r.kib_per_idle_connection, squid.kib_per_idle_connection, ".1f")]
-        text = [f"{ours:{fmt}}" + ("" if r is squid else f" ({ours / max(theirs, 1e-9):.2f}x)") for ours, theirs, fmt in cells]
-        print(f"| {name} | " + " | ".join(text) + " |")
+    columns = [("keepalive_rps", "req/s, 50 keep-alive conns", ",.0f"), ("close_rps", "req/s, new conn each", ",.0f"),
+               ("cpu_us_per_request", "CPU µs/request", ".0f"), ("tunnel_mb_s", "CONNECT tunnel MB/s", ",.0f"),
+               ("kib_per_idle_connection", "KiB per idle conn", ".1f")]
+    print_table("proxy", columns, results, "squid 5.7")
     subprocess.run(["rm", "-rf", workdir], check=False)
 
 

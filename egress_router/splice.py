@@ -14,6 +14,8 @@ import os
 import socket
 import struct
 
+from egress_router.relay import IdleWatch
+
 CHUNK = 1 << 20
 FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -101,11 +103,7 @@ class SplicePump:
         self.sent = [0, 0]  # client->server, server->client
         self.finished: asyncio.Future[str] = loop.create_future()
         self.directions = (_Direction(self, 0, client, server), _Direction(self, 1, server, client))
-        self._step = idle_timeout / 4
-        self._idle_timeout = idle_timeout
-        self._quiet = 0.0
-        self._last = (0, 0)
-        self._timer = loop.call_later(self._step, self._check_idle)
+        self.idle = IdleWatch(loop, self.sent, idle_timeout, self.finish)
 
     def start(self) -> None:
         for direction in self.directions:
@@ -119,19 +117,10 @@ class SplicePump:
         reset = error.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT)
         self.finish(f"{error.strerror or error}".lower(), reset=reset)
 
-    def _check_idle(self) -> None:
-        counters = (self.sent[0], self.sent[1])
-        self._quiet = self._quiet + self._step if counters == self._last else 0.0
-        self._last = counters
-        if self._quiet >= self._idle_timeout:
-            self.finish("idle timeout")
-        else:
-            self._timer = self.loop.call_later(self._step, self._check_idle)
-
     def finish(self, why: str, *, reset: bool = False) -> None:
         if self.finished.done():
             return
-        self._timer.cancel()
+        self.idle.cancel()
         for sock in self.sockets:
             fd = sock.fileno()
             if fd >= 0:

@@ -3,6 +3,7 @@ the whoami server reports which address was reached and from which source."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -87,6 +88,25 @@ def relay(lab: Lab, dns: Dns, resetting_server: None, request: pytest.FixtureReq
     wait_for_port(lab, pod.role, "127.0.0.1", 5432)
     yield pod, proc
     lab.remove_namespace(pod.role)
+
+
+@contextlib.contextmanager
+def dns_pod(lab: Lab, **env: str) -> Iterator[tuple[Pod, Process]]:
+    """A router pod of its own in dns-proxy mode running `egress-router dns-proxy` with `env` (debug on)."""
+    pod = new_pod(lab)
+    try:
+        assert pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy").returncode == 0
+        lab.write_etc(pod.role, "resolv.conf", f"nameserver {DNS}\noptions timeout:1 attempts:1\n")
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
+        environment.update(EGRESS_DNS_PROXY_DEBUG="1", **env)
+        proc = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "dns-proxy"], env=environment)
+        if "EGRESS_DNS_PROXY_DESTINATION" in env:
+            port = int(env["EGRESS_DNS_PROXY_DESTINATION"].split()[0])
+            wait_for_port(lab, pod.role, "127.0.0.1", port)
+            eventually(lambda: "closed=" in proc.stderr())  # the readiness probe's own relay has ended
+        yield pod, proc
+    finally:
+        lab.remove_namespace(pod.role)
 
 
 def seen(lab: Lab, pod: Pod, port: int) -> Seen:
@@ -209,15 +229,8 @@ def test_dns_down_keeps_the_last_good_answer_and_open_connections(lab: Lab, dns:
             dns.start()
 
 
-def test_sigterm_lets_open_connections_finish_then_cuts_them(lab: Lab, dns: Dns, tmp_path: Path) -> None:
-    pod = new_pod(lab)
-    try:
-        assert pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy").returncode == 0
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-        env.update(EGRESS_DNS_PROXY_DESTINATION="9000 203.0.113.26", EGRESS_DNS_PROXY_DRAIN_TIMEOUT="1500ms", EGRESS_DNS_PROXY_DEBUG="1")
-        proc = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "dns-proxy"], env=env)
-        wait_for_port(lab, pod.role, "127.0.0.1", 9000)
-        eventually(lambda: "closed=" in proc.stderr())  # the readiness probe's relay is over
+def test_sigterm_lets_open_connections_finish_then_cuts_them(lab: Lab, dns: Dns) -> None:
+    with dns_pod(lab, EGRESS_DNS_PROXY_DESTINATION="9000 203.0.113.26", EGRESS_DNS_PROXY_DRAIN_TIMEOUT="1500ms") as (pod, proc):
         with socket_in(lab.ns("client")) as sock:
             sock.settimeout(5)
             sock.connect((pod.ip, 9000))
@@ -234,21 +247,26 @@ def test_sigterm_lets_open_connections_finish_then_cuts_them(lab: Lab, dns: Dns,
             assert 1.2 < time.monotonic() - started < 4
         assert proc.popen.wait(5) == 0
         assert "1 connection(s) cut at the drain deadline" in proc.stderr()
-    finally:
-        lab.remove_namespace(pod.role)
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout(lab: Lab, dns: Dns) -> None:
+    with dns_pod(lab, EGRESS_DNS_PROXY_DESTINATION="9000 203.0.113.26", EGRESS_DNS_PROXY_IDLE_TIMEOUT="1s") as (pod, proc):
+        with socket_in(lab.ns("client")) as sock:
+            sock.settimeout(5)
+            sock.connect((pod.ip, 9000))
+            reader = sock.makefile("rb")
+            reader.readline()
+            started = time.monotonic()
+            assert reader.read() == b""
+            assert 0.9 < time.monotonic() - started < 3
+        eventually(lambda: "closed=idle_timeout" in proc.stderr())
 
 
 def test_the_list_file_is_followed(lab: Lab, dns: Dns, tmp_path: Path) -> None:
-    pod = new_pod(lab)
-    try:
-        assert pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy").returncode == 0
-        lab.write_etc(pod.role, "resolv.conf", f"nameserver {DNS}\noptions timeout:1 attempts:1\n")
-        listing = tmp_path / "destination"
-        listing.write_text("9000 203.0.113.26\n")
-        tmp_path.chmod(0o755)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-        env.update(EGRESS_DNS_PROXY_DESTINATION_FILE=str(listing))
-        proc = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "dns-proxy"], env=env)
+    listing = tmp_path / "destination"
+    listing.write_text("9000 203.0.113.26\n")
+    tmp_path.chmod(0o755)
+    with dns_pod(lab, EGRESS_DNS_PROXY_DESTINATION_FILE=str(listing)) as (pod, proc):
         wait_for_port(lab, pod.role, "127.0.0.1", 9000)
         assert seen(lab, pod, 9000).server == "203.0.113.26"
         listing.write_text("9000 203.0.113.27   # moved\n5432 db.lab.test\n")
@@ -260,19 +278,10 @@ def test_the_list_file_is_followed(lab: Lab, dns: Dns, tmp_path: Path) -> None:
         eventually(lambda: "port 9000 closed" in proc.stderr())
         with pytest.raises(ConnectionRefusedError):
             seen(lab, pod, 9000)
-    finally:
-        lab.remove_namespace(pod.role)
 
 
 def test_connection_limit(lab: Lab, dns: Dns) -> None:
-    pod = new_pod(lab)
-    try:
-        assert pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy").returncode == 0
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-        env.update(EGRESS_DNS_PROXY_DESTINATION="9000 203.0.113.26", EGRESS_DNS_PROXY_MAX_CONNECTIONS="2", EGRESS_DNS_PROXY_DEBUG="1")
-        proc = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "dns-proxy"], env=env)
-        wait_for_port(lab, pod.role, "127.0.0.1", 9000)
-        eventually(lambda: "closed=" in proc.stderr())  # the readiness probe's own relay has ended: it counted too
+    with dns_pod(lab, EGRESS_DNS_PROXY_DESTINATION="9000 203.0.113.26", EGRESS_DNS_PROXY_MAX_CONNECTIONS="2") as (pod, proc):
         held = [socket_in(lab.ns("client")) for _ in range(2)]
         try:
             for sock in held:
@@ -286,5 +295,3 @@ def test_connection_limit(lab: Lab, dns: Dns) -> None:
             for sock in held:
                 sock.close()
         eventually(lambda: seen(lab, pod, 9000))  # room again
-    finally:
-        lab.remove_namespace(pod.role)
