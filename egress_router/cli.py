@@ -66,7 +66,13 @@ def run() -> None:
         command = command_from_environment(dict(os.environ))
         if command:
             args = [command]
-    main(args=args, prog_name="egress-router")
+    try:
+        main(args=args, prog_name="egress-router")
+    except Exception as error:  # noqa: BLE001 - a bug of ours: one line for people, the traceback on request
+        if os.environ.get("EGRESS_ROUTER_DEBUG", "").strip():
+            raise
+        click.echo(f"egress-router: internal error: {type(error).__name__}: {error} (set EGRESS_ROUTER_DEBUG=1 for the traceback)", err=True)
+        sys.exit(70)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -59,8 +59,9 @@ def run_workers(count: int, worker: Callable[[], None], grace: float) -> int:
                 worker()
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else 1
-            except BaseException:  # noqa: BLE001
-                log.exception("worker %d failed", slot)
+            except BaseException as error:  # noqa: BLE001
+                log.error("worker %d failed: %s: %s", slot, type(error).__name__, error)
+                log.debug("the traceback of that failure", exc_info=True)
                 code = 1
             finally:
                 sys.stdout.flush()

@@ -240,8 +240,9 @@ class ClientConnection(TunnelEnd, BaseProtocol):
                     self.deadline.set(self.settings.idle_timeout)
         except (ConnectionError, asyncio.CancelledError):
             pass
-        except Exception:  # noqa: BLE001 - one broken exchange must not take the worker down
-            log.exception("unexpected error on a connection from %s", self.peer)
+        except Exception as error:  # noqa: BLE001 - one broken exchange must not take the worker down
+            log.error("unexpected error on a connection from %s: %s: %s", self.peer, type(error).__name__, error)
+            log.debug("the traceback of that error", exc_info=True)
         finally:
             if self.tunnel is None:
                 self.close()

@@ -100,3 +100,23 @@ def test_monitor_validates_like_init() -> None:
     assert result.stderr.splitlines() == [
         "egress-router monitor: error: EGRESS_SOURCE: unspecified (set it to the reserved egress IPv4 address, e.g. 192.168.12.99)",
     ]
+
+
+def test_an_internal_error_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from egress_router import cli
+    from egress_router.config import init_settings
+
+    def broken(**_: object) -> None:
+        raise RuntimeError("something we did not foresee")
+
+    monkeypatch.setattr(init_settings, "load_init_settings", broken)
+    monkeypatch.setattr(cli, "load_init_settings", broken)
+    monkeypatch.setattr(sys, "argv", ["egress-router", "init"])
+    monkeypatch.delenv("EGRESS_ROUTER_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as caught:
+        cli.run()
+    assert caught.value.code == 70
+    err = capsys.readouterr().err
+    assert err.strip() == "egress-router: internal error: RuntimeError: something we did not foresee (set EGRESS_ROUTER_DEBUG=1 for the traceback)"
