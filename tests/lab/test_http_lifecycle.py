@@ -144,3 +144,31 @@ def test_a_pooled_connection_closed_by_the_server_is_retried_once(lab: Lab) -> N
 
     assert [ask(), ask(), ask()] == [200, 200, 200]  # the 2nd and 3rd went out on a pooled connection first
     assert ask("POST", b"data") == 502  # a request with a body is never sent twice
+
+
+AMBIGUOUS_SERVER = """
+import asyncio
+
+async def handle(reader, writer):
+    await reader.readuntil(b"\\r\\n\\r\\n")
+    writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 5\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n")
+    await writer.drain()
+    writer.close()
+
+async def main():
+    await asyncio.start_server(handle, "127.0.0.1", 8003)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_an_ambiguous_response_is_not_passed_on(lab: Lab) -> None:
+    lab.start_in(ROLE, ["python3", "-c", AMBIGUOUS_SERVER], ready_line="ready")
+    start_proxy(lab, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS="1")
+    with open_connection(lab, ROLE, "127.0.0.1", 8080) as sock:
+        sock.sendall(b"GET http://127.0.0.1:8003/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = read_all(sock)
+    assert status_of(response) == 502 and b"bad response from the server" in response
+    assert b"hello" not in response
