@@ -232,7 +232,13 @@ class ClientConnection(TunnelEnd, BaseProtocol):
                 if request is None:
                     return
                 self.busy = True
-                keep = await self.handle(*request)
+                started = time.monotonic()
+                try:
+                    keep = await self.handle(*request)
+                except (ConnectionError, asyncio.CancelledError):
+                    message = request[0]  # the client went away mid-request: 499, as nginx logs it
+                    self.proxy.access_log.write(self.peer, message.method, message.path, 499, 0, 0, time.monotonic() - started, "client went away")
+                    raise
                 self.busy = False
                 if not keep or self.closing:
                     break

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,3 +174,17 @@ def test_an_ambiguous_response_is_not_passed_on(lab: Lab) -> None:
         response = read_all(sock)
     assert status_of(response) == 502 and b"bad response from the server" in response
     assert b"hello" not in response
+
+
+def test_a_client_that_goes_away_is_logged_as_499(lab: Lab) -> None:
+    proxy = start_proxy(lab, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS="1")
+    with open_connection(lab, ROLE, "127.0.0.1", 8080) as sock:
+        sock.sendall(b"GET http://127.0.0.1:8000/slow/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # gone: a reset, not a half-close
+    deadline = time.monotonic() + 5
+    while "status=499" not in proxy.stdout():
+        assert time.monotonic() < deadline, proxy.stdout()
+        time.sleep(0.1)
+    line = next(line for line in proxy.stdout().splitlines() if "status=499" in line)
+    assert "target=http://127.0.0.1:8000/slow/1" in line and 'rule="client went away"' in line
