@@ -16,7 +16,7 @@ from egress_router.config.destinations import parse_destinations
 from egress_router.config.init_settings import InitSettings
 from egress_router.errors import ApplyError
 from egress_router.plan import nat_rules_for
-from egress_router.watch import FileWatcher
+from egress_router.watch import following
 from egress_router.workers import run_loop
 
 log = logging.getLogger(__name__)
@@ -34,23 +34,18 @@ async def watch_until_stopped(settings: InitSettings, list_file: str | None, int
 
     arp.announce_now_and_later(settings.interface, settings.source.ip)
     apply("installed (they were missing or different)")
-    watcher = None
-    if list_file:
 
-        def use(destinations: object) -> None:
-            current["settings"] = replace(current["settings"], destinations=destinations)
-            apply("replaced from the new list")
+    def use(destinations: object) -> None:
+        current["settings"] = replace(current["settings"], destinations=destinations)
+        apply("replaced from the new list")
 
-        watcher = FileWatcher(list_file, "EGRESS_DESTINATION_FILE", parse_destinations, use)
-        watcher.start()
     log.info("watching %s every %g s%s", settings.interface, interval, f" and {list_file}" if list_file else "")
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            apply("restored (something had changed them)")
-    if watcher is not None:
-        watcher.stop()
+    with following(list_file, "EGRESS_DESTINATION_FILE", parse_destinations, use):
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                apply("restored (something had changed them)")
     log.info("stopped")
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from egress_router.config.errors import ConfigError
@@ -67,3 +68,17 @@ class FileWatcher(Generic[T]):
         self.apply(value)
         log.info("%s: reloaded %s", self.variable, self.path)
         return True
+
+
+@contextlib.contextmanager
+def following(path: str | None, variable: str, parse: Callable[[str], T], apply: Callable[[T], None]) -> Iterator[None]:
+    """Follow `path` while the block runs (inside a running loop); no file given, nothing to follow."""
+    if not path:
+        yield
+        return
+    watcher = FileWatcher(path, variable, parse, apply)
+    watcher.start()
+    try:
+        yield
+    finally:
+        watcher.stop()

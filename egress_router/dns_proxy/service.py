@@ -15,7 +15,7 @@ from egress_router.dns_proxy.relay_server import Listener
 from egress_router.errors import ApplyError
 from egress_router.listener import listen
 from egress_router.resolver import Resolver, can_send_ipv6
-from egress_router.watch import FileWatcher
+from egress_router.watch import following
 from egress_router.workers import run_loop
 
 log = logging.getLogger(__name__)
@@ -72,19 +72,14 @@ async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, l
         resolv = parse_resolv_conf("")
     relays = Relays(settings, Resolver(resolv))
     await relays.apply(settings.targets)
-    watcher = None
-    if list_file:
-        loop = asyncio.get_running_loop()
+    loop = asyncio.get_running_loop()
 
-        def use(targets: tuple[Target, ...]) -> None:
-            relays.settings = replace(relays.settings, targets=targets)
-            loop.create_task(relays.apply(targets))
+    def use(targets: tuple[Target, ...]) -> None:
+        relays.settings = replace(relays.settings, targets=targets)
+        loop.create_task(relays.apply(targets))
 
-        watcher = FileWatcher(list_file, "EGRESS_DNS_PROXY_DESTINATION_FILE", parse_targets, use)
-        watcher.start()
-    await stop.wait()
-    if watcher is not None:
-        watcher.stop()
+    with following(list_file, "EGRESS_DNS_PROXY_DESTINATION_FILE", parse_targets, use):
+        await stop.wait()
     relays.stop()
     log.info("stopping: no new connections; %d relayed connection(s) get up to %g s", len(relays.active), settings.drain_timeout)
     cut = 0

@@ -12,7 +12,7 @@ from egress_router.config.http_settings import HttpProxySettings
 from egress_router.http_proxy.access_log import AccessLog
 from egress_router.http_proxy.server import Proxy
 from egress_router.listener import listen
-from egress_router.watch import FileWatcher
+from egress_router.watch import following
 from egress_router.workers import run_loop, run_workers
 
 log = logging.getLogger(__name__)
@@ -22,17 +22,12 @@ async def serve_until_stopped(settings: HttpProxySettings, sock: socket.socket, 
     loop = asyncio.get_running_loop()
     proxy = Proxy(loop, settings, AccessLog())
     server = await loop.create_server(proxy.protocol, sock=sock, backlog=1024)
-    watcher = None
-    if acl_file:
 
-        def use(acl: Acl) -> None:
-            proxy.settings = replace(proxy.settings, acl=acl)
+    def use(acl: Acl) -> None:
+        proxy.settings = replace(proxy.settings, acl=acl)
 
-        watcher = FileWatcher(acl_file, "EGRESS_HTTP_PROXY_DESTINATION_FILE", parse_acl, use)
-        watcher.start()
-    await stop.wait()
-    if watcher is not None:
-        watcher.stop()
+    with following(acl_file, "EGRESS_HTTP_PROXY_DESTINATION_FILE", parse_acl, use):
+        await stop.wait()
     server.close()
     in_flight = len(proxy.connections)
     log.info("stopping: no new connections; draining %d for up to %g s", in_flight, settings.drain_timeout)

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,9 +18,9 @@ from egress_router.lab import Lab, Seen
 from egress_router.lab import topology as t
 from egress_router.lab.netns import socket_in
 from egress_router.lab.topology import Process, run
-from tests.lab.conftest import Pod, new_pod
 from egress_router.lab.dns import DNS
 from egress_router.lab.dns import DnsServer as Dns
+from tests.lab.conftest import Pod, new_pod
 from tests.lab.http_helpers import wait_for_port
 
 REFUSING = "203.0.113.60"  # on the server, but nothing listens: connections are refused
@@ -109,6 +110,16 @@ def dns_pod(lab: Lab, **env: str) -> Iterator[tuple[Pod, Process]]:
         lab.remove_namespace(pod.role)
 
 
+@contextlib.contextmanager
+def relayed(lab: Lab, pod: Pod, port: int, timeout: float = 5) -> Iterator[tuple[socket.socket, Any, bytes]]:
+    """A client connection through the relay, with the server's first line already read."""
+    with socket_in(lab.ns("client")) as sock:
+        sock.settimeout(timeout)
+        sock.connect((pod.ip, port))
+        reader = sock.makefile("rb")
+        yield sock, reader, reader.readline()
+
+
 def seen(lab: Lab, pod: Pod, port: int) -> Seen:
     return lab.tcp("client", pod.ip, port, timeout=5)
 
@@ -160,11 +171,8 @@ def test_an_address_that_times_out_is_passed_over_then_avoided(lab: Lab, relay: 
 def test_bytes_pass_unchanged_both_ways_with_half_close(lab: Lab, relay: tuple[Pod, Process]) -> None:
     pod, _ = relay
     payload = os.urandom(4 * 1024 * 1024)
-    with socket_in(lab.ns("client")) as sock:
-        sock.settimeout(10)
-        sock.connect((pod.ip, 9000))
-        reader = sock.makefile("rb")
-        assert Seen.parse(reader.readline()).client == pod.source
+    with relayed(lab, pod, 9000, timeout=10) as (sock, reader, first):
+        assert Seen.parse(first).client == pod.source
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)  # half-close: the server still answers, then closes its side
         echoed = reader.read()
@@ -213,11 +221,7 @@ def test_a_late_name_starts_working_once_it_resolves(lab: Lab, dns: Dns, relay: 
 
 def test_dns_down_keeps_the_last_good_answer_and_open_connections(lab: Lab, dns: Dns, relay: tuple[Pod, Process]) -> None:
     pod, proc = relay
-    with socket_in(lab.ns("client")) as open_connection:
-        open_connection.settimeout(5)
-        open_connection.connect((pod.ip, 9000))
-        reader = open_connection.makefile("rb")
-        reader.readline()
+    with relayed(lab, pod, 9000) as (open_connection, reader, _):
         dns.stop()
         try:
             time.sleep(2.5)  # several TTLs: the proxy has tried and failed to re-resolve
@@ -231,11 +235,7 @@ def test_dns_down_keeps_the_last_good_answer_and_open_connections(lab: Lab, dns:
 
 def test_sigterm_lets_open_connections_finish_then_cuts_them(lab: Lab, dns: Dns) -> None:
     with dns_pod(lab, EGRESS_DNS_PROXY_DESTINATION="9000 203.0.113.26", EGRESS_DNS_PROXY_DRAIN_TIMEOUT="1500ms") as (pod, proc):
-        with socket_in(lab.ns("client")) as sock:
-            sock.settimeout(5)
-            sock.connect((pod.ip, 9000))
-            reader = sock.makefile("rb")
-            reader.readline()
+        with relayed(lab, pod, 9000) as (sock, reader, _):
             started = time.monotonic()
             proc.popen.send_signal(15)
             time.sleep(0.3)
@@ -251,11 +251,7 @@ def test_sigterm_lets_open_connections_finish_then_cuts_them(lab: Lab, dns: Dns)
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout(lab: Lab, dns: Dns) -> None:
     with dns_pod(lab, EGRESS_DNS_PROXY_DESTINATION="9000 203.0.113.26", EGRESS_DNS_PROXY_IDLE_TIMEOUT="1s") as (pod, proc):
-        with socket_in(lab.ns("client")) as sock:
-            sock.settimeout(5)
-            sock.connect((pod.ip, 9000))
-            reader = sock.makefile("rb")
-            reader.readline()
+        with relayed(lab, pod, 9000) as (sock, reader, _):
             started = time.monotonic()
             assert reader.read() == b""
             assert 0.9 < time.monotonic() - started < 3
@@ -282,16 +278,9 @@ def test_the_list_file_is_followed(lab: Lab, dns: Dns, tmp_path: Path) -> None:
 
 def test_connection_limit(lab: Lab, dns: Dns) -> None:
     with dns_pod(lab, EGRESS_DNS_PROXY_DESTINATION="9000 203.0.113.26", EGRESS_DNS_PROXY_MAX_CONNECTIONS="2") as (pod, proc):
-        held = [socket_in(lab.ns("client")) for _ in range(2)]
-        try:
-            for sock in held:
-                sock.settimeout(5)
-                sock.connect((pod.ip, 9000))
-                assert sock.makefile("rb").readline()  # relayed
+        with relayed(lab, pod, 9000) as (_, _, one), relayed(lab, pod, 9000) as (_, _, two):
+            assert one and two  # relayed
             with pytest.raises(OSError):
                 seen(lab, pod, 9000)  # the third is closed at once
             assert "connection limit (2) reached" in proc.stderr()
-        finally:
-            for sock in held:
-                sock.close()
         eventually(lambda: seen(lab, pod, 9000))  # room again

@@ -108,34 +108,35 @@ def test_server_connections_are_reused(lab: Lab) -> None:
     assert len(ports) == 1
 
 
-FORGETFUL_SERVER = """
-import asyncio
+def start_scripted_server(lab: Lab, port: int, handle: str) -> None:
+    """A raw asyncio origin on 127.0.0.1:`port` whose connection handler body is `handle` (reader, writer in scope)."""
+    body = "\n".join("    " + line for line in handle.strip("\n").splitlines())
+    script = (
+        f"import asyncio\n\nasync def handle(reader, writer):\n{body}\n\n"
+        f"async def main():\n    await asyncio.start_server(handle, '127.0.0.1', {port})\n"
+        "    print('ready', flush=True)\n    await asyncio.Event().wait()\n\nasyncio.run(main())\n"
+    )
+    lab.start_in(ROLE, ["python3", "-c", script], ready_line="ready")
 
-async def handle(reader, writer):
-    served = 0
-    while True:
-        try:
-            await reader.readuntil(b"\\r\\n\\r\\n")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            break
-        if served == 1:  # as if its keep-alive timeout struck just as the next request came in
-            break
-        served += 1
-        writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n")
-        await writer.drain()
-    writer.close()
 
-async def main():
-    await asyncio.start_server(handle, "127.0.0.1", 8002)
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
+FORGETFUL = """
+served = 0
+while True:
+    try:
+        await reader.readuntil(b"\\r\\n\\r\\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        break
+    if served == 1:  # as if its keep-alive timeout struck just as the next request came in
+        break
+    served += 1
+    writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n")
+    await writer.drain()
+writer.close()
 """
 
 
 def test_a_pooled_connection_closed_by_the_server_is_retried_once(lab: Lab) -> None:
-    lab.start_in(ROLE, ["python3", "-c", FORGETFUL_SERVER], ready_line="ready")
+    start_scripted_server(lab, 8002, FORGETFUL)
     start_proxy(lab, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS="1")
 
     def ask(method: str = "GET", body: bytes = b"") -> int:
@@ -148,26 +149,16 @@ def test_a_pooled_connection_closed_by_the_server_is_retried_once(lab: Lab) -> N
     assert ask("POST", b"data") == 502  # a request with a body is never sent twice
 
 
-AMBIGUOUS_SERVER = """
-import asyncio
-
-async def handle(reader, writer):
-    await reader.readuntil(b"\\r\\n\\r\\n")
-    writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 5\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n")
-    await writer.drain()
-    writer.close()
-
-async def main():
-    await asyncio.start_server(handle, "127.0.0.1", 8003)
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
+AMBIGUOUS = """
+await reader.readuntil(b"\\r\\n\\r\\n")
+writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 5\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n")
+await writer.drain()
+writer.close()
 """
 
 
 def test_an_ambiguous_response_is_not_passed_on(lab: Lab) -> None:
-    lab.start_in(ROLE, ["python3", "-c", AMBIGUOUS_SERVER], ready_line="ready")
+    start_scripted_server(lab, 8003, AMBIGUOUS)
     start_proxy(lab, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS="1")
     with open_connection(lab, ROLE, "127.0.0.1", 8080) as sock:
         sock.sendall(b"GET http://127.0.0.1:8003/ HTTP/1.1\r\nHost: x\r\n\r\n")
