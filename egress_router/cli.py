@@ -15,6 +15,7 @@ from egress_router import __version__, logs
 from egress_router.config.errors import ConfigError
 from egress_router.config.init_settings import Mode, load_init_settings
 from egress_router.errors import ApplyError, Terminated
+from egress_router.watch import ListFile
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("egress_router")
@@ -29,6 +30,11 @@ def fail(command: str, message: str, code: int = 1) -> None:
     for line in message.splitlines():
         click.echo(f"egress-router {command}: error: {line}", err=True)
     sys.exit(code)
+
+
+def list_file(path: str | None, text: str | None) -> ListFile | None:
+    """What a long-running command follows: the *_FILE it was given, and the text it started with."""
+    return ListFile(path.strip(), text or "") if path and path.strip() else None
 
 
 def read_list(variable: str, value: str | None, file_variable: str, path: str | None) -> str | None:
@@ -172,7 +178,7 @@ def http_proxy(destination: str | None, destination_file: str | None, debug: str
         fail("http-proxy", str(error))
         return
     try:
-        sys.exit(service.run(settings, destination_file.strip() if destination_file else None))
+        sys.exit(service.run(settings, list_file(destination_file, rules)))
     except ApplyError as error:
         fail("http-proxy", str(error))
 
@@ -196,13 +202,13 @@ def dns_proxy(destination: str | None, destination_file: str | None, debug: str 
 
     logs.setup(False, "dns-proxy")
     try:
-        lines = read_list("EGRESS_DNS_PROXY_DESTINATION", destination, "EGRESS_DNS_PROXY_DESTINATION_FILE", destination_file)
-        settings = load_dns_settings(destination=lines, debug=debug, **values)
+        rules = read_list("EGRESS_DNS_PROXY_DESTINATION", destination, "EGRESS_DNS_PROXY_DESTINATION_FILE", destination_file)
+        settings = load_dns_settings(destination=rules, debug=debug, **values)
     except ConfigError as error:
         fail("dns-proxy", str(error))
         return
     try:
-        sys.exit(service.run(settings, destination_file.strip() if destination_file else None))
+        sys.exit(service.run(settings, list_file(destination_file, rules)))
     except ApplyError as error:
         fail("dns-proxy", str(error))
 
@@ -228,4 +234,4 @@ def monitor(destination: str | None, destination_file: str | None, check_interva
     except ConfigError as error:
         fail("monitor", str(error))
         return
-    sys.exit(monitor_module.run(settings, destination_file.strip() if destination_file else None, interval))
+    sys.exit(monitor_module.run(settings, list_file(destination_file, rules), interval))

@@ -16,13 +16,13 @@ from egress_router.config.destinations import parse_destinations
 from egress_router.config.init_settings import InitSettings
 from egress_router.errors import ApplyError
 from egress_router.plan import nat_rules_for
-from egress_router.watch import following
+from egress_router.watch import ListFile, following
 from egress_router.workers import run_loop
 
 log = logging.getLogger(__name__)
 
 
-async def watch_until_stopped(settings: InitSettings, list_file: str | None, interval: float, stop: asyncio.Event) -> None:
+async def watch_until_stopped(settings: InitSettings, list_file: ListFile | None, interval: float, stop: asyncio.Event) -> None:
     current = {"settings": settings}
 
     def apply(reason: str) -> None:
@@ -39,7 +39,7 @@ async def watch_until_stopped(settings: InitSettings, list_file: str | None, int
         current["settings"] = replace(current["settings"], destinations=destinations)
         apply("replaced from the new list")
 
-    log.info("watching %s every %g s%s", settings.interface, interval, f" and {list_file}" if list_file else "")
+    log.info("watching %s every %g s%s", settings.interface, interval, f" and {list_file.path}" if list_file else "")
     with following(list_file, "EGRESS_DESTINATION_FILE", parse_destinations, use):
         while not stop.is_set():
             try:
@@ -49,6 +49,6 @@ async def watch_until_stopped(settings: InitSettings, list_file: str | None, int
     log.info("stopped")
 
 
-def run(settings: InitSettings, list_file: str | None, interval: float) -> int:
+def run(settings: InitSettings, list_file: ListFile | None, interval: float) -> int:
     run_loop(lambda stop: watch_until_stopped(settings, list_file, interval, stop))
     return 0

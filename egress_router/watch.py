@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from egress_router.config.errors import ConfigError
@@ -14,6 +15,14 @@ from egress_router.config.errors import ConfigError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class ListFile:
+    """A list variable's file and the text the running settings were parsed from."""
+
+    path: str
+    text: str
 
 
 def _identity(path: str) -> tuple[int, int, int] | None:
@@ -26,13 +35,18 @@ def _identity(path: str) -> tuple[int, int, int] | None:
 
 
 class FileWatcher(Generic[T]):
-    def __init__(self, path: str, variable: str, parse: Callable[[str], T], apply: Callable[[T], None], interval: float = INTERVAL) -> None:
+    def __init__(
+        self, path: str, variable: str, parse: Callable[[str], T], apply: Callable[[T], None], text: str, interval: float = INTERVAL
+    ) -> None:
         self.path = path
+        # The content in force, not the file's identity when this watcher started: a worker that starts after
+        # the file changed must still see the change (the text came from the parent, before it forked).
+        self.text = text
         self.variable = variable
         self.parse = parse
         self.apply = apply
         self.interval = interval
-        self.seen = _identity(path)
+        self.seen: tuple[int, int, int] | None = None  # so the first check reads the file
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -59,6 +73,9 @@ class FileWatcher(Generic[T]):
         except (OSError, UnicodeDecodeError) as error:
             log.error("%s: cannot read %s (%s); keeping the previous list", self.variable, self.path, error)
             return False
+        if text == self.text:
+            return False
+        self.text = text
         try:
             value = self.parse(text)
         except ConfigError as error:
@@ -71,12 +88,12 @@ class FileWatcher(Generic[T]):
 
 
 @contextlib.contextmanager
-def following(path: str | None, variable: str, parse: Callable[[str], T], apply: Callable[[T], None]) -> Iterator[None]:
-    """Follow `path` while the block runs (inside a running loop); no file given, nothing to follow."""
-    if not path:
+def following(list_file: ListFile | None, variable: str, parse: Callable[[str], T], apply: Callable[[T], None]) -> Iterator[None]:
+    """Follow `list_file` while the block runs (inside a running loop); no file given, nothing to follow."""
+    if list_file is None:
         yield
         return
-    watcher = FileWatcher(path, variable, parse, apply)
+    watcher = FileWatcher(list_file.path, variable, parse, apply, list_file.text)
     watcher.start()
     try:
         yield

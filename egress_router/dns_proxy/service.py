@@ -15,7 +15,7 @@ from egress_router.dns_proxy.relay_server import Listener
 from egress_router.errors import ApplyError
 from egress_router.listener import listen
 from egress_router.resolver import Resolver, can_send_ipv6
-from egress_router.watch import following
+from egress_router.watch import ListFile, following
 from egress_router.workers import run_loop
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Relays:
             listener.destination.stop()
 
 
-async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, list_file: str | None) -> None:
+async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, list_file: ListFile | None) -> None:
     try:
         resolv = parse_resolv_conf(Path(RESOLV_CONF).read_text(encoding="utf-8", errors="replace"))
     except OSError:
@@ -93,7 +93,7 @@ async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, l
     log.info("stopped (%d connection(s) cut at the drain deadline)", cut)
 
 
-def run(settings: DnsProxySettings, list_file: str | None = None) -> int:
+def run(settings: DnsProxySettings, list_file: ListFile | None = None) -> int:
     for target in settings.targets:  # every port must be ours before anything starts
         listen(target.local_port, reuse_port=False, backlog=None).close()
     run_loop(lambda stop: serve_until_stopped(settings, stop, list_file))

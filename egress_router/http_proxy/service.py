@@ -12,13 +12,13 @@ from egress_router.config.http_settings import HttpProxySettings
 from egress_router.http_proxy.access_log import AccessLog
 from egress_router.http_proxy.server import Proxy
 from egress_router.listener import listen
-from egress_router.watch import following
+from egress_router.watch import ListFile, following
 from egress_router.workers import run_loop, run_workers
 
 log = logging.getLogger(__name__)
 
 
-async def serve_until_stopped(settings: HttpProxySettings, sock: socket.socket, stop: asyncio.Event, acl_file: str | None) -> None:
+async def serve_until_stopped(settings: HttpProxySettings, sock: socket.socket, stop: asyncio.Event, acl_file: ListFile | None) -> None:
     loop = asyncio.get_running_loop()
     proxy = Proxy(loop, settings, AccessLog())
     server = await loop.create_server(proxy.protocol, sock=sock, backlog=1024)
@@ -44,7 +44,7 @@ async def serve_until_stopped(settings: HttpProxySettings, sock: socket.socket, 
     log.info("stopped (%d connection(s) cut at the drain deadline)", len(proxy.connections))
 
 
-def run(settings: HttpProxySettings, acl_file: str | None = None) -> int:
+def run(settings: HttpProxySettings, acl_file: ListFile | None = None) -> int:
     """Serve until SIGTERM; with `acl_file`, each worker follows changes to the list in that file."""
     reuse = settings.workers > 1
     # One worker listens on this socket; several each open their own in an SO_REUSEPORT group, so here
