@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
-from egress_router import arp, nat, sysctl
+from egress_router import arp, cluster_routes, nat, sysctl
+from egress_router.cluster_routes import KernelRoute, NoNextHop
 from egress_router.errors import ApplyError
-from egress_router.netlink import Journal, PodNetwork
-from egress_router.plan import NetworkPlan, render_plan
+from egress_router.netlink import Journal, PodNetwork, PolicyRouting
+from egress_router.plan import CLUSTER_INTERFACE, REPLY_MARK, REPLY_RULE_PRIORITY, REPLY_TABLE, ROUTE_PROTO, NetworkPlan, render_plan
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +27,73 @@ def _egress_link(net: PodNetwork, plan: NetworkPlan) -> int:
     return net.create_macvlan(plan.interface, plan.create_macvlan)
 
 
+@dataclass(frozen=True)
+class ClusterSide:
+    """What eth0 keeps, decided from the pod's routes before anything changes."""
+
+    names: dict[int, str]
+    reply_routes: tuple[KernelRoute, ...]
+    pinned: tuple[KernelRoute, ...]
+
+
+def decide_cluster_side(routing: PolicyRouting, plan: NetworkPlan) -> ClusterSide:
+    """Read eth0's routes and how each nameserver is reached now; raise ApplyError when eth0 has no next hop."""
+    names = routing.names()
+    eth0 = next((index for index, name in names.items() if name == CLUSTER_INTERFACE), None)
+    if eth0 is None:
+        raise ApplyError(f"no {CLUSTER_INTERFACE} in this pod: the router needs the pod network's interface to answer its clients")
+    main, kept = routing.routes(cluster_routes.MAIN_TABLE), routing.routes(REPLY_TABLE)
+    try:
+        default = cluster_routes.eth0_default(main, kept, eth0)
+    except NoNextHop:
+        others = [r.describe(names) for r in main if r.dst == cluster_routes.DEFAULT]
+        now = f" (the pod's default route is {', '.join(others)})" if others else ""
+        raise ApplyError(
+            f"{CLUSTER_INTERFACE} has no default route to keep{now}: replies to clients on other nodes, probes from the node "
+            f"and the cluster DNS need {CLUSTER_INTERFACE}'s next hop; let the pod network give {CLUSTER_INTERFACE} the default "
+            f"route (with Multus, leave the default route out of the attachment: no \"gateway\" or default-route for "
+            f"{plan.interface}) and the router moves it to {plan.interface} itself"
+        ) from None
+    ways = cluster_routes.nameserver_ways(plan.nameservers, {ns: routing.lookup(ns) for ns in plan.nameservers}, main, eth0, names)
+    for way in ways:
+        log.debug("nameserver %s: %s", way.nameserver, way.reason)
+    return ClusterSide(
+        names,
+        cluster_routes.reply_table(main, kept, eth0),
+        cluster_routes.pinned_routes(default, ways, plan.cluster_networks),
+    )
+
+
+def keep_cluster_side(routing: PolicyRouting, side: ClusterSide) -> bool:
+    """REPLY_TABLE, the mark rule and the pinned routes: replies and cluster traffic keep leaving by eth0."""
+    names = side.names
+    kept = routing.routes(REPLY_TABLE)
+    changed = routing.replace_routes(kept, *cluster_routes.differences(kept, side.reply_routes), names)
+    changed |= routing.set_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY)
+    ours = [r for r in routing.routes(cluster_routes.MAIN_TABLE) if r.proto == ROUTE_PROTO]
+    changed |= routing.replace_routes(ours, *cluster_routes.differences(ours, side.pinned), names)
+    return changed
+
+
 def apply_plan(plan: NetworkPlan) -> bool:
     """Returns whether anything changed. On failure, undoes what was done and raises ApplyError."""
     for line in render_plan(plan).splitlines():
         log.debug("plan: %s", line)
     journal = Journal()
     net = PodNetwork(journal)
+    routing = PolicyRouting(net)
     try:
+        side = decide_cluster_side(routing, plan)
         index = _egress_link(net, plan)
         changed = [
             net.set_up(index, plan.interface),
             net.set_only_address(index, plan.interface, plan.address),
             net.set_gateway_route(index, plan.interface, plan.gateway),
+            keep_cluster_side(routing, side),
             net.set_default_route(index, plan.interface, plan.gateway),
             *[sysctl.set_sysctl(journal, key, value) for key, value in plan.sysctls],
-            plan.nat_rules is not None and nat.apply_nat(plan.nat_rules),
+            nat.apply_chains(plan.marks, journal),
+            plan.nat is not None and nat.apply_chains(plan.nat),
         ]
     except BaseException as error:
         steps = len(journal)
@@ -55,11 +109,13 @@ def apply_plan(plan: NetworkPlan) -> bool:
     net.close()
     if any(changed):
         log.info(
-            "%s is %s via %s%s",
+            "%s is %s via %s%s; replies to what arrives on %s leave through %s",
             plan.interface,
             plan.address,
             plan.gateway,
             "" if plan.nat_rules is None else f", {len(plan.nat_rules)} NAT rules installed",
+            CLUSTER_INTERFACE,
+            CLUSTER_INTERFACE,
         )
     else:
         log.info("nothing to change: %s is already set up as planned", plan.interface)

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from ipaddress import IPv4Address, ip_address
 from typing import Any, TypeVar
 
 import click
@@ -98,6 +99,11 @@ def main() -> None:
 @env_option("--macvlan-master", "EGRESS_MACVLAN_MASTER", "Node interface to create the egress macvlan on when it does not exist yet.")
 @env_option("--macvlan-mode", "EGRESS_MACVLAN_MODE", "bridge (default) | private | vepa | passthru.")
 @env_option("--host-netns", "EGRESS_HOST_NETNS", "The node's network namespace, for creating the macvlan (default /proc/1/ns/net).")
+@env_option(
+    "--cluster-networks",
+    "EGRESS_CLUSTER_NETWORKS",
+    "CIDRs the pod's own connections reach through eth0 (cluster and Service networks), comma-separated.",
+)
 def init(destination: str | None, destination_file: str | None, **values: str | None) -> None:
     """Set up the pod's egress interface, routes and NAT (the privileged init container)."""
     from egress_router.plan import build_plan, render_plan
@@ -110,7 +116,7 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
     except ConfigError as error:
         fail("init", str(error))
         return
-    plan = build_plan(settings)
+    plan = build_plan(settings, pod_nameservers())
     if settings.mode is Mode.UNIT_TEST:
         click.echo(render_plan(plan))
         return
@@ -129,7 +135,27 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
         wait_for_termination()
 
 
+def pod_nameservers(path: str = "/etc/resolv.conf") -> tuple[IPv4Address, ...]:
+    """The pod's IPv4 nameservers (as Kubernetes wrote them): init keeps those eth0 reaches on eth0."""
+    from egress_router.config.resolv_conf import parse_resolv_conf
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            conf = parse_resolv_conf(f.read())
+    except OSError:
+        return ()
+    return tuple(IPv4Address(n) for n in conf.nameservers if ip_address(n).version == 4)
+
+
+_MAIN_PID = os.getpid()
+
+
 def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM during init: roll back, then stop. A forked helper (pyroute2 forks one to open a socket in the
+    node's namespace, and stops it with SIGTERM) inherits this handler: it must just die, as by default,
+    not unwind a copy of our stack and roll back the parent's changes."""
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + signum)
     raise Terminated
 
 
@@ -219,6 +245,7 @@ def dns_proxy(destination: str | None, destination_file: str | None, debug: str 
 @env_option("--destination", "EGRESS_DESTINATION", "Redirect rules, as given to init.")
 @env_option("--destination-file", "EGRESS_DESTINATION_FILE", "File holding the rules; re-applied whenever it changes.")
 @env_option("--interface", "EGRESS_INTERFACE", "Egress interface in the pod (default macvlan0).")
+@env_option("--cluster-networks", "EGRESS_CLUSTER_NETWORKS", "CIDRs kept on eth0, as given to init.")
 @env_option("--check-interval", "EGRESS_ROUTER_MONITOR_INTERVAL", "How often the NAT rules are checked and put back if changed (default 10s).")
 @env_option("--debug", "EGRESS_ROUTER_DEBUG", "Non-empty: log every step.")
 def monitor(destination: str | None, destination_file: str | None, check_interval: str | None, debug: str | None, **values: str | None) -> None:
@@ -234,4 +261,4 @@ def monitor(destination: str | None, destination_file: str | None, check_interva
     except ConfigError as error:
         fail("monitor", str(error))
         return
-    sys.exit(monitor_module.run(settings, list_file(destination_file, rules), interval))
+    sys.exit(monitor_module.run(settings, pod_nameservers(), list_file(destination_file, rules), interval))

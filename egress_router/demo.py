@@ -61,14 +61,15 @@ def _rows(lab: Lab) -> list[tuple[str, str, str]]:
         ("client -> router:8080 (rule: remote port 80)", lambda: lab.tcp("client", router, 8080)),
         ("client -> router:53/udp (rule: 53 udp)", lambda: lab.udp("client", router, 53)),
         ("client -> router:9000 (fallback)", lambda: lab.tcp("client", router, 9000)),
+        ("client2 on node2 -> router:80 (routed, no NAT)", lambda: lab.tcp("client2", router, 80)),
     ]
     return [(label, *_probe(action)) for label, action in probes]
 
 
-def _curl(lab: Lab, url: str) -> tuple[str, str]:
+def _curl(lab: Lab, client: str, url: str) -> tuple[str, str]:
     """What the origin saw for a request through the HTTP proxy pod, or the proxy's reason for refusing."""
     done = subprocess.run(
-        lab.exec_argv("client", ["curl", "-sS", "--max-time", "5", "-x", f"http://{PROXY_POD_IP}:8080", "-w", "\n%{http_code}", url]),
+        lab.exec_argv(client, ["curl", "-sS", "--max-time", "5", "-x", f"http://{PROXY_POD_IP}:8080", "-w", "\n%{http_code}", url]),
         capture_output=True,
         text=True,
     )
@@ -86,7 +87,9 @@ def _proxy_rows(lab: Lab) -> list[tuple[str, str, str]]:
         ("client -> proxy -> http://other.example.test:8000/", "http://other.example.test:8000/"),
         ("client -> proxy -> http://sneaky.partner.test:8000/", "http://sneaky.partner.test:8000/"),
     ]
-    return [(label, *_curl(lab, url)) for label, url in urls]
+    rows = [(label, *_curl(lab, "client", url)) for label, url in urls]
+    rows.append(("client2 on node2 -> proxy -> http://api.example.test:8000/", *_curl(lab, "client2", "http://api.example.test:8000/")))
+    return rows
 
 
 def _start_http_proxy(lab: Lab, env: dict[str, str]) -> None:
@@ -103,7 +106,7 @@ def _start_http_proxy(lab: Lab, env: dict[str, str]) -> None:
 
 def _dns_rows(lab: Lab, env: dict[str, str], folder: Path) -> list[tuple[str, str, str]]:
     """A third router pod in dns-proxy mode relaying port 5432 to db.lab.test, whose record then changes."""
-    dns = DnsServer(lab, folder, "203.0.113.25 db.lab.test\n")
+    dns = DnsServer.site(lab, "203.0.113.25 db.lab.test\n")
     dns.start()
     lab.add_router("dns", DNS_POD_IP, {"EGRESS_SOURCE": DNS_SOURCE, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_ROUTER_MODE": "dns-proxy"})
     lab.write_etc("dns", "resolv.conf", f"nameserver {DNS}\n")
@@ -160,8 +163,9 @@ def run() -> int:
         print(f"Building a cluster in network namespaces {lab.prefix}-* ...")
         lab.build()
         print(
-            f"  node {t.NODE_IP}, client pod {t.CLIENT_IP}, router pod {t.ROUTER_IP} with macvlan0, "
-            f"site firewall at {t.GATEWAY_IP} lets only {t.EGRESS_RANGE} reach 203.0.113.25-27\n"
+            f"  node {t.NODE_IP}: client pod {t.CLIENT_IP}, router pod {t.ROUTER_IP} with macvlan0; "
+            f"node2 {t.NODE2_IP}: client2 pod {t.CLIENT2_IP}, routed to node's pods without NAT;\n"
+            f"  site firewall at {t.GATEWAY_IP} lets only {t.EGRESS_RANGE} reach 203.0.113.25-27\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
         env.update(EGRESS_SOURCE=t.EGRESS_SOURCE, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_DESTINATION=DESTINATION, EGRESS_ROUTER_MODE="init")

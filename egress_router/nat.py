@@ -10,7 +10,8 @@ import types
 from typing import Any
 
 from egress_router.errors import ApplyError
-from egress_router.plan import OWNED_CHAINS, NatRule
+from egress_router.netlink import Journal
+from egress_router.plan import ChainSet
 
 log = logging.getLogger(__name__)
 
@@ -45,57 +46,12 @@ def _iptc() -> Any:
     return iptc
 
 
-def _to_iptc(iptc: Any, rule: NatRule) -> Any:
-    built = iptc.Rule()
-    if rule.in_interface:
-        built.in_interface = rule.in_interface
-    if rule.out_interface:
-        built.out_interface = rule.out_interface
-    if rule.protocol:
-        built.protocol = rule.protocol
-        if rule.dport is not None:
-            match = built.create_match(rule.protocol)
-            match.dport = str(rule.dport)
-    target = built.create_target(rule.target)
-    if rule.target == "DNAT":
-        target.to_destination = rule.to
-    else:
-        target.to_source = rule.to
-    return built
+def _build(iptc: Any, shape: dict[str, Any]) -> Any:
+    return iptc.easy.encode_iptc_rule(shape)
 
 
-def _jump(iptc: Any, chain: str) -> Any:
-    rule = iptc.Rule()
-    rule.create_target(chain)
-    return rule
-
-
-def apply_nat(rules: tuple[NatRule, ...]) -> bool:
-    """Make our chains hold exactly `rules`; returns False when they already did (nothing written)."""
-    iptc = _iptc()
-    try:
-        table = iptc.Table(iptc.Table.NAT)
-        table.autocommit = False
-        table.refresh()
-        wanted = {chain: [_to_iptc(iptc, r) for r in rules if r.chain == chain] for chain, _ in OWNED_CHAINS}
-        if _already_applied(iptc, table, wanted):
-            log.debug("NAT rules already in place (%d rules)", len(rules))
-            return False
-        for chain_name, parent_name in OWNED_CHAINS:
-            chain = iptc.Chain(table, chain_name) if table.is_chain(chain_name) else table.create_chain(chain_name)
-            chain.flush()
-            for rule in wanted[chain_name]:
-                chain.append_rule(rule)
-            parent = iptc.Chain(table, parent_name)
-            if not any(_shape(iptc, r) == {"target": chain_name} for r in parent.rules):
-                parent.insert_rule(_jump(iptc, chain_name))
-        table.commit()
-        table.refresh()
-        table.autocommit = True
-        log.debug("NAT: %d rules committed in one transaction", len(rules))
-    except iptc.IPTCError as error:
-        raise ApplyError(f"cannot install NAT rules: {error} (is the init container privileged, with the iptables modules loaded?)") from error
-    return True
+def _jump(chain: str) -> dict[str, Any]:
+    return {"target": chain}
 
 
 def _shape(iptc: Any, rule: Any) -> dict[str, Any]:
@@ -105,14 +61,83 @@ def _shape(iptc: Any, rule: Any) -> dict[str, Any]:
     return decoded
 
 
-def _already_applied(iptc: Any, table: Any, wanted: dict[str, list[Any]]) -> bool:
-    for chain_name, parent_name in OWNED_CHAINS:
-        if not table.is_chain(chain_name):
+_TABLES = {"nat": "NAT", "mangle": "MANGLE", "filter": "FILTER"}
+
+
+def _state(iptc: Any, table: Any, chains: ChainSet) -> dict[str, Any]:
+    """Our chains' rules (None: chain absent) and how many jumps each built-in chain has to them."""
+    state: dict[str, Any] = {}
+    for chain, parents in chains.chains:
+        state[chain] = [_shape(iptc, r) for r in iptc.Chain(table, chain).rules] if table.is_chain(chain) else None
+        for parent in parents:
+            state[f"{parent}->{chain}"] = sum(_shape(iptc, r) == _jump(chain) for r in iptc.Chain(table, parent).rules)
+    return state
+
+
+def _write(iptc: Any, table: Any, chains: ChainSet, rules: dict[str, list[Any] | None]) -> None:
+    """Make each owned chain hold `rules[chain]` with one jump from each parent; None removes chain and jumps."""
+    for chain_name, parents in chains.chains:
+        wanted = rules[chain_name]
+        if wanted is not None:
+            chain = iptc.Chain(table, chain_name) if table.is_chain(chain_name) else table.create_chain(chain_name)
+            chain.flush()
+            for rule in wanted:
+                chain.append_rule(rule)
+        for parent_name in parents:
+            parent = iptc.Chain(table, parent_name)
+            jumps = [r for r in parent.rules if _shape(iptc, r) == _jump(chain_name)]
+            keep = 0 if wanted is None else 1
+            for rule in jumps[keep:]:
+                parent.delete_rule(rule)
+            if keep and not jumps:
+                jump = iptc.Rule()
+                jump.create_target(chain_name)
+                parent.insert_rule(jump)
+        if wanted is None and table.is_chain(chain_name):
+            chain = iptc.Chain(table, chain_name)
+            chain.flush()
+            chain.delete()
+
+
+def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
+    """Make our chains in `chains.table` hold exactly its rules, in one commit; False when they already did.
+
+    With a journal, the chains' previous content is recorded, so a later failure puts it back.
+    """
+    iptc = _iptc()
+    try:
+        table = iptc.Table(getattr(iptc.Table, _TABLES[chains.table]))
+        table.autocommit = False
+        table.refresh()
+        wanted = {chain: [r.as_dict() for r in chains.rules if r.chain == chain] for chain, _ in chains.chains}
+        before = _state(iptc, table, chains)
+        built = {chain: [_build(iptc, shape) for shape in shapes] for chain, shapes in wanted.items()}
+        target = {chain: [_shape(iptc, r) for r in rules] for chain, rules in built.items()}
+        if all(before[chain] == target[chain] for chain, _ in chains.chains) and all(
+            before[f"{parent}->{chain}"] == 1 for chain, parents in chains.chains for parent in parents
+        ):
+            log.debug("%s rules already in place (%d rules)", chains.table, len(chains.rules))
             return False
-        current = [_shape(iptc, r) for r in iptc.Chain(table, chain_name).rules]
-        if current != [_shape(iptc, r) for r in wanted[chain_name]]:
-            return False
-        jumps = [r for r in iptc.Chain(table, parent_name).rules if _shape(iptc, r) == {"target": chain_name}]
-        if len(jumps) != 1:
-            return False
+        _write(iptc, table, chains, built)  # type: ignore[arg-type]
+        table.commit()
+        table.refresh()
+        table.autocommit = True
+        log.debug("%s: %d rules committed in one transaction", chains.table, len(chains.rules))
+    except iptc.IPTCError as error:
+        raise ApplyError(
+            f"cannot install {chains.table} rules: {error} (is the init container privileged, with the iptables modules loaded?)"
+        ) from error
+    if journal is not None:
+        journal.record(f"{chains.table} rules", lambda: _restore(chains, before))
     return True
+
+
+def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
+    iptc = _iptc()
+    table = iptc.Table(getattr(iptc.Table, _TABLES[chains.table]))
+    table.autocommit = False
+    table.refresh()
+    previous = {chain: None if before[chain] is None else [_build(iptc, s) for s in before[chain]] for chain, _ in chains.chains}
+    _write(iptc, table, chains, previous)
+    table.commit()
+    table.autocommit = True

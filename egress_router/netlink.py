@@ -10,12 +10,13 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from egress_router.cluster_routes import KernelRoute
 from egress_router.config.init_settings import MacvlanRequest
 from egress_router.errors import ApplyError
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 AF_INET = 2
 MAIN_TABLE = 254
 RTPROT_KERNEL = 2
+RTN_UNICAST = 1
+RTNH_F_ONLINK = 4
 SCOPE_LINK = 253
 #: Route attributes that identify a route and are needed to put it back, with pyroute2's names.
 ROUTE_ATTRS = {"RTA_DST": "dst", "RTA_GATEWAY": "gateway", "RTA_OIF": "oif", "RTA_PRIORITY": "priority", "RTA_PREFSRC": "prefsrc"}
@@ -248,4 +251,97 @@ class PodNetwork:
             self._call(f"add route {what}", self.ipr.route, "add", dst="0.0.0.0/0", gateway=str(gateway), oif=index, table=MAIN_TABLE)
             self.journal.record(f"add route {what}", lambda: self.ipr.route("del", dst="0.0.0.0/0", gateway=str(gateway), oif=index, table=MAIN_TABLE))
             log.info("added route %s", what)
+        return True
+
+
+def kernel_route(message: Any) -> KernelRoute:
+    """A route message from pyroute2 as plain data."""
+    gateway, prefsrc = message.get_attr("RTA_GATEWAY"), message.get_attr("RTA_PREFSRC")
+    return KernelRoute(
+        dst=IPv4Network(f"{message.get_attr('RTA_DST') or '0.0.0.0'}/{message['dst_len']}", strict=False),
+        oif=message.get_attr("RTA_OIF"),
+        gateway=IPv4Address(gateway) if gateway else None,
+        scope=message["scope"],
+        onlink=bool(message["flags"] & RTNH_F_ONLINK),
+        proto=message["proto"],
+        prefsrc=IPv4Address(prefsrc) if prefsrc else None,
+        metric=message.get_attr("RTA_PRIORITY"),
+        table=message.get_attr("RTA_TABLE") or message["table"],
+    )
+
+
+def route_arguments(route: KernelRoute) -> dict[str, Any]:
+    """The keyword arguments that add (or delete) exactly this route with pyroute2."""
+    spec: dict[str, Any] = {"dst": str(route.dst), "oif": route.oif, "table": route.table, "scope": route.scope, "proto": route.proto}
+    if route.gateway:
+        spec["gateway"] = str(route.gateway)
+    if route.onlink:
+        spec["flags"] = RTNH_F_ONLINK
+    if route.prefsrc:
+        spec["prefsrc"] = str(route.prefsrc)
+    if route.metric is not None:
+        spec["priority"] = route.metric
+    return spec
+
+
+class PolicyRouting:
+    """Routes as plain data, and the fwmark rule: the part of the pod's routing that keeps replies on eth0."""
+
+    def __init__(self, net: PodNetwork) -> None:
+        self.net = net
+        self.ipr = net.ipr
+
+    def names(self) -> dict[int, str]:
+        return {link["index"]: str(link.get_attr("IFLA_IFNAME")) for link in self.ipr.get_links()}
+
+    def routes(self, table: int) -> list[KernelRoute]:
+        return [kernel_route(r) for r in self.ipr.get_routes(family=AF_INET, table=table) if r["type"] == RTN_UNICAST]
+
+    def lookup(self, address: IPv4Address) -> KernelRoute | None:
+        """Where the kernel sends `address` now (policy rules included), or None when it cannot."""
+        try:
+            found = self.ipr.route("get", dst=str(address))
+        except NetlinkError:
+            return None
+        return kernel_route(found[0]) if found else None
+
+    def replace_routes(self, current: list[KernelRoute], remove: list[KernelRoute], add: list[KernelRoute], names: dict[int, str]) -> bool:
+        """Delete, then add; every step journaled. `current` is only for the log."""
+        for route in remove:
+            spec, what = route_arguments(route), route.describe(names)
+            self.net._call(f"delete route {what}", self.ipr.route, "del", **spec)
+            self.net.journal.record(f"delete route {what}", lambda spec=spec: self.ipr.route("add", **spec))
+            log.info("removed route %s", what)
+        for route in add:
+            spec, what = route_arguments(route), route.describe(names)
+            self.net._call(f"add route {what}", self.ipr.route, "add", **spec)
+            self.net.journal.record(f"add route {what}", lambda spec=spec: self.ipr.route("del", **spec))
+            log.info("added route %s", what)
+        if not remove and not add:
+            log.debug("%d route(s) already in place", len(current))
+        return bool(remove or add)
+
+    def set_mark_rule(self, mark: int, table: int, priority: int) -> bool:
+        """Exactly one rule at `priority`: packets carrying `mark` look up `table`."""
+        wanted = {"table": table, "priority": priority, "fwmark": mark, "fwmask": mark}
+        what = f"rule fwmark {mark:#x}/{mark:#x} lookup {table} priority {priority}"
+        present = False
+        for rule in self.ipr.get_rules(family=AF_INET):
+            if rule.get_attr("FRA_PRIORITY") != priority:
+                continue
+            shape = {"table": rule.get_attr("FRA_TABLE") or rule["table"], "priority": rule.get_attr("FRA_PRIORITY"),
+                     "fwmark": rule.get_attr("FRA_FWMARK"), "fwmask": rule.get_attr("FRA_FWMASK")}
+            if shape == wanted and not present:
+                present = True
+                continue
+            stale = {k: v for k, v in shape.items() if v is not None}
+            self.net._call(f"delete rule at priority {priority}", self.ipr.rule, "del", **stale)
+            self.net.journal.record(f"delete rule {stale}", lambda stale=stale: self.ipr.rule("add", **stale))
+            log.info("removed rule %s", stale)
+        if present:
+            log.debug("%s already present", what)
+            return False
+        self.net._call(f"add {what}", self.ipr.rule, "add", **wanted)
+        self.net.journal.record(f"add {what}", lambda: self.ipr.rule("del", **wanted))
+        log.info("added %s", what)
         return True

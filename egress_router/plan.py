@@ -6,33 +6,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from egress_router.config.init_settings import InitSettings, MacvlanRequest
 
 CLUSTER_INTERFACE = "eth0"
 DNAT_CHAIN = "EGRESS-ROUTER-DNAT"
 SNAT_CHAIN = "EGRESS-ROUTER-SNAT"
+MARK_CHAIN = "EGRESS-ROUTER-MARK"
 IP_FORWARD = "net.ipv4.ip_forward"
 #: Proxy modes: the unprivileged proxy container may listen on any port of its own pod, 80 included,
 #: as OpenShift's proxy manifests ask; the setting only exists in the pod's network namespace.
 UNPRIVILEGED_PORTS = "net.ipv4.ip_unprivileged_port_start"
-#: Our chains and the built-in chain that jumps to each of them.
-OWNED_CHAINS = ((DNAT_CHAIN, "PREROUTING"), (SNAT_CHAIN, "POSTROUTING"))
+#: Loose reverse-path filtering on eth0: a client on another node arrives on eth0 while the main table
+#: routes its address through the egress interface, which strict filtering (RHEL's default) would drop.
+RP_FILTER = f"net.ipv4.conf.{CLUSTER_INTERFACE}.rp_filter"
+
+#: Connections that arrive on eth0 carry this conntrack mark; their reply packets get it as packet mark
+#: and a policy rule routes them by REPLY_TABLE, which holds eth0's own routes as init found them.
+REPLY_MARK = 0x400000
+REPLY_TABLE = 201
+REPLY_RULE_PRIORITY = 1000
+#: Routes init adds on eth0 (nameservers, EGRESS_CLUSTER_NETWORKS, REPLY_TABLE) carry this protocol
+#: number, so a later run knows which ones are its own.
+ROUTE_PROTO = 201
 
 
 @dataclass(frozen=True)
-class NatRule:
-    """One rule in one of our chains, in the terms iptables uses."""
+class XtRule:
+    """One rule in one of our chains, in the terms iptables uses (matches and target as option lists)."""
 
     chain: str
-    target: str  # DNAT or SNAT
-    to: str  # --to-destination / --to-source value
+    target: str
+    target_options: tuple[tuple[str, str], ...] = ()
     in_interface: str | None = None
     out_interface: str | None = None
     protocol: str | None = None
-    dport: int | None = None
-    comment: str | None = None
+    matches: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     def iptables_args(self) -> str:
         parts = [f"-A {self.chain}"]
@@ -42,11 +52,46 @@ class NatRule:
             parts.append(f"-o {self.out_interface}")
         if self.protocol:
             parts.append(f"-p {self.protocol}")
-        if self.dport is not None:
-            parts.append(f"-m {self.protocol} --dport {self.dport}")
-        option = "--to-destination" if self.target == "DNAT" else "--to-source"
-        parts.append(f"-j {self.target} {option} {self.to}")
+        for name, options in self.matches:
+            parts.append(" ".join([f"-m {name}", *(f"--{key} {value}" for key, value in options)]))
+        parts.append(" ".join([f"-j {self.target}", *(f"--{key} {value}" for key, value in self.target_options)]))
         return " ".join(parts)
+
+    def as_dict(self) -> dict[str, object]:
+        """python-iptables' `iptc.easy` form, which the NAT edge encodes and compares."""
+        rule: dict[str, object] = {}
+        if self.in_interface:
+            rule["in-interface"] = self.in_interface
+        if self.out_interface:
+            rule["out-interface"] = self.out_interface
+        if self.protocol:
+            rule["protocol"] = self.protocol
+        for name, options in self.matches:
+            rule[name] = dict(options)
+        rule["target"] = {self.target: dict(self.target_options)} if self.target_options else self.target
+        return rule
+
+
+@dataclass(frozen=True)
+class ChainSet:
+    """Chains the router owns in one iptables table, each jumped to first from its built-in chains."""
+
+    table: str
+    chains: tuple[tuple[str, tuple[str, ...]], ...]
+    rules: tuple[XtRule, ...]
+
+    def render(self) -> str:
+        """Our part of the table as `iptables-save -t <table>` would show it."""
+        lines = [f"*{self.table}"]
+        lines += [f":{chain} - [0:0]" for chain, _ in self.chains]
+        lines += [f"-I {parent} 1 -j {chain}" for chain, parents in self.chains for parent in parents]
+        lines += [rule.iptables_args() for rule in self.rules]
+        lines.append("COMMIT")
+        return "\n".join(lines)
+
+
+NAT_CHAINS = ((DNAT_CHAIN, ("PREROUTING",)), (SNAT_CHAIN, ("POSTROUTING",)))
+MARK_CHAINS = ((MARK_CHAIN, ("PREROUTING", "OUTPUT")),)
 
 
 @dataclass(frozen=True)
@@ -69,52 +114,77 @@ class NetworkPlan:
     gateway: IPv4Address
     routes: tuple[Route, ...]
     sysctls: tuple[tuple[str, str], ...]
-    nat_rules: tuple[NatRule, ...] | None  # None: leave NAT alone (proxy modes)
+    nat: ChainSet | None  # None: leave NAT alone (proxy modes)
+    marks: ChainSet
+    cluster_networks: tuple[IPv4Network, ...] = ()
+    nameservers: tuple[IPv4Address, ...] = ()
 
     @property
     def forwarding(self) -> bool:
         return (IP_FORWARD, "1") in self.sysctls
 
+    @property
+    def nat_rules(self) -> tuple[XtRule, ...] | None:
+        return None if self.nat is None else self.nat.rules
 
-def build_plan(settings: InitSettings) -> NetworkPlan:
+
+def build_plan(settings: InitSettings, nameservers: tuple[IPv4Address, ...] = ()) -> NetworkPlan:
+    """`nameservers`: the pod's /etc/resolv.conf ones; those eth0 reaches now stay on eth0."""
     gateway_route = Route(f"{settings.gateway}/32", scope_link=True)
     default_route = Route("default", gateway=settings.gateway)
-    nat_rules = None
+    nat = None
     if settings.mode.installs_nat:
         assert settings.destinations is not None
-        nat_rules = nat_rules_for(settings)
+        nat = nat_chains(settings)
+    own = ((IP_FORWARD, "1"),) if nat is not None else ((UNPRIVILEGED_PORTS, "0"),)
     return NetworkPlan(
         interface=settings.interface,
         create_macvlan=settings.macvlan,
         address=settings.source.interface,
         gateway=settings.gateway,
         routes=(gateway_route, default_route),
-        sysctls=((IP_FORWARD, "1"),) if nat_rules is not None else ((UNPRIVILEGED_PORTS, "0"),),
-        nat_rules=nat_rules,
+        sysctls=(*own, (RP_FILTER, "2")),
+        nat=nat,
+        marks=mark_chains(),
+        cluster_networks=settings.cluster_networks,
+        nameservers=nameservers,
     )
 
 
-def nat_rules_for(settings: InitSettings) -> tuple[NatRule, ...]:
+def _dnat(to: str, protocol: str | None = None, port: int | None = None) -> XtRule:
+    matches = ((protocol, (("dport", str(port)),)),) if protocol and port is not None else ()
+    return XtRule(DNAT_CHAIN, "DNAT", (("to-destination", to),), in_interface=CLUSTER_INTERFACE, protocol=protocol, matches=matches)
+
+
+def nat_rules_for(settings: InitSettings) -> tuple[XtRule, ...]:
     """One DNAT per port rule in list order, the fallback last, then SNAT of all egress traffic."""
     assert settings.destinations is not None
-    rules: list[NatRule] = []
+    rules: list[XtRule] = []
     for rule in settings.destinations.rules:
         to = f"{rule.address}:{rule.remote_port}" if rule.remote_port else str(rule.address)
-        rules.append(NatRule(DNAT_CHAIN, "DNAT", to, in_interface=CLUSTER_INTERFACE, protocol=rule.protocol, dport=rule.local_port))
+        rules.append(_dnat(to, rule.protocol, rule.local_port))
     if settings.destinations.fallback is not None:
-        rules.append(NatRule(DNAT_CHAIN, "DNAT", str(settings.destinations.fallback), in_interface=CLUSTER_INTERFACE))
-    rules.append(NatRule(SNAT_CHAIN, "SNAT", str(settings.source.ip), out_interface=settings.interface))
+        rules.append(_dnat(str(settings.destinations.fallback)))
+    rules.append(XtRule(SNAT_CHAIN, "SNAT", (("to-source", str(settings.source.ip)),), out_interface=settings.interface))
     return tuple(rules)
 
 
-def render_iptables_save(rules: tuple[NatRule, ...]) -> str:
-    """The NAT rules as `iptables-save -t nat` would show our part of the table."""
-    lines = ["*nat"]
-    lines += [f":{chain} - [0:0]" for chain, _ in OWNED_CHAINS]
-    lines += [f"-I {parent} 1 -j {chain}" for chain, parent in OWNED_CHAINS]
-    lines += [rule.iptables_args() for rule in rules]
-    lines.append("COMMIT")
-    return "\n".join(lines)
+def nat_chains(settings: InitSettings) -> ChainSet:
+    return ChainSet("nat", NAT_CHAINS, nat_rules_for(settings))
+
+
+def mark_chains() -> ChainSet:
+    """Mark what arrives on eth0 in conntrack; give the mark to that connection's replies, so they route by REPLY_TABLE.
+
+    Only reply-direction packets get the packet mark: a DNATed connection's own packets must still leave
+    through the egress interface, and its replies (arriving there) go back out of eth0.
+    """
+    mark = f"{REPLY_MARK:#x}/{REPLY_MARK:#x}"
+    arrived = XtRule(
+        MARK_CHAIN, "CONNMARK", (("set-xmark", mark),), in_interface=CLUSTER_INTERFACE, matches=(("conntrack", (("ctstate", "NEW"),)),)
+    )
+    reply = XtRule(MARK_CHAIN, "MARK", (("set-xmark", mark),), matches=(("conntrack", (("ctdir", "REPLY"),)), ("connmark", (("mark", mark),))))
+    return ChainSet("mangle", MARK_CHAINS, (arrived, reply))
 
 
 def render_plan(plan: NetworkPlan) -> str:
@@ -128,13 +198,24 @@ def render_plan(plan: NetworkPlan) -> str:
     else:
         lines.append(f"link   {plan.interface}: must already exist in this pod")
     lines.append(f"addr   {plan.address} dev {plan.interface} (only address on it)")
+    hop = f"<{CLUSTER_INTERFACE}'s next hop>"
+    lines.append(f"table  {REPLY_TABLE}: {CLUSTER_INTERFACE}'s routes as found, its default route via {hop} included (kept for replies)")
+    lines.append(
+        f"rule   fwmark {REPLY_MARK:#x}/{REPLY_MARK:#x} lookup {REPLY_TABLE} priority {REPLY_RULE_PRIORITY}"
+        f" (replies to connections that arrived on {CLUSTER_INTERFACE} leave through {CLUSTER_INTERFACE})"
+    )
+    for network in plan.cluster_networks:
+        lines.append(f"route  {network} via {hop} dev {CLUSTER_INTERFACE} (EGRESS_CLUSTER_NETWORKS)")
+    for nameserver in plan.nameservers:
+        lines.append(f"route  {nameserver}/32 via {hop} dev {CLUSTER_INTERFACE} (nameserver in /etc/resolv.conf, if {CLUSTER_INTERFACE} reaches it now)")
     for route in plan.routes:
         note = " (replaces the current default route)" if route.dst == "default" else ""
         lines.append(f"route  {route.describe(plan.interface)}{note}")
     for key, value in plan.sysctls:
         lines.append(f"sysctl {key}={value}")
-    if plan.nat_rules is None:
+    lines.append(plan.marks.render())
+    if plan.nat is None:
         lines.append("nat    none (proxy mode: the proxy's own connections leave from the egress address)")
     else:
-        lines.append(render_iptables_save(plan.nat_rules))
+        lines.append(plan.nat.render())
     return "\n".join(lines)

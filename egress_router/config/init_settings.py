@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from egress_router.config.addresses import Source, parse_gateway, parse_source
+from egress_router.config.cluster_networks import VARIABLE as CLUSTER_NETWORKS, parse_cluster_networks
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.errors import Collector, ConfigError, Problem
 
@@ -45,6 +46,7 @@ class InitSettings:
     interface: str
     macvlan: MacvlanRequest | None
     debug: bool
+    cluster_networks: tuple[IPv4Network, ...] = ()
 
 
 def interface_name_problem(name: str) -> str | None:
@@ -78,16 +80,29 @@ def load_init_settings(
     macvlan_mode: str | None = None,
     host_netns: str | None = None,
     debug: str | None = None,
+    cluster_networks: str | None = None,
 ) -> InitSettings:
     """Validate every variable and raise one ConfigError listing all problems."""
     found = Collector()
-    parsed = found.gather({"mode": lambda: parse_mode(mode), "source": lambda: parse_source(source), "gateway": lambda: parse_gateway(gateway)})
+    parsed = found.gather(
+        {
+            "mode": lambda: parse_mode(mode),
+            "source": lambda: parse_source(source),
+            "gateway": lambda: parse_gateway(gateway),
+            "cluster_networks": lambda: parse_cluster_networks(cluster_networks),
+        }
+    )
     parsed_mode: Mode | None = parsed.get("mode")
     parsed_source: Source | None = parsed.get("source")
     parsed_gateway: IPv4Address | None = parsed.get("gateway")
     parsed_destinations: Destinations | None = None
     if parsed_source and parsed_gateway and parsed_source.ip == parsed_gateway:
         found.add(Problem("EGRESS_GATEWAY", "must differ from EGRESS_SOURCE", str(parsed_gateway)))
+    networks: tuple[IPv4Network, ...] = parsed.get("cluster_networks", ())
+    for network in networks:
+        for name, address in (("EGRESS_SOURCE", parsed_source and parsed_source.ip), ("EGRESS_GATEWAY", parsed_gateway)):
+            if address and address in network:
+                found.add(Problem(CLUSTER_NETWORKS, f"contains {name} {address}, which must stay on the egress interface", str(network)))
     if parsed_mode is None or parsed_mode.installs_nat:
         parsed_destinations = found.gather({"destinations": lambda: parse_destinations(destination)}).get("destinations")
     ifname = (interface or "macvlan0").strip()
@@ -119,4 +134,5 @@ def load_init_settings(
         interface=ifname,
         macvlan=request,
         debug=bool(debug and debug.strip()),
+        cluster_networks=networks,
     )

@@ -1,49 +1,63 @@
-"""dnsmasq in the lab's server namespace, serving a hosts file with 1 s TTLs that can be changed at will."""
+"""dnsmasq in the lab: the cluster DNS (in a pod behind a Service address) and the site's DNS server
+outside the cluster, each serving a hosts file with 1 s TTLs that can be changed at will."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from egress_router.lab.netns import socket_in
-from egress_router.lab.topology import Lab, LabError, Process
 
-DNS = "203.0.113.53"
+if TYPE_CHECKING:
+    from egress_router.lab.topology import Lab, Process
+
+DNS = "203.0.113.53"  # the site's DNS server, reached from pods only through the egress interface or the node's NAT
 
 
 class DnsServer:
-    def __init__(self, lab: Lab, folder: Path, hosts: str) -> None:
+    def __init__(self, lab: Lab, hosts: str, *, role: str = "server", address: str = DNS, options: tuple[str, ...] = ()) -> None:
         self.lab = lab
-        lab.ip("server", "addr", "add", f"{DNS}/24", "dev", "eth0")
-        self.hosts = folder / "hosts"
-        self.hosts.write_text(hosts)
-        folder.chmod(0o755)
-        self.hosts.chmod(0o644)
+        self.role = role
+        self.address = address
+        self.options = options
+        self.hosts = os.path.join(lab.workdir(), f"hosts-{role}-{address}")
+        self._write(hosts)
         self.proc: Process | None = None
 
-    def start(self) -> None:
-        self.proc = self.lab.start_in(
-            "server",
-            ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", f"--addn-hosts={self.hosts}", "--local-ttl=1", "--conf-file=/dev/null",
-             f"--listen-address={DNS}", "--bind-interfaces", "--pid-file=", "--user=root", "--log-facility=-"],
-        )
+    @classmethod
+    def site(cls, lab: Lab, hosts: str) -> DnsServer:
+        """The site's DNS server, on an address of its own in the server namespace."""
+        lab.ip("server", "addr", "add", f"{DNS}/24", "dev", "eth0")
+        return cls(lab, hosts)
+
+    def _write(self, text: str) -> None:
+        with open(self.hosts, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(self.hosts, 0o644)
+
+    def start(self) -> DnsServer:
+        from egress_router.lab.topology import LabError
+
+        argv = ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", f"--addn-hosts={self.hosts}", "--local-ttl=1", "--conf-file=/dev/null",
+                f"--listen-address={self.address}", "--bind-interfaces", "--pid-file=", "--user=root", "--log-facility=-", *self.options]
+        self.proc = proc = self.lab.start_in(self.role, argv)
         deadline = time.monotonic() + 10
         while True:
-            with socket_in(self.lab.ns("server")) as sock:
+            with socket_in(self.lab.ns(self.role)) as sock:
                 try:
-                    sock.connect((DNS, 53))
-                    return
+                    sock.connect((self.address, 53))
+                    return self
                 except OSError:
-                    if time.monotonic() > deadline:
-                        raise LabError(f"dnsmasq did not start: {self.proc.stderr()[-300:]}") from None
+                    if time.monotonic() > deadline or proc.popen.poll() is not None:
+                        raise LabError(f"dnsmasq did not start: {proc.stderr()[-300:]}") from None
             time.sleep(0.05)
 
     def set(self, text: str) -> None:
         """New records; dnsmasq re-reads its hosts file on SIGHUP."""
-        self.hosts.write_text(text)
         assert self.proc is not None
+        self._write(text)
         os.kill(self.proc.popen.pid, signal.SIGHUP)
 
     def stop(self) -> None:

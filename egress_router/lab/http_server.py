@@ -28,6 +28,7 @@ async def seen(request: web.Request) -> web.Response:
         {
             "client": request.remote,
             "client_port": request.transport.get_extra_info("peername")[1] if request.transport else None,
+            "server": request.transport.get_extra_info("sockname")[0] if request.transport else None,
             "method": request.method,
             "path": request.path_qs,
             "host": request.headers.get("Host"),

@@ -1,19 +1,26 @@
-"""A cluster in network namespaces, shaped like the blog posts' experiment (see README, "The lab").
+"""A two-node cluster in network namespaces (see README, "The lab").
 
     client pod (eth0 10.128.0.10/23) ─┐
-    router pod (eth0 10.128.0.20/23) ─┴─ node: cbr0 10.128.0.1/23, forwards, masquerades the pods
-                                         out of its eth0 192.168.12.11/24
-    node eth0 ── lan (bridge) ── gateway (192.168.12.1 | 203.0.113.1) ── server (203.0.113.x)
+    router pod (eth0 10.128.0.20/23) ─┴─ node: cbr0 10.128.0.1/23 (openshift-sdn-like: one flat bridge),
+    routed pods (eth0 10.128.2.x/32) ──── node: one veth each, proxy ARP (Calico-like: only a default route)
+    node  eth0 192.168.12.11 ─┐
+    node2 eth0 192.168.12.12 ─┴─ lan (bridge) ── gateway (192.168.12.1 | 203.0.113.1) ── server (203.0.113.x)
+    node2's routed pods: client2 10.128.4.10, the cluster DNS 10.128.4.53 behind Service 172.30.0.10
 
-The gateway is the site firewall: only the egress range 192.168.12.96/27 may reach the protected
-servers; the public server 203.0.113.50 answers anyone. Everything lives in namespaces named
-`<prefix>-<role>` and is removed by `close()`, including the processes started in them.
+Each node routes the other's pods (10.128.0.0/22 and 10.128.4.0/22) through the lan without NAT,
+DNATs Service addresses to their pods (as kube-proxy does) and masquerades only what leaves the
+cluster network. The gateway is the site firewall: only the egress range 192.168.12.96/27 may reach
+the protected servers; the public server 203.0.113.50 answers anyone; pod addresses never appear on
+the site network (anti-spoofing), so a reply that leaves a pod by the wrong interface is lost, as in a
+real cluster. Everything lives in namespaces named `<prefix>-<role>` and is removed by `close()`,
+including the processes started in them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -25,10 +32,27 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from egress_router.lab.dns import DnsServer
 from egress_router.lab.netns import socket_in
 
 POD_PREFIX = 23
 NODE_IP = "192.168.12.11"
+NODE2_IP = "192.168.12.12"
+CLUSTER_NETWORK = "10.128.0.0/14"
+NODE_PODS = "10.128.0.0/22"  # the bridge's 10.128.0.0/23 and routed pods in 10.128.2.0/23
+NODE2_PODS = "10.128.4.0/22"
+SERVICE_NETWORK = "172.30.0.0/16"
+ROUTED_POD_GATEWAY = "169.254.1.1"  # Calico's: a next hop nobody has, answered by proxy ARP on the node
+CLUSTER_DNS = "172.30.0.10"
+CLUSTER_DNS_POD = "10.128.4.53"
+CLIENT2_IP = "10.128.4.10"
+CLUSTER_SEARCH = "default.svc.cluster.local svc.cluster.local cluster.local"
+#: What Kubernetes writes into every pod's /etc/resolv.conf (dnsPolicy: ClusterFirst).
+POD_RESOLV_CONF = f"search {CLUSTER_SEARCH}\nnameserver {CLUSTER_DNS}\noptions ndots:5\n"
+#: Names only the cluster DNS knows (the site's DNS server does not).
+CLUSTER_HOSTS = """203.0.113.25 api.partner.test
+203.0.113.26 db.partner.test
+"""
 GATEWAY_IP = "192.168.12.1"
 EGRESS_RANGE = "192.168.12.96/27"
 EGRESS_SOURCE = "192.168.12.99"
@@ -38,18 +62,25 @@ PROTECTED_SERVERS = ("203.0.113.25", "203.0.113.26", "203.0.113.27")
 PUBLIC_SERVER = "203.0.113.50"
 SERVER_PORTS = {"tcp": (53, 80, 443, 5432, 8080, 9000), "udp": (53, 5353)}
 
-NODE_NFT = """
-table ip lab {
-  chain post {
+NODE_NFT = f"""
+table ip lab {{
+  chain pre {{
+    type nat hook prerouting priority -100
+  }}
+  chain out {{
+    type nat hook output priority -100
+  }}
+  chain post {{
     type nat hook postrouting priority 100
-    ip saddr 10.128.0.0/23 oifname "eth0" masquerade
-  }
-}
+    ip saddr {CLUSTER_NETWORK} ip daddr != {CLUSTER_NETWORK} oifname "eth0" masquerade
+  }}
+}}
 """
 FIREWALL_NFT = f"""
 table inet site {{
   chain forward {{
     type filter hook forward priority 0; policy accept
+    ip saddr {CLUSTER_NETWORK} drop
     ct state established,related accept
     ip daddr {PUBLIC_SERVER} accept
     ip saddr {EGRESS_RANGE} accept
@@ -108,6 +139,7 @@ class Lab:
     namespaces: list[str] = field(default_factory=list)
     processes: list[Process] = field(default_factory=list)
     logdir: str | None = None
+    cluster_dns: DnsServer | None = None
 
     # naming and running -------------------------------------------------------------------------
 
@@ -123,11 +155,16 @@ class Lab:
     def run_in(self, role: str, argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.exec_argv(role, argv), env=env, capture_output=True, text=True, timeout=timeout)
 
-    def start_in(self, role: str, argv: list[str], *, ready_line: str | None = None, env: dict[str, str] | None = None) -> Process:
-        """Start a process in a namespace (own process group, stopped by close()); its output goes to files."""
+    def workdir(self) -> str:
+        """A folder for the lab's files (process output, hosts files), removed by close()."""
         if self.logdir is None:
             self.logdir = tempfile.mkdtemp(prefix=f"{self.prefix}-logs-")
-        base = os.path.join(self.logdir, f"{role}-{len(self.processes)}")
+            os.chmod(self.logdir, 0o755)  # dnsmasq reads its hosts file here after dropping privileges
+        return self.logdir
+
+    def start_in(self, role: str, argv: list[str], *, ready_line: str | None = None, env: dict[str, str] | None = None) -> Process:
+        """Start a process in a namespace (own process group, stopped by close()); its output goes to files."""
+        base = os.path.join(self.workdir(), f"{role}-{len(self.processes)}")
         with open(base + ".out", "wb") as out, open(base + ".err", "wb") as err:
             popen = subprocess.Popen(self.exec_argv(role, argv), stdout=out, stderr=err, env=env, start_new_session=True)
         proc = Process(popen, base + ".out", base + ".err")
@@ -165,14 +202,40 @@ class Lab:
     def add_pod(self, role: str, address: str) -> None:
         """A pod on the node's bridge: eth0 with `address`, default route via the node."""
         self.add_namespace(role)
+        self.write_etc(role, "resolv.conf", POD_RESOLV_CONF)
         self.veth(role, "eth0", "node", role)
         self.ip("node", "link", "set", role, "master", "cbr0", "up")
         self.up(role, "eth0", f"{address}/{POD_PREFIX}")
         self.ip(role, "route", "add", "default", "via", "10.128.0.1")
 
-    def add_router(self, role: str, address: str, env: dict[str, str]) -> None:
+    def add_routed_pod(self, role: str, address: str, node: str = "node") -> None:
+        """A pod as Calico (or Cilium) makes one: eth0 with a /32 and nothing but a default route, via a
+        next hop that only the node's proxy ARP answers; the node routes the address to the pod's veth.
+        Reverse-path filtering is strict, as on RHEL nodes."""
+        self.add_namespace(role)
+        self.write_etc(role, "resolv.conf", POD_RESOLV_CONF)
+        host_side = f"v{role}"[:15]
+        self.veth(role, "eth0", node, host_side)
+        self.up(node, host_side)
+        self.sysctl(node, f"net.ipv4.conf.{host_side}.proxy_arp", "1")
+        self.ip(node, "route", "add", f"{address}/32", "dev", host_side)
+        self.up(role, "eth0", f"{address}/32")
+        self.ip(role, "route", "add", ROUTED_POD_GATEWAY, "dev", "eth0", "scope", "link")
+        self.ip(role, "route", "add", "default", "via", ROUTED_POD_GATEWAY, "dev", "eth0")
+        self.sysctl(role, "net.ipv4.conf.all.rp_filter", "1")
+
+    def add_service(self, address: str, backend: str) -> None:
+        """A Service address: every node DNATs it to `backend` (all ports), as kube-proxy does."""
+        for node in ("node", "node2"):
+            for chain in ("pre", "out"):
+                run(self.exec_argv(node, ["nft", "add", "rule", "ip", "lab", chain, "ip", "daddr", address, "dnat", "to", backend]))
+
+    def add_router(self, role: str, address: str, env: dict[str, str], *, routed: bool = False) -> None:
         """A router pod with a macvlan, set up by the real `egress-router init` with `env`."""
-        self.add_pod(role, address)
+        if routed:
+            self.add_routed_pod(role, address)
+        else:
+            self.add_pod(role, address)
         self.add_macvlan(role)
         environment = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
         environment.update(env)
@@ -180,11 +243,12 @@ class Lab:
         if done.returncode != 0:
             raise LabError(f"egress-router init failed in {role}: {done.stderr.strip()}")
 
-    def add_macvlan(self, role: str, name: str = "macvlan0", mode: str = "bridge") -> None:
-        """What the SDN does for the assign-macvlan annotation: a macvlan on the node's eth0, moved into the pod."""
+    def add_macvlan(self, role: str, name: str = "macvlan0", mode: str = "bridge", node: str = "node") -> None:
+        """What the SDN does for the assign-macvlan annotation (or Multus for an attachment, with name net1):
+        a macvlan on the node's eth0, moved into the pod."""
         temporary = "mv" + secrets.token_hex(4)
-        self.ip("node", "link", "add", temporary, "link", "eth0", "type", "macvlan", "mode", mode)
-        self.ip("node", "link", "set", temporary, "netns", self.ns(role))
+        self.ip(node, "link", "add", temporary, "link", "eth0", "type", "macvlan", "mode", mode)
+        self.ip(node, "link", "set", temporary, "netns", self.ns(role))
         self.ip(role, "link", "set", temporary, "name", name)
 
     def build(self, *, router: bool = True, macvlan: bool = True) -> Lab:
@@ -195,19 +259,26 @@ class Lab:
             raise
         return self
 
+    def add_node(self, role: str, address: str, other_pods: str, other_node: str) -> None:
+        """A node on the lan: forwards, routes the other node's pods to it, masquerades what leaves the cluster."""
+        self.add_namespace(role)
+        self.veth(role, "eth0", "lan", role)
+        self.ip("lan", "link", "set", role, "master", "br0", "up")
+        self.up(role, "eth0", f"{address}/24")
+        self.ip(role, "route", "add", "default", "via", GATEWAY_IP)
+        self.ip(role, "route", "add", other_pods, "via", other_node)
+        self.sysctl(role, "net.ipv4.ip_forward", "1")
+        run(self.exec_argv(role, ["nft", "-f", "-"]), input=NODE_NFT)
+
     def _build(self, *, router: bool, macvlan: bool) -> None:
-        for role in ("node", "lan", "gw", "server"):
+        for role in ("lan", "gw", "server"):
             self.add_namespace(role)
         self.ip("lan", "link", "add", "br0", "type", "bridge")
         self.up("lan", "br0")
-        self.veth("node", "eth0", "lan", "node")
-        self.ip("lan", "link", "set", "node", "master", "br0", "up")
+        self.add_node("node", NODE_IP, NODE2_PODS, NODE2_IP)
         self.ip("node", "link", "add", "cbr0", "type", "bridge")
         self.up("node", "cbr0", f"10.128.0.1/{POD_PREFIX}")
-        self.up("node", "eth0", f"{NODE_IP}/24")
-        self.ip("node", "route", "add", "default", "via", GATEWAY_IP)
-        self.sysctl("node", "net.ipv4.ip_forward", "1")
-        run(self.exec_argv("node", ["nft", "-f", "-"]), input=NODE_NFT)
+        self.add_node("node2", NODE2_IP, NODE_PODS, NODE_IP)
 
         self.veth("gw", "eth0", "lan", "gw")
         self.ip("lan", "link", "set", "gw", "master", "br0", "up")
@@ -224,6 +295,13 @@ class Lab:
         self.python_in("server", "egress_router.lab.whoami", *specs, ready_line="ready")
 
         self.add_pod("client", CLIENT_IP)
+        self.add_routed_pod("client2", CLIENT2_IP, node="node2")
+        self.add_routed_pod("coredns", CLUSTER_DNS_POD, node="node2")
+        self.add_service(CLUSTER_DNS, CLUSTER_DNS_POD)
+        # CoreDNS-like: names under cluster.local (and the lab's .test names it lacks) get NXDOMAIN, so the
+        # search list of a pod's resolv.conf is walked as in a cluster
+        self.cluster_dns = DnsServer(self, CLUSTER_HOSTS, role="coredns", address=CLUSTER_DNS_POD, options=("--local=/cluster.local/", "--local=/test/"))
+        self.cluster_dns.start()
         if router:
             self.add_pod("router", ROUTER_IP)
             if macvlan:
@@ -246,10 +324,13 @@ class Lab:
 
     # probing -----------------------------------------------------------------------------------
 
-    def tcp(self, role: str, host: str, port: int, payload: bytes = b"", timeout: float = 3.0) -> Seen:
-        """Connect from `role`, return what the server saw; raises OSError when it cannot connect."""
+    def tcp(self, role: str, host: str, port: int, payload: bytes = b"", timeout: float = 3.0, source: str | None = None) -> Seen:
+        """Connect from `role` (from its address `source`, when given), return what the server saw;
+        raises OSError when it cannot connect."""
         with socket_in(self.ns(role)) as sock:
             sock.settimeout(timeout)
+            if source is not None:
+                sock.bind((source, 0))
             sock.connect((host, port))
             reader = sock.makefile("rb")
             line = reader.readline()
@@ -274,15 +355,24 @@ class Lab:
 
     def snapshot(self, role: str) -> dict[str, str]:
         """Everything `init` may touch in a namespace, as comparable text."""
-        nat = run(self.exec_argv(role, ["iptables-legacy-save", "-t", "nat"]), check=False).stdout
-        nat_rules = "\n".join(line for line in nat.splitlines() if not line.startswith("#"))
-        forward = run(self.exec_argv(role, ["cat", "/proc/sys/net/ipv4/ip_forward"])).stdout.strip()
+
+        def table(name: str) -> str:
+            saved = run(self.exec_argv(role, ["iptables-legacy-save", "-t", name]), check=False).stdout
+            lines = (re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in saved.splitlines() if not line.startswith("#"))
+            return "\n".join(lines)  # packet counters of built-in chains move with any stray packet
+
+        def sysctl(key: str) -> str:
+            return run(self.exec_argv(role, ["cat", "/proc/sys/" + key.replace(".", "/")])).stdout.strip()
+
         return {
             "links": self.ip(role, "-br", "link").stdout,
             "addresses": self.ip(role, "-br", "addr").stdout,
             "routes": self.ip(role, "route", "show", "table", "all").stdout,
-            "nat": nat_rules,
-            "ip_forward": forward,
+            "rules": self.ip(role, "rule", "show").stdout,
+            "nat": table("nat"),
+            "mangle": table("mangle"),
+            "ip_forward": sysctl("net.ipv4.ip_forward"),
+            "rp_filter": sysctl("net.ipv4.conf.eth0.rp_filter"),
         }
 
     def neighbour_mac(self, role: str, address: str) -> str | None:

@@ -76,19 +76,31 @@ class Pod:
         return self.lab.snapshot(self.role)
 
 
-def new_pod(lab: Lab, macvlan: bool = True) -> Pod:
+def new_pod(lab: Lab, macvlan: bool = True, *, routed: bool = False, egress: str = "macvlan0") -> Pod:
+    """A router pod on the node's bridge (openshift-sdn-like) or, `routed`, with only a default route (Calico-like)."""
     slot = _free_slot(lab)
-    pod = Pod(lab, f"r{next(_numbers)}", f"10.128.0.{20 + slot}", f"192.168.12.{96 + slot}")
-    lab.add_pod(pod.role, pod.ip)
+    pod = Pod(lab, f"r{next(_numbers)}", f"10.128.{2 if routed else 0}.{20 + slot}", f"192.168.12.{96 + slot}")
     _slots[lab.ns(pod.role)] = slot
+    if routed:
+        lab.add_routed_pod(pod.role, pod.ip)
+    else:
+        lab.add_pod(pod.role, pod.ip)
     if macvlan:
-        lab.add_macvlan(pod.role)
+        lab.add_macvlan(pod.role, egress)
     return pod
 
 
 @pytest.fixture
 def pod(lab: Lab) -> Iterator[Pod]:
     made = new_pod(lab)
+    yield made
+    lab.remove_namespace(made.role)
+
+
+@pytest.fixture
+def routed_pod(lab: Lab) -> Iterator[Pod]:
+    """A router pod whose eth0 has a /32 and only a default route, as Calico and Cilium make them."""
+    made = new_pod(lab, routed=True)
     yield made
     lab.remove_namespace(made.role)
 

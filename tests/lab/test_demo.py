@@ -20,8 +20,10 @@ def test_demo_shows_before_and_after_and_cleans_up() -> None:
     prefix = out.split("network namespaces ", 1)[1].split("-*", 1)[0]
     assert "203.0.113.50:80 directly (public server)  192.168.12.11" in out
     assert "refused by the site firewall" in out
-    assert out.count("192.168.12.99      reached") == 4
-    assert out.count("192.168.12.100     200, allowed") == 2
+    assert out.count("192.168.12.99      reached") == 5
+    assert "client2 on node2 -> router:80 (routed, no NAT)      192.168.12.99      reached 203.0.113.25:80/tcp" in out
+    assert out.count("192.168.12.100     200, allowed") == 3
+    assert "client2 on node2 -> proxy -> http://api.example.test:8000/  192.168.12.100     200, allowed" in out
     assert "403, sneaky.partner.test resolves to 10.128.0.10: line 1: !10.0.0.0/8" in out
     assert "192.168.12.101     reached 203.0.113.25:5432/tcp" in out
     assert "192.168.12.101     reached 203.0.113.26:5432/tcp after" in out

@@ -66,7 +66,7 @@ def dns(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Dns:
     lab.ip("server", "addr", "add", f"{REFUSING}/24", "dev", "eth0")
     lab.ip("server", "addr", "add", f"{BLACKHOLE}/24", "dev", "eth0")
     run(lab.exec_argv("gw", ["nft", "insert", "rule", "inet", "site", "forward", "ip", "daddr", BLACKHOLE, "drop"]))
-    server = Dns(lab, tmp_path_factory.mktemp("dns"), HOSTS)
+    server = Dns.site(lab, HOSTS)
     server.start()
     return server
 

@@ -109,7 +109,7 @@ def test_dns_proxy_manifest_works_with_our_images(lab: Lab, image: str, proxy_im
     manifest = EXAMPLES / "dns-proxy-pod.yaml"
     (init,) = init_containers(manifest)
     (proxy,) = containers(manifest)
-    dns = Dns(lab, tmp_path, "203.0.113.25 foobar.com\n203.0.113.27 example.com\n")
+    dns = Dns.site(lab, "203.0.113.25 foobar.com\n203.0.113.27 example.com\n")
     dns.start()
     lab.add_pod("dimg", "10.128.0.62")
     lab.add_macvlan("dimg")

@@ -14,9 +14,19 @@ def test_redirect_plan_in_iptables_save_form() -> None:
     assert render_plan(plan).splitlines() == [
         "link   macvlan0: must already exist in this pod",
         "addr   192.168.12.99/32 dev macvlan0 (only address on it)",
+        "table  201: eth0's routes as found, its default route via <eth0's next hop> included (kept for replies)",
+        "rule   fwmark 0x400000/0x400000 lookup 201 priority 1000 (replies to connections that arrived on eth0 leave through eth0)",
         "route  192.168.12.1/32 dev macvlan0 scope link",
         "route  default via 192.168.12.1 dev macvlan0 (replaces the current default route)",
         "sysctl net.ipv4.ip_forward=1",
+        "sysctl net.ipv4.conf.eth0.rp_filter=2",
+        "*mangle",
+        ":EGRESS-ROUTER-MARK - [0:0]",
+        "-I PREROUTING 1 -j EGRESS-ROUTER-MARK",
+        "-I OUTPUT 1 -j EGRESS-ROUTER-MARK",
+        "-A EGRESS-ROUTER-MARK -i eth0 -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x400000/0x400000",
+        "-A EGRESS-ROUTER-MARK -m conntrack --ctdir REPLY -m connmark --mark 0x400000/0x400000 -j MARK --set-xmark 0x400000/0x400000",
+        "COMMIT",
         "*nat",
         ":EGRESS-ROUTER-DNAT - [0:0]",
         ":EGRESS-ROUTER-SNAT - [0:0]",
@@ -44,3 +54,18 @@ def test_subnet_source_and_created_macvlan() -> None:
     text = render_plan(plan)
     assert "create a macvlan (bridge) on ens3 in /proc/1/ns/net" in text
     assert "-A EGRESS-ROUTER-SNAT -o net1 -j SNAT --to-source 192.168.12.99" in text
+
+
+def test_cluster_networks_and_nameservers_are_shown() -> None:
+    from ipaddress import IPv4Address
+
+    settings = load_init_settings(**SETTINGS, mode="init", cluster_networks="10.128.0.0/14,172.30.0.0/16")
+    text = render_plan(build_plan(settings, (IPv4Address("172.30.0.10"),)))
+    assert "route  10.128.0.0/14 via <eth0's next hop> dev eth0 (EGRESS_CLUSTER_NETWORKS)" in text
+    assert "route  172.30.0.0/16 via <eth0's next hop> dev eth0 (EGRESS_CLUSTER_NETWORKS)" in text
+    assert "route  172.30.0.10/32 via <eth0's next hop> dev eth0 (nameserver in /etc/resolv.conf, if eth0 reaches it now)" in text
+
+
+def test_proxy_modes_mark_replies_too() -> None:
+    plan = build_plan(load_init_settings(**{**SETTINGS, "destination": None}, mode="dns-proxy"))
+    assert "-A EGRESS-ROUTER-MARK -i eth0 -m conntrack --ctstate NEW" in render_plan(plan)
