@@ -1,8 +1,10 @@
 """Time `egress-router init` against the old image's one-iptables-command-per-rule script.
 
-Run as root: .venv/bin/python bench/init_rules.py [--repeat 3] [--sizes 10,100,1000]
+Run as root: .venv/bin/python bench/init_rules.py [--repeat 3] [--sizes 10,100,1000] [--baseline DIR]
 Each trial gets a fresh router pod namespace in the lab; wall-clock time of the whole command,
 median of the repeats. Prints a Markdown table with ratios (baseline time / our time).
+--baseline DIR also times the `init` of another checkout (`git worktree add DIR <commit>`), interleaved
+with ours in the same rounds, so a change's cost is measured under the same load.
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--baseline", help="another checkout whose init to time alongside ours")
     args = parser.parse_args()
+    if args.baseline:
+        compare(args)
+        return
     base = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
     rows = []
     with Lab().build(router=False) as lab:
@@ -69,6 +75,25 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n, ours_s, again_s, legacy_s, nft_s in rows:
         print(f"| {n} | {ours_s:.3f} s | {again_s:.3f} s | {legacy_s:.3f} s | {legacy_s / ours_s:.1f}x | {nft_s:.3f} s | {nft_s / ours_s:.1f}x |")
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Ours against another checkout's init, alternating in every round, each in a fresh pod."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
+    theirs_argv = ["sh", "-c", f'cd "{args.baseline}" && exec "{sys.executable}" -m egress_router init']
+    ours_argv = ["sh", "-c", f'cd "{HERE.parent}" && exec "{sys.executable}" -m egress_router init']
+    print(f"| rules | this checkout | {args.baseline} | this / that (spread) |")
+    print("|---:|---:|---:|---:|")
+    with Lab().build(router=False) as lab:
+        for n in (int(s) for s in args.sizes.split(",")):
+            env = {**base, "EGRESS_SOURCE": t.EGRESS_SOURCE, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": destination(n), "EGRESS_ROUTER_MODE": "init"}
+            ours, theirs = [], []
+            for _ in range(args.repeat):
+                theirs.append(trial(lab, theirs_argv, env)[0])
+                ours.append(trial(lab, ours_argv, env)[0])
+            ratios = sorted(o / t_ for o, t_ in zip(ours, theirs))
+            print(f"| {n} | {statistics.median(ours):.3f} s | {statistics.median(theirs):.3f} s | "
+                  f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) |")
 
 
 if __name__ == "__main__":

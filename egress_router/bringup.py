@@ -34,6 +34,8 @@ class ClusterSide:
     names: dict[int, str]
     reply_routes: tuple[KernelRoute, ...]
     pinned: tuple[KernelRoute, ...]
+    kept_now: tuple[KernelRoute, ...]  # REPLY_TABLE as read
+    pinned_now: tuple[KernelRoute, ...]  # main-table routes of ours as read
 
 
 def decide_cluster_side(routing: PolicyRouting, plan: NetworkPlan) -> ClusterSide:
@@ -61,16 +63,21 @@ def decide_cluster_side(routing: PolicyRouting, plan: NetworkPlan) -> ClusterSid
         names,
         cluster_routes.reply_table(main, kept, eth0),
         cluster_routes.pinned_routes(default, ways, plan.cluster_networks),
+        tuple(kept),
+        tuple(r for r in main if r.proto == ROUTE_PROTO),
     )
 
 
-def keep_cluster_side(routing: PolicyRouting, side: ClusterSide) -> bool:
-    """REPLY_TABLE, the mark rule and the pinned routes: replies and cluster traffic keep leaving by eth0."""
+def keep_cluster_side(routing: PolicyRouting, side: ClusterSide, *, reread: bool = False) -> bool:
+    """REPLY_TABLE, the mark rule and the pinned routes: replies and cluster traffic keep leaving by eth0.
+
+    `reread`: read the routes again instead of using what `side` read (the monitor, long after).
+    """
     names = side.names
-    kept = routing.routes(REPLY_TABLE)
+    kept = routing.routes(REPLY_TABLE) if reread else list(side.kept_now)
     changed = routing.replace_routes(kept, *cluster_routes.differences(kept, side.reply_routes), names)
     changed |= routing.set_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY)
-    ours = [r for r in routing.routes(cluster_routes.MAIN_TABLE) if r.proto == ROUTE_PROTO]
+    ours = [r for r in routing.routes(cluster_routes.MAIN_TABLE) if r.proto == ROUTE_PROTO] if reread else list(side.pinned_now)
     changed |= routing.replace_routes(ours, *cluster_routes.differences(ours, side.pinned), names)
     return changed
 

@@ -39,7 +39,7 @@ class Keeper:
             routing = PolicyRouting(net)
             if self.side is None:
                 self.side = decide_cluster_side(routing, self.plan)
-            if keep_cluster_side(routing, self.side):
+            if keep_cluster_side(routing, self.side, reread=True):
                 log.info("reply routing %s", reason)
             if nat.apply_chains(self.plan.marks):
                 log.info("reply marks %s", reason)

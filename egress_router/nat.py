@@ -112,10 +112,7 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
         wanted = {chain: [r.as_dict() for r in chains.rules if r.chain == chain] for chain, _ in chains.chains}
         before = _state(iptc, table, chains)
         built = {chain: [_build(iptc, shape) for shape in shapes] for chain, shapes in wanted.items()}
-        target = {chain: [_shape(iptc, r) for r in rules] for chain, rules in built.items()}
-        if all(before[chain] == target[chain] for chain, _ in chains.chains) and all(
-            before[f"{parent}->{chain}"] == 1 for chain, parents in chains.chains for parent in parents
-        ):
+        if _unchanged(iptc, chains, before, built):
             log.debug("%s rules already in place (%d rules)", chains.table, len(chains.rules))
             return False
         _write(iptc, table, chains, built)  # type: ignore[arg-type]
@@ -130,6 +127,15 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
     if journal is not None:
         journal.record(f"{chains.table} rules", lambda: _restore(chains, before))
     return True
+
+
+def _unchanged(iptc: Any, chains: ChainSet, before: dict[str, Any], built: dict[str, list[Any]]) -> bool:
+    """Whether the kernel already holds `built`; rules are decoded only when the counts already agree."""
+    for chain, parents in chains.chains:
+        current = before[chain]
+        if current is None or len(current) != len(built[chain]) or any(before[f"{p}->{chain}"] != 1 for p in parents):
+            return False
+    return all(before[chain] == [_shape(iptc, r) for r in built[chain]] for chain, _ in chains.chains)
 
 
 def _restore(chains: ChainSet, before: dict[str, Any]) -> None:

@@ -24,6 +24,8 @@ CASES = [
     ({"EGRESS_INTERFACE": "net1", "EGRESS_MACVLAN_MASTER": "eth9", "EGRESS_HOST_NETNS": "/run/netns/{node}"}, "EGRESS_MACVLAN_MASTER: no interface 'eth9'"),
     ({"EGRESS_INTERFACE": "net1", "EGRESS_MACVLAN_MASTER": "eth0", "EGRESS_HOST_NETNS": "/nonexistent"}, "EGRESS_HOST_NETNS: /nonexistent does not exist"),
     ({"EGRESS_INTERFACE": "net1", "EGRESS_MACVLAN_MASTER": "eth0", "EGRESS_HOST_NETNS": "/proc/self/ns/net"}, "is this pod's own network namespace"),
+    ({"EGRESS_CLUSTER_NETWORKS": "172.30.0.1/16, 10.0.0.0"}, 'EGRESS_CLUSTER_NETWORKS: has host bits set (did you mean 172.30.0.0/16?): "172.30.0.1/16"'),
+    ({"EGRESS_CLUSTER_NETWORKS": "192.168.0.0/16"}, "EGRESS_CLUSTER_NETWORKS: contains EGRESS_GATEWAY 192.168.12.1, which must stay on the egress interface"),
     ({"EGRESS_DESTINATION": "", "EGRESS_DESTINATION_FILE": "/nonexistent/rules"}, 'EGRESS_DESTINATION_FILE: cannot read the file: No such file or directory: "/nonexistent/rules"'),
 ]
 

@@ -51,6 +51,15 @@ def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_pat
     eventually(lambda: "NAT rules restored" in monitor.stderr())
     assert lab.tcp("client", pod.ip, 9000).server == "203.0.113.27"
 
+    # the reply routing too: a client on the other node is answered again once the monitor puts it back
+    assert lab.tcp("client2", pod.ip, 9000).server == "203.0.113.27"
+    lab.ip(pod.role, "rule", "del", "priority", "1000")
+    lab.ip(pod.role, "route", "flush", "table", "201")
+    run(lab.exec_argv(pod.role, ["iptables-legacy", "-t", "mangle", "-F", "EGRESS-ROUTER-MARK"]))
+    eventually(lambda: "reply routing restored" in monitor.stderr() and "reply marks restored" in monitor.stderr())
+    eventually(lambda: lab.tcp("client2", pod.ip, 9000, timeout=1).server == "203.0.113.27")
+    assert "1000:\tfrom all fwmark 0x400000/0x400000 lookup 201" in pod.snapshot()["rules"]
+
     os.killpg(monitor.popen.pid, signal.SIGTERM)
     assert monitor.popen.wait(5) == 0
     assert "Traceback" not in monitor.stderr()
