@@ -1,0 +1,73 @@
+"""The worker supervisor: stops on time even when workers ignore SIGTERM (no root, plain processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+SCRIPT = """
+import os, signal, sys, time
+from egress_router.workers import run_workers
+
+def stubborn():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("worker", os.getpid(), flush=True)
+    while True:
+        time.sleep(1)
+
+def polite():
+    print("worker", os.getpid(), flush=True)
+    time.sleep(60)
+
+sys.exit(run_workers(2, stubborn if sys.argv[1] == "stubborn" else polite, grace=float(sys.argv[2]), kill_after=float(sys.argv[3])))
+"""
+
+
+def supervise(kind: str, grace: float, kill_after: float) -> tuple[subprocess.Popen[str], list[int]]:
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, kind, str(grace), str(kill_after)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    workers = [int(proc.stdout.readline().split()[1]) for _ in range(2)]
+    return proc, workers
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_workers_that_ignore_sigterm_are_killed_after_grace_and_kill_after() -> None:
+    proc, workers = supervise("stubborn", grace=0.5, kill_after=0.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    took = time.monotonic() - started
+    assert 0.9 <= took < 2.0, took
+    assert all(gone(pid) for pid in workers)
+
+
+def test_workers_that_stop_end_the_supervisor_at_once() -> None:
+    proc, workers = supervise("polite", grace=30, kill_after=30)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert time.monotonic() - started < 1.0
+    assert all(gone(pid) for pid in workers)
+
+
+def test_a_worker_that_dies_is_replaced() -> None:
+    proc, workers = supervise("polite", grace=1, kill_after=1)
+    try:
+        time.sleep(2.1)  # past the start-up window in which a dying worker stops everything
+        os.kill(workers[0], signal.SIGKILL)
+        assert proc.stdout is not None
+        replacement = int(proc.stdout.readline().split()[1])
+        assert replacement not in workers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
