@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -99,3 +99,32 @@ def following(list_file: ListFile | None, variable: str, parse: Callable[[str], 
         yield
     finally:
         watcher.stop()
+
+
+class SerialApply(Generic[T]):
+    """Applies new lists one at a time, the latest winning: a change that arrives while one is being applied
+    waits, changes in between are skipped, and a failure is logged as such (never a lost task's exception)."""
+
+    def __init__(self, variable: str, apply: Callable[[T], Awaitable[None]]) -> None:
+        self.variable = variable
+        self.apply = apply
+        self.pending: tuple[T] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def submit(self, value: T) -> None:
+        self.pending = (value,)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while self.pending is not None:
+            (value,), self.pending = self.pending, None
+            try:
+                await self.apply(value)
+            except Exception as error:  # noqa: BLE001 - the running list stays; the reason must reach the log
+                log.error("%s: applying the new list failed: %s: %s", self.variable, type(error).__name__, error)
+
+    async def settle(self) -> None:
+        """Wait for the change being applied, and any waiting one."""
+        while self.task is not None and not self.task.done():
+            await asyncio.shield(self.task)

@@ -15,7 +15,7 @@ from egress_router.dns_proxy.relay_server import Listener
 from egress_router.errors import ApplyError
 from egress_router.listener import listen
 from egress_router.resolver import Resolver, can_send_ipv6
-from egress_router.watch import ListFile, following
+from egress_router.watch import ListFile, SerialApply, following
 from egress_router.workers import run_loop
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,15 @@ async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, l
         resolv = parse_resolv_conf("")
     relays = Relays(settings, Resolver(resolv))
     await relays.apply(settings.targets)
-    loop = asyncio.get_running_loop()
+    reloads = SerialApply("EGRESS_DNS_PROXY_DESTINATION_FILE", relays.apply)
 
     def use(targets: tuple[Target, ...]) -> None:
         relays.settings = replace(relays.settings, targets=targets)
-        loop.create_task(relays.apply(targets))
+        reloads.submit(targets)
 
     with following(list_file, "EGRESS_DNS_PROXY_DESTINATION_FILE", parse_targets, use):
         await stop.wait()
+    await reloads.settle()
     relays.stop()
     log.info("stopping: no new connections; %d relayed connection(s) get up to %g s", len(relays.active), settings.drain_timeout)
     cut = 0
