@@ -49,6 +49,7 @@ def pids_of(lab: Lab, needle: bytes) -> list[int]:
             pass
     return found
 
+
 def cpu_seconds(pids: list[int]) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
@@ -57,12 +58,14 @@ def cpu_seconds(pids: list[int]) -> float:
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / ticks
 
+
 def rss_kib(pids: list[int]) -> int:
     total = 0
     for pid in pids:
         status = Path(f"/proc/{pid}/status").read_text()
         total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
     return total
+
 
 def wait_port(lab: Lab, port: int) -> None:
     deadline = time.monotonic() + 20

@@ -85,9 +85,14 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait(30)
-    columns = [("keepalive_rps", "req/s, 50 keep-alive conns", ",.0f"), ("close_rps", "new conns/s", ",.0f"),
-               ("cpu_us_per_request", "CPU µs/request", ".0f"), ("bulk_1", "bulk MB/s, 1 stream", ",.0f"),
-               ("bulk_8", "bulk MB/s, 8 streams", ",.0f"), ("kib_per_idle_connection", "KiB per idle conn", ".1f")]
+    columns = [
+        ("keepalive_rps", "req/s, 50 keep-alive conns", ",.0f"),
+        ("close_rps", "new conns/s", ",.0f"),
+        ("cpu_us_per_request", "CPU µs/request", ".0f"),
+        ("bulk_1", "bulk MB/s, 1 stream", ",.0f"),
+        ("bulk_8", "bulk MB/s, 8 streams", ",.0f"),
+        ("kib_per_idle_connection", "KiB per idle conn", ".1f"),
+    ]
     print_table("relay", columns, results, "haproxy")
     subprocess.run(["rm", "-rf", workdir], check=False)
 

@@ -14,7 +14,20 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import ORIGIN, PROXY_CPUS, ROLE, cpu_seconds, download_mb_s, idle_memory_kib, own_env, pids_of, print_table, start_nginx, wait_port, wrk
+from common import (
+    ORIGIN,
+    PROXY_CPUS,
+    ROLE,
+    cpu_seconds,
+    download_mb_s,
+    idle_memory_kib,
+    own_env,
+    pids_of,
+    print_table,
+    start_nginx,
+    wait_port,
+    wrk,
+)
 
 from egress_router.lab import Lab
 
@@ -55,7 +68,9 @@ def measure(lab: Lab, port: int, pids: list[int], seconds: int, workdir: str) ->
     result.cpu_us_per_request = (cpu_seconds(pids) - cpu) / requests * 1e6
     result.close_rps, _ = wrk(lab, ["-s", str(scripts[True]), target], seconds)
     result.tunnel_mb_s = download_mb_s(lab, ["-p", "-x", f"http://127.0.0.1:{port}", f"http://{ORIGIN}/big.bin"])
-    result.kib_per_idle_connection = idle_memory_kib(lab, port, pids, f"GET http://{ORIGIN}/small HTTP/1.1\r\nHost: {ORIGIN}\r\n\r\n".encode())
+    result.kib_per_idle_connection = idle_memory_kib(
+        lab, port, pids, f"GET http://{ORIGIN}/small HTTP/1.1\r\nHost: {ORIGIN}\r\n\r\n".encode()
+    )
     return result
 
 
@@ -86,7 +101,10 @@ def main() -> None:
             )
             with open(Path(workdir, f"egress-access-{workers}.log"), "wb") as log:
                 proc = subprocess.Popen(
-                    lab.exec_argv(ROLE, [*PROXY_CPUS, sys.executable, "-m", "egress_router", "http-proxy"]), env=env, stdout=log, stderr=subprocess.DEVNULL
+                    lab.exec_argv(ROLE, [*PROXY_CPUS, sys.executable, "-m", "egress_router", "http-proxy"]),
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.DEVNULL,
                 )
                 wait_port(lab, port)
                 try:
@@ -94,9 +112,13 @@ def main() -> None:
                 finally:
                     proc.terminate()
                     proc.wait(30)
-    columns = [("keepalive_rps", "req/s, 50 keep-alive conns", ",.0f"), ("close_rps", "req/s, new conn each", ",.0f"),
-               ("cpu_us_per_request", "CPU µs/request", ".0f"), ("tunnel_mb_s", "CONNECT tunnel MB/s", ",.0f"),
-               ("kib_per_idle_connection", "KiB per idle conn", ".1f")]
+    columns = [
+        ("keepalive_rps", "req/s, 50 keep-alive conns", ",.0f"),
+        ("close_rps", "req/s, new conn each", ",.0f"),
+        ("cpu_us_per_request", "CPU µs/request", ".0f"),
+        ("tunnel_mb_s", "CONNECT tunnel MB/s", ",.0f"),
+        ("kib_per_idle_connection", "KiB per idle conn", ".1f"),
+    ]
     print_table("proxy", columns, results, "squid 5.7")
     subprocess.run(["rm", "-rf", workdir], check=False)
 

@@ -62,7 +62,13 @@ def main() -> None:
     rows = []
     with Lab().build(router=False) as lab:
         for n in (int(s) for s in args.sizes.split(",")):
-            env = {**base, "EGRESS_SOURCE": t.EGRESS_SOURCE, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": destination(n), "EGRESS_ROUTER_MODE": "init"}
+            env = {
+                **base,
+                "EGRESS_SOURCE": t.EGRESS_SOURCE,
+                "EGRESS_GATEWAY": t.GATEWAY_IP,
+                "EGRESS_DESTINATION": destination(n),
+                "EGRESS_ROUTER_MODE": "init",
+            }
             ours, again, legacy, nft = [], [], [], []
             for _ in range(args.repeat):
                 first, second = trial(lab, [sys.executable, "-m", "egress_router", "init"], env, twice=True)
@@ -71,10 +77,15 @@ def main() -> None:
                 legacy.append(trial(lab, ["bash", str(HERE / "old_image_init.sh")], {**env, "IPTABLES": "iptables-legacy"})[0])
                 nft.append(trial(lab, ["bash", str(HERE / "old_image_init.sh")], {**env, "IPTABLES": "iptables-nft"})[0])
             rows.append((n, *(statistics.median(x) for x in (ours, again, legacy, nft))))
-    print("| rules | egress-router init | init again (no change) | old script, iptables-legacy | ratio | old script, iptables-nft | ratio |")
+    print(
+        "| rules | egress-router init | init again (no change) | old script, iptables-legacy | ratio | old script, iptables-nft | ratio |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n, ours_s, again_s, legacy_s, nft_s in rows:
-        print(f"| {n} | {ours_s:.3f} s | {again_s:.3f} s | {legacy_s:.3f} s | {legacy_s / ours_s:.1f}x | {nft_s:.3f} s | {nft_s / ours_s:.1f}x |")
+        print(
+            f"| {n} | {ours_s:.3f} s | {again_s:.3f} s | {legacy_s:.3f} s | {legacy_s / ours_s:.1f}x "
+            f"| {nft_s:.3f} s | {nft_s / ours_s:.1f}x |"
+        )
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -86,14 +97,22 @@ def compare(args: argparse.Namespace) -> None:
     print("|---:|---:|---:|---:|")
     with Lab().build(router=False) as lab:
         for n in (int(s) for s in args.sizes.split(",")):
-            env = {**base, "EGRESS_SOURCE": t.EGRESS_SOURCE, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": destination(n), "EGRESS_ROUTER_MODE": "init"}
+            env = {
+                **base,
+                "EGRESS_SOURCE": t.EGRESS_SOURCE,
+                "EGRESS_GATEWAY": t.GATEWAY_IP,
+                "EGRESS_DESTINATION": destination(n),
+                "EGRESS_ROUTER_MODE": "init",
+            }
             ours, theirs = [], []
             for _ in range(args.repeat):
                 theirs.append(trial(lab, theirs_argv, env)[0])
                 ours.append(trial(lab, ours_argv, env)[0])
-            ratios = sorted(o / t_ for o, t_ in zip(ours, theirs))
-            print(f"| {n} | {statistics.median(ours):.3f} s | {statistics.median(theirs):.3f} s | "
-                  f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) |")
+            ratios = sorted(o / t_ for o, t_ in zip(ours, theirs, strict=False))
+            print(
+                f"| {n} | {statistics.median(ours):.3f} s | {statistics.median(theirs):.3f} s | "
+                f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) |"
+            )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def _egress_link(net: PodNetwork, plan: NetworkPlan) -> int:
     if plan.create_macvlan is None:
         raise ApplyError(
             f"EGRESS_INTERFACE: no interface '{plan.interface}' in this pod; add the annotation "
-            "pod.network.openshift.io/assign-macvlan: \"true\", attach one with Multus (and set EGRESS_INTERFACE), "
+            'pod.network.openshift.io/assign-macvlan: "true", attach one with Multus (and set EGRESS_INTERFACE), '
             "or set EGRESS_MACVLAN_MASTER to the node interface to create it on"
         )
     return net.create_macvlan(plan.interface, plan.create_macvlan)
@@ -53,7 +53,7 @@ def decide_cluster_side(routing: PolicyRouting, plan: NetworkPlan) -> ClusterSid
         raise ApplyError(
             f"{CLUSTER_INTERFACE} has no default route to keep{now}: replies to clients on other nodes, probes from the node "
             f"and the cluster DNS need {CLUSTER_INTERFACE}'s next hop; let the pod network give {CLUSTER_INTERFACE} the default "
-            f"route (with Multus, leave the default route out of the attachment: no \"gateway\" or default-route for "
+            f'route (with Multus, leave the default route out of the attachment: no "gateway" or default-route for '
             f"{plan.interface}) and the router moves it to {plan.interface} itself"
         ) from None
     ways = cluster_routes.nameserver_ways(plan.nameservers, {ns: routing.lookup(ns) for ns in plan.nameservers}, main, eth0, names)

@@ -75,10 +75,12 @@ def run() -> None:
             args = [command]
     try:
         main(args=args, prog_name="egress-router")
-    except Exception as error:  # noqa: BLE001 - a bug of ours: one line for people, the traceback on request
+    except Exception as error:
         if os.environ.get("EGRESS_ROUTER_DEBUG", "").strip():
             raise
-        click.echo(f"egress-router: internal error: {type(error).__name__}: {error} (set EGRESS_ROUTER_DEBUG=1 for the traceback)", err=True)
+        click.echo(
+            f"egress-router: internal error: {type(error).__name__}: {error} (set EGRESS_ROUTER_DEBUG=1 for the traceback)", err=True
+        )
         sys.exit(70)
 
 
@@ -91,9 +93,17 @@ def main() -> None:
 @main.command()
 @env_option("--source", "EGRESS_SOURCE", "Reserved egress address, A.B.C.D or A.B.C.D/len. Required.")
 @env_option("--gateway", "EGRESS_GATEWAY", "Next hop on the node's network. Required.")
-@env_option("--destination", "EGRESS_DESTINATION", "Redirect rules, one a line: '<port> <proto> <addr> [<remote-port>]', or a fallback '<addr>' last.")
+@env_option(
+    "--destination",
+    "EGRESS_DESTINATION",
+    "Redirect rules, one a line: '<port> <proto> <addr> [<remote-port>]', or a fallback '<addr>' last.",
+)
 @env_option("--destination-file", "EGRESS_DESTINATION_FILE", "File holding the redirect rules instead (a mounted ConfigMap).")
-@env_option("--mode", "EGRESS_ROUTER_MODE", "init | legacy (default: set up, stay running) | http-proxy | dns-proxy | unit-test (print the plan, change nothing).")
+@env_option(
+    "--mode",
+    "EGRESS_ROUTER_MODE",
+    "init | legacy (default: set up, stay running) | http-proxy | dns-proxy | unit-test (print the plan, change nothing).",
+)
 @env_option("--debug", "EGRESS_ROUTER_DEBUG", "Non-empty: log every step.")
 @env_option("--interface", "EGRESS_INTERFACE", "Egress interface in the pod (default macvlan0; net1 for a Multus attachment).")
 @env_option("--macvlan-master", "EGRESS_MACVLAN_MASTER", "Node interface to create the egress macvlan on when it does not exist yet.")
@@ -178,16 +188,26 @@ def demo() -> None:
 
 
 @main.command("http-proxy")
-@env_option("--destination", "EGRESS_HTTP_PROXY_DESTINATION", "Allow/deny list, one rule a line: address, CIDR, name, *.domain, !rule, and * last.")
+@env_option(
+    "--destination", "EGRESS_HTTP_PROXY_DESTINATION", "Allow/deny list, one rule a line: address, CIDR, name, *.domain, !rule, and * last."
+)
 @env_option("--destination-file", "EGRESS_HTTP_PROXY_DESTINATION_FILE", "File holding the list instead (a mounted ConfigMap).")
 @env_option("--listen-port", "EGRESS_HTTP_PROXY_LISTEN_PORT", "Port to listen on, IPv4 and IPv6 (default 8080).")
 @env_option("--connect-ports", "EGRESS_HTTP_PROXY_CONNECT_PORTS", "Ports CONNECT tunnels may reach, comma-separated (default 443).")
 @env_option("--max-connections", "EGRESS_HTTP_PROXY_MAX_CONNECTIONS", "Client connections per worker; more get 503 (default 4096).")
 @env_option("--max-header-size", "EGRESS_HTTP_PROXY_MAX_HEADER_SIZE", "Largest request head in bytes; larger gets 431 (default 65536).")
 @env_option("--header-timeout", "EGRESS_HTTP_PROXY_HEADER_TIMEOUT", "Time to send a whole request head; slower gets 408 (default 10s).")
-@env_option("--idle-timeout", "EGRESS_HTTP_PROXY_IDLE_TIMEOUT", "Idle keep-alive connections and silent servers are cut after this (default 60s).")
-@env_option("--tunnel-idle-timeout", "EGRESS_HTTP_PROXY_TUNNEL_IDLE_TIMEOUT", "A CONNECT tunnel with no bytes either way is closed after this (default 1h).")
-@env_option("--connect-timeout", "EGRESS_HTTP_PROXY_CONNECT_TIMEOUT", "Time to connect to a server address before trying the next (default 10s).")
+@env_option(
+    "--idle-timeout", "EGRESS_HTTP_PROXY_IDLE_TIMEOUT", "Idle keep-alive connections and silent servers are cut after this (default 60s)."
+)
+@env_option(
+    "--tunnel-idle-timeout",
+    "EGRESS_HTTP_PROXY_TUNNEL_IDLE_TIMEOUT",
+    "A CONNECT tunnel with no bytes either way is closed after this (default 1h).",
+)
+@env_option(
+    "--connect-timeout", "EGRESS_HTTP_PROXY_CONNECT_TIMEOUT", "Time to connect to a server address before trying the next (default 10s)."
+)
 @env_option("--drain-timeout", "EGRESS_HTTP_PROXY_DRAIN_TIMEOUT", "On SIGTERM, in-flight requests get this long to finish (default 30s).")
 @env_option("--workers", "EGRESS_HTTP_PROXY_WORKERS", "Worker processes sharing the port (default: one per CPU).")
 @env_option("--debug", "EGRESS_ROUTER_DEBUG", "Non-empty: log more.")
@@ -220,7 +240,11 @@ def http_proxy(destination: str | None, destination_file: str | None, debug: str
 @env_option("--min-ttl", "EGRESS_DNS_PROXY_MIN_TTL", "Names are not re-resolved more often than this (default 1s).")
 @env_option("--max-ttl", "EGRESS_DNS_PROXY_MAX_TTL", "Names are re-resolved at least this often (default 5m).")
 @env_option("--stale-limit", "EGRESS_DNS_PROXY_STALE_LIMIT", "How long the last good answer is used while DNS fails (default 1h).")
-@env_option("--splice", "EGRESS_DNS_PROXY_SPLICE", "on: relay bytes with zero-copy splice(2); off (default, measured faster here): copy them through the process.")
+@env_option(
+    "--splice",
+    "EGRESS_DNS_PROXY_SPLICE",
+    "on: relay bytes with zero-copy splice(2); off (default, measured faster here): copy them through the process.",
+)
 def dns_proxy(destination: str | None, destination_file: str | None, debug: str | None, **values: str | None) -> None:
     """TCP relays to destinations given by address or DNS name, following record changes (unprivileged)."""
     from egress_router.config.dns_settings import load_dns_settings
@@ -246,9 +270,13 @@ def dns_proxy(destination: str | None, destination_file: str | None, debug: str 
 @env_option("--destination-file", "EGRESS_DESTINATION_FILE", "File holding the rules; re-applied whenever it changes.")
 @env_option("--interface", "EGRESS_INTERFACE", "Egress interface in the pod (default macvlan0).")
 @env_option("--cluster-networks", "EGRESS_CLUSTER_NETWORKS", "CIDRs kept on eth0, as given to init.")
-@env_option("--check-interval", "EGRESS_ROUTER_MONITOR_INTERVAL", "How often the NAT rules are checked and put back if changed (default 10s).")
+@env_option(
+    "--check-interval", "EGRESS_ROUTER_MONITOR_INTERVAL", "How often the NAT rules are checked and put back if changed (default 10s)."
+)
 @env_option("--debug", "EGRESS_ROUTER_DEBUG", "Non-empty: log every step.")
-def monitor(destination: str | None, destination_file: str | None, check_interval: str | None, debug: str | None, **values: str | None) -> None:
+def monitor(
+    destination: str | None, destination_file: str | None, check_interval: str | None, debug: str | None, **values: str | None
+) -> None:
     """Keep a redirect pod's setup true: re-announce, follow the rules file, restore removed rules (NET_ADMIN, NET_RAW)."""
     from egress_router import monitor as monitor_module
     from egress_router.config.values import parse_duration

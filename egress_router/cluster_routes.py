@@ -113,9 +113,7 @@ def nameserver_ways(
     return ways
 
 
-def pinned_routes(
-    default: KernelRoute, ways: Iterable[NameserverWay], cluster_networks: Iterable[IPv4Network]
-) -> tuple[KernelRoute, ...]:
+def pinned_routes(default: KernelRoute, ways: Iterable[NameserverWay], cluster_networks: Iterable[IPv4Network]) -> tuple[KernelRoute, ...]:
     """Main-table routes through eth0's next hop for the nameservers kept there and EGRESS_CLUSTER_NETWORKS."""
     networks = list(cluster_networks)
     wanted = [IPv4Network(f"{w.nameserver}/32") for w in ways if w.keep and not any(w.nameserver in n for n in networks)]

@@ -94,11 +94,17 @@ def _proxy_rows(lab: Lab) -> list[tuple[str, str, str]]:
 
 def _start_http_proxy(lab: Lab, env: dict[str, str]) -> None:
     """A second router pod in http-proxy mode, its proxy running unprivileged, an origin on port 8000."""
-    lab.add_router("proxy", PROXY_POD_IP, {"EGRESS_SOURCE": PROXY_SOURCE, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_ROUTER_MODE": "http-proxy"})
+    lab.add_router(
+        "proxy", PROXY_POD_IP, {"EGRESS_SOURCE": PROXY_SOURCE, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_ROUTER_MODE": "http-proxy"}
+    )
     lab.write_etc("proxy", "hosts", PROXY_HOSTS)
     lab.write_etc("proxy", "resolv.conf", "nameserver 127.0.0.1\n")
     lab.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", ready_line="ready")
-    proxy_env = {**{k: v for k, v in env.items() if not k.startswith("EGRESS_")}, "EGRESS_HTTP_PROXY_DESTINATION": PROXY_LIST, "EGRESS_HTTP_PROXY_WORKERS": "1"}
+    proxy_env = {
+        **{k: v for k, v in env.items() if not k.startswith("EGRESS_")},
+        "EGRESS_HTTP_PROXY_DESTINATION": PROXY_LIST,
+        "EGRESS_HTTP_PROXY_WORKERS": "1",
+    }
     argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "egress_router", "http-proxy"]
     lab.start_in("proxy", argv, env=proxy_env)
     _wait_for(lab, PROXY_POD_IP, 8080)
@@ -111,7 +117,11 @@ def _dns_rows(lab: Lab, env: dict[str, str], folder: Path) -> list[tuple[str, st
     lab.add_router("dns", DNS_POD_IP, {"EGRESS_SOURCE": DNS_SOURCE, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_ROUTER_MODE": "dns-proxy"})
     lab.write_etc("dns", "resolv.conf", f"nameserver {DNS}\n")
     proxy_env = {**{k: v for k, v in env.items() if not k.startswith("EGRESS_")}, "EGRESS_DNS_PROXY_DESTINATION": "5432 db.lab.test"}
-    lab.start_in("dns", ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "egress_router", "dns-proxy"], env=proxy_env)
+    lab.start_in(
+        "dns",
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "egress_router", "dns-proxy"],
+        env=proxy_env,
+    )
     _wait_for(lab, DNS_POD_IP, 5432)
     rows = [("client -> dns-proxy:5432 (db.lab.test is 203.0.113.25)", *_probe(lambda: lab.tcp("client", DNS_POD_IP, 5432)))]
     dns.set("203.0.113.26 db.lab.test\n")
@@ -137,14 +147,14 @@ def _wait_for(lab: Lab, host: str, port: int) -> None:
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise LabError(f"nothing listens on {host}:{port}")
+                raise LabError(f"nothing listens on {host}:{port}") from None
             time.sleep(0.05)
 
 
 def _table(rows: list[tuple[str, str, str]]) -> str:
     header = ("path", "server saw source", "result")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -155,7 +165,10 @@ def run() -> int:
         return 1
     missing = [tool for tool in ("ip", "nft", "curl", "setpriv", "dnsmasq") if shutil.which(tool) is None]
     if missing:
-        print(f"egress-router demo: error: missing {', '.join(missing)} (apt-get install iproute2 nftables curl util-linux dnsmasq-base)", file=sys.stderr)
+        print(
+            f"egress-router demo: error: missing {', '.join(missing)} (apt-get install iproute2 nftables curl util-linux dnsmasq-base)",
+            file=sys.stderr,
+        )
         return 1
     previous = signal.signal(signal.SIGTERM, _interrupt)
     lab = Lab()

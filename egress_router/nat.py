@@ -41,7 +41,7 @@ def _iptc() -> Any:
     try:
         import iptc  # imported late: it needs libxtables, which unit-test mode must not require
         import iptc.easy
-    except Exception as error:  # noqa: BLE001 - any import failure means the same thing to the user
+    except Exception as error:
         raise ApplyError(f"cannot load python-iptables ({error}); is the iptables package installed?") from error
     return iptc
 

@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
+from functools import partial
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
@@ -172,10 +173,7 @@ class PodNetwork:
     # addresses -------------------------------------------------------------------------------
 
     def ipv4_addresses(self, index: int) -> list[IPv4Interface]:
-        return [
-            IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
-            for a in self.ipr.get_addr(family=AF_INET, index=index)
-        ]
+        return [IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}") for a in self.ipr.get_addr(family=AF_INET, index=index)]
 
     def set_only_address(self, index: int, name: str, wanted: IPv4Interface) -> bool:
         """Make `wanted` the interface's only IPv4 address (a new EGRESS_SOURCE replaces the old)."""
@@ -183,17 +181,31 @@ class PodNetwork:
         for current in self.ipv4_addresses(index):
             if current == wanted:
                 continue
-            self._call(f"remove old address {current} from {name}", self.ipr.addr, "del", index=index, address=str(current.ip), prefixlen=current.network.prefixlen)
+            self._call(
+                f"remove old address {current} from {name}",
+                self.ipr.addr,
+                "del",
+                index=index,
+                address=str(current.ip),
+                prefixlen=current.network.prefixlen,
+            )
             self.journal.record(
                 f"remove {current}",
-                lambda c=current: self.ipr.addr("add", index=index, address=str(c.ip), prefixlen=c.network.prefixlen),
+                partial(self.ipr.addr, "add", index=index, address=str(current.ip), prefixlen=current.network.prefixlen),
             )
             log.info("removed old address %s from %s", current, name)
             changed = True
         if wanted in self.ipv4_addresses(index):
             log.debug("%s already has %s", name, wanted)
         else:
-            self._call(f"add address {wanted} to {name}", self.ipr.addr, "add", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
+            self._call(
+                f"add address {wanted} to {name}",
+                self.ipr.addr,
+                "add",
+                index=index,
+                address=str(wanted.ip),
+                prefixlen=wanted.network.prefixlen,
+            )
             self.journal.record(
                 f"add {wanted}",
                 lambda: self.ipr.addr("del", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen),
@@ -230,7 +242,9 @@ class PodNetwork:
         else:
             what = f"{gateway} dev {name} scope link"
             self._call(f"add route {what}", self.ipr.route, "add", dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE)
-            self.journal.record(f"add route {what}", lambda: self.ipr.route("del", dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE))
+            self.journal.record(
+                f"add route {what}", lambda: self.ipr.route("del", dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE)
+            )
             log.info("added route %s", what)
             changed = True
         return changed
@@ -249,7 +263,9 @@ class PodNetwork:
         if not wanted:
             what = f"default via {gateway} dev {name}"
             self._call(f"add route {what}", self.ipr.route, "add", dst="0.0.0.0/0", gateway=str(gateway), oif=index, table=MAIN_TABLE)
-            self.journal.record(f"add route {what}", lambda: self.ipr.route("del", dst="0.0.0.0/0", gateway=str(gateway), oif=index, table=MAIN_TABLE))
+            self.journal.record(
+                f"add route {what}", lambda: self.ipr.route("del", dst="0.0.0.0/0", gateway=str(gateway), oif=index, table=MAIN_TABLE)
+            )
             log.info("added route %s", what)
         return True
 
@@ -310,12 +326,12 @@ class PolicyRouting:
         for route in remove:
             spec, what = route_arguments(route), route.describe(names)
             self.net._call(f"delete route {what}", self.ipr.route, "del", **spec)
-            self.net.journal.record(f"delete route {what}", lambda spec=spec: self.ipr.route("add", **spec))
+            self.net.journal.record(f"delete route {what}", partial(self.ipr.route, "add", **spec))
             log.info("removed route %s", what)
         for route in add:
             spec, what = route_arguments(route), route.describe(names)
             self.net._call(f"add route {what}", self.ipr.route, "add", **spec)
-            self.net.journal.record(f"add route {what}", lambda spec=spec: self.ipr.route("del", **spec))
+            self.net.journal.record(f"add route {what}", partial(self.ipr.route, "del", **spec))
             log.info("added route %s", what)
         if not remove and not add:
             log.debug("%d route(s) already in place", len(current))
@@ -329,14 +345,18 @@ class PolicyRouting:
         for rule in self.ipr.get_rules(family=AF_INET):
             if rule.get_attr("FRA_PRIORITY") != priority:
                 continue
-            shape = {"table": rule.get_attr("FRA_TABLE") or rule["table"], "priority": rule.get_attr("FRA_PRIORITY"),
-                     "fwmark": rule.get_attr("FRA_FWMARK"), "fwmask": rule.get_attr("FRA_FWMASK")}
+            shape = {
+                "table": rule.get_attr("FRA_TABLE") or rule["table"],
+                "priority": rule.get_attr("FRA_PRIORITY"),
+                "fwmark": rule.get_attr("FRA_FWMARK"),
+                "fwmask": rule.get_attr("FRA_FWMASK"),
+            }
             if shape == wanted and not present:
                 present = True
                 continue
             stale = {k: v for k, v in shape.items() if v is not None}
             self.net._call(f"delete rule at priority {priority}", self.ipr.rule, "del", **stale)
-            self.net.journal.record(f"delete rule {stale}", lambda stale=stale: self.ipr.rule("add", **stale))
+            self.net.journal.record(f"delete rule {stale}", partial(self.ipr.rule, "add", **stale))
             log.info("removed rule %s", stale)
         if present:
             log.debug("%s already present", what)

@@ -183,7 +183,9 @@ def mark_chains() -> ChainSet:
     arrived = XtRule(
         MARK_CHAIN, "CONNMARK", (("set-xmark", mark),), in_interface=CLUSTER_INTERFACE, matches=(("conntrack", (("ctstate", "NEW"),)),)
     )
-    reply = XtRule(MARK_CHAIN, "MARK", (("set-xmark", mark),), matches=(("conntrack", (("ctdir", "REPLY"),)), ("connmark", (("mark", mark),))))
+    reply = XtRule(
+        MARK_CHAIN, "MARK", (("set-xmark", mark),), matches=(("conntrack", (("ctdir", "REPLY"),)), ("connmark", (("mark", mark),)))
+    )
     return ChainSet("mangle", MARK_CHAINS, (arrived, reply))
 
 
@@ -193,7 +195,8 @@ def render_plan(plan: NetworkPlan) -> str:
     if plan.create_macvlan:
         m = plan.create_macvlan
         lines.append(
-            f"link   {plan.interface}: use it if present, else create a macvlan ({m.mode}) on {m.master} in {m.host_netns} and move it into this pod"
+            f"link   {plan.interface}: use it if present, else create a macvlan ({m.mode}) on {m.master} in {m.host_netns}"
+            " and move it into this pod"
         )
     else:
         lines.append(f"link   {plan.interface}: must already exist in this pod")
@@ -207,7 +210,10 @@ def render_plan(plan: NetworkPlan) -> str:
     for network in plan.cluster_networks:
         lines.append(f"route  {network} via {hop} dev {CLUSTER_INTERFACE} (EGRESS_CLUSTER_NETWORKS)")
     for nameserver in plan.nameservers:
-        lines.append(f"route  {nameserver}/32 via {hop} dev {CLUSTER_INTERFACE} (nameserver in /etc/resolv.conf, if {CLUSTER_INTERFACE} reaches it now)")
+        lines.append(
+            f"route  {nameserver}/32 via {hop} dev {CLUSTER_INTERFACE}"
+            f" (nameserver in /etc/resolv.conf, if {CLUSTER_INTERFACE} reaches it now)"
+        )
     for route in plan.routes:
         note = " (replaces the current default route)" if route.dst == "default" else ""
         lines.append(f"route  {route.describe(plan.interface)}{note}")

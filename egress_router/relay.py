@@ -7,6 +7,7 @@ pauses reading a side whose peer cannot keep up, passes half-closes on, and ends
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import Callable
@@ -99,10 +100,8 @@ def abort_with_reset(transport: asyncio.Transport) -> None:
     """Close so that the peer sees a TCP reset, as the other side of the relay did."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     transport.abort()
 
 

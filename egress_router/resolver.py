@@ -145,7 +145,9 @@ class Resolver:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[DNSRecord] = loop.create_future()
         family = socket.AF_INET6 if ":" in server else socket.AF_INET
-        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpExchange(query, answer), remote_addr=(server, self.port), family=family)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpExchange(query, answer), remote_addr=(server, self.port), family=family
+        )
         try:
             transport.sendto(query.pack())
             return await asyncio.wait_for(answer, self.conf.timeout)
@@ -177,7 +179,7 @@ def _negative_ttl(reply: DNSRecord) -> int:
     """RFC 2308: the SOA record's TTL or its minimum field, whichever is smaller."""
     for rr in reply.auth:
         if rr.rtype == QTYPE.SOA:
-            return max(1, min(rr.ttl, rr.rdata.times[-1]))
+            return max(1, min(int(rr.ttl), int(rr.rdata.times[-1])))
     return DEFAULT_NEGATIVE_TTL
 
 

@@ -8,6 +8,7 @@ other side once the pipe is drained (half-close), and an error on either side re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
@@ -35,10 +36,8 @@ class _Direction:
         self.src = src
         self.dst = dst
         self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
+        with contextlib.suppress(OSError):  # the default pipe size works too, in smaller steps
             fcntl.fcntl(self.write_end, F_SETPIPE_SZ, CHUNK)
-        except OSError:
-            pass  # the default pipe size works too, in smaller steps
         self.buffered = 0
         self.eof = False
         self.done = False
@@ -77,10 +76,8 @@ class _Direction:
             self.buffered -= moved
         if self.eof and not self.done:
             self.done = True
-            try:
+            with contextlib.suppress(OSError):
                 self.dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
             self.pump.direction_done()
 
     def writable(self) -> None:
@@ -127,10 +124,8 @@ class SplicePump:
                 self.loop.remove_reader(fd)
                 self.loop.remove_writer(fd)
             if reset:
-                try:
+                with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
             sock.close()
         for direction in self.directions:
             direction.close()

@@ -7,6 +7,7 @@ them. SIGTERM or SIGINT to the parent reaches every worker, which stops acceptin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -46,30 +47,57 @@ KILL_AFTER = 5.0
 
 
 def run_workers(count: int, worker: Callable[[], None], grace: float, kill_after: float = KILL_AFTER) -> int:
-    """Fork `count` workers running `worker()`; restart one that dies; stop all on a signal.
-
-    The parent waits for signals with sigtimedwait (SIGCHLD, SIGTERM and SIGINT blocked), never in a blocking
-    waitpid: a signal then always wakes it, so workers that ignore SIGTERM are killed `grace + kill_after`
-    seconds after it, on time.
-    """
+    """Fork `count` workers running `worker()`; restart one that dies; stop all on a signal."""
     if count == 1:
         worker()
         return 0
-    watched = {signal.SIGCHLD, *STOP_SIGNALS}
-    children: dict[int, int] = {}  # pid -> slot
+    return Supervisor(worker, grace + kill_after).run(count)
 
-    def start(slot: int) -> None:
+
+WATCHED = {signal.SIGCHLD, *STOP_SIGNALS}
+
+
+class Supervisor:
+    """The parent of the workers. It waits for signals with sigtimedwait (SIGCHLD, SIGTERM and SIGINT blocked),
+    never in a blocking waitpid, so a signal always wakes it: workers that ignore SIGTERM are killed
+    `kill_within` seconds after it, on time."""
+
+    def __init__(self, worker: Callable[[], None], kill_within: float) -> None:
+        self.worker = worker
+        self.kill_within = kill_within
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.deadline: float | None = None  # set by the first stop signal
+        self.started = time.monotonic()
+
+    def run(self, count: int) -> int:
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+        try:
+            for slot in range(count):
+                self.start(slot)
+            while self.children:
+                failed = self.reap()
+                if failed is not None:
+                    self.stop_all(signal.SIGTERM)
+                    self.finish(time.monotonic() + self.kill_within)
+                    return failed
+                if self.children:
+                    self.wait()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        return 0
+
+    def start(self, slot: int) -> None:
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
                 for sig in STOP_SIGNALS:
                     signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
-                worker()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
+                self.worker()
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else 1
-            except BaseException as error:  # noqa: BLE001 - a worker's last word, whatever killed it
+            except BaseException as error:
                 log.error("worker %d failed: %s: %s", slot, type(error).__name__, error)
                 log.debug("the traceback of that failure", exc_info=True)
                 code = 1
@@ -77,62 +105,51 @@ def run_workers(count: int, worker: Callable[[], None], grace: float, kill_after
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        children[pid] = slot
+        self.children[pid] = slot
 
-    def stop_all(sig: int) -> None:
-        for pid in children:
-            try:
+    def reap(self) -> int | None:
+        """Collect exited workers and replace them; an exit code when a worker fails right after starting."""
+        while self.children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return None
+            slot = self.children.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if self.deadline is not None:
+                continue
+            if time.monotonic() - self.started < 2 and code != 0:
+                log.error("worker %d exited with %d right after starting; stopping", slot, code)
+                return code if code > 0 else 1
+            log.error("worker %d exited with %d; starting a new one", slot, code)
+            self.start(slot)
+        return None
+
+    def wait(self) -> None:
+        """Sleep until a signal, at most a second or until the kill deadline; act on stop signals and the deadline."""
+        now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline:
+            log.error("%d worker(s) still running %g s after SIGTERM; killing them", len(self.children), self.kill_within)
+            self.stop_all(signal.SIGKILL)
+            self.deadline = float("inf")
+        timeout = 1.0 if self.deadline is None else max(0.0, min(1.0, self.deadline - now))
+        info = signal.sigtimedwait(WATCHED, timeout)
+        if info is not None and info.si_signo in STOP_SIGNALS and self.deadline is None:
+            self.deadline = time.monotonic() + self.kill_within
+            self.stop_all(signal.SIGTERM)
+
+    def stop_all(self, sig: int) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
-    try:
-        for slot in range(count):
-            start(slot)
-        started = time.monotonic()
-        deadline: float | None = None  # set by the first stop signal
-        while children:
-            while children:  # reap every worker that has exited
-                pid, status = os.waitpid(-1, os.WNOHANG)
-                if pid == 0:
-                    break
-                slot = children.pop(pid)
-                code = os.waitstatus_to_exitcode(status)
-                if deadline is not None:
-                    continue
-                if time.monotonic() - started < 2 and code != 0:
-                    log.error("worker %d exited with %d right after starting; stopping", slot, code)
-                    stop_all(signal.SIGTERM)
-                    _reap(children, kill_after)
-                    return code if code > 0 else 1
-                log.error("worker %d exited with %d; starting a new one", slot, code)
-                start(slot)
-            if not children:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                log.error("%d worker(s) still running %g s after SIGTERM; killing them", len(children), grace + kill_after)
-                stop_all(signal.SIGKILL)
-                deadline = float("inf")
-            wait = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
-            info = signal.sigtimedwait(watched, wait if deadline != float("inf") else 1.0)
-            if info is not None and info.si_signo in STOP_SIGNALS and deadline is None:
-                deadline = time.monotonic() + grace + kill_after
-                stop_all(signal.SIGTERM)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-    return 0
-
-
-def _reap(children: dict[int, int], within: float) -> None:
-    """Wait up to `within` seconds for the stopped workers, then kill what is left."""
-    deadline = time.monotonic() + within
-    while children and time.monotonic() < deadline:
-        pid, _ = os.waitpid(-1, os.WNOHANG)
-        if pid:
-            children.pop(pid, None)
-        else:
-            time.sleep(0.02)
-    for pid in children:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    def finish(self, deadline: float) -> None:
+        """After a failed start: wait for the stopped workers until `deadline`, then kill what is left."""
+        while self.children and time.monotonic() < deadline:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid:
+                self.children.pop(pid, None)
+            else:
+                time.sleep(0.02)
+        self.stop_all(signal.SIGKILL)
+        for pid in list(self.children):
+            os.waitpid(pid, 0)

@@ -7,7 +7,7 @@ from ipaddress import IPv4Address
 
 from egress_router.config.addresses import parse_ipv4, unusable_host_reason
 from egress_router.config.errors import ConfigError, Problem
-from egress_router.config.lines import PORT_REASON, meaningful_lines, parse_port
+from egress_router.config.lines import BadLine, Line, meaningful_lines, port_or_bad
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 VARIABLE = "EGRESS_DESTINATION"
@@ -30,14 +30,31 @@ class Destinations:
     fallback: IPv4Address | None
 
 
-def _parse_address(text: str, line_no: int, line: str, variable: str) -> IPv4Address | Problem:
+def _address(text: str) -> IPv4Address:
     address = parse_ipv4(text)
-    if isinstance(address, str):
-        return Problem(variable, f"value '{text}' is invalid: {address}", line, line_no)
-    reason = unusable_host_reason(address)
+    reason = address if isinstance(address, str) else unusable_host_reason(address)
     if reason:
-        return Problem(variable, f"value '{text}' is invalid: {reason}", line, line_no)
+        raise BadLine(f"value '{text}' is invalid: {reason}")
+    assert isinstance(address, IPv4Address)
     return address
+
+
+def _rule(line: Line) -> PortRule | IPv4Address:
+    """One line: a port rule, or the fallback address."""
+    fields = line.fields
+    if len(fields) == 1:
+        return _address(fields[0])
+    if len(fields) == 2 or len(fields) > 4:
+        raise BadLine(
+            f"expected '<local-port> <protocol> <address> [<remote-port>]' or a single fallback address, got {len(fields)} fields"
+        )
+    local_port = port_or_bad(fields[0])
+    protocol = fields[1].lower()
+    if protocol not in PROTOCOLS:
+        raise BadLine(f"invalid protocol '{fields[1]}' (must be tcp, udp or sctp)")
+    address = _address(fields[2])
+    remote_port = port_or_bad(fields[3]) if len(fields) == 4 else None
+    return PortRule(local_port, protocol, address, remote_port, line.number)
 
 
 def parse_destinations(value: str | None, variable: str = VARIABLE) -> Destinations:
@@ -49,53 +66,24 @@ def parse_destinations(value: str | None, variable: str = VARIABLE) -> Destinati
     seen: dict[tuple[int, str], int] = {}
     fallback: IPv4Address | None = None
     fallback_line = 0
-    any_line = False
-    for line in meaningful_lines(value):
-        any_line = True
-
-        def bad(reason: str) -> None:
-            problems.append(Problem(variable, reason, line.text, line.number))
-
-        if fallback_line:
-            bad(f"fallback IP must be the last line (fallback given on line {fallback_line})")
-            continue
-        fields = line.fields
-        if len(fields) == 1:
-            address = _parse_address(fields[0], line.number, line.text, variable)
-            if isinstance(address, Problem):
-                problems.append(address)
-            else:
-                fallback, fallback_line = address, line.number
-            continue
-        if len(fields) == 2 or len(fields) > 4:
-            bad(f"expected '<local-port> <protocol> <address> [<remote-port>]' or a single fallback address, got {len(fields)} fields")
-            continue
-        port_text, protocol_text, address_text = fields[:3]
-        local_port = parse_port(port_text)
-        if local_port is None:
-            bad(PORT_REASON.format(port=port_text))
-            continue
-        protocol = protocol_text.lower()
-        if protocol not in PROTOCOLS:
-            bad(f"invalid protocol '{protocol_text}' (must be tcp, udp or sctp)")
-            continue
-        address = _parse_address(address_text, line.number, line.text, variable)
-        if isinstance(address, Problem):
-            problems.append(address)
-            continue
-        remote_port = None
-        if len(fields) == 4:
-            remote_port = parse_port(fields[3])
-            if remote_port is None:
-                bad(PORT_REASON.format(port=fields[3]))
+    lines = list(meaningful_lines(value))
+    for line in lines:
+        try:
+            if fallback_line:
+                raise BadLine(f"fallback IP must be the last line (fallback given on line {fallback_line})")
+            rule = _rule(line)
+            if isinstance(rule, IPv4Address):
+                fallback, fallback_line = rule, line.number
                 continue
-        key = (local_port, protocol)
-        if key in seen:
-            bad(f"localport {local_port}/{protocol} is already used on line {seen[key]}")
+            key = (rule.local_port, rule.protocol)
+            if key in seen:
+                raise BadLine(f"localport {rule.local_port}/{rule.protocol} is already used on line {seen[key]}")
+        except BadLine as error:
+            problems.append(Problem(variable, str(error), line.text, line.number))
             continue
         seen[key] = line.number
-        rules.append(PortRule(local_port, protocol, address, remote_port, line.number))
-    if not any_line:
+        rules.append(rule)
+    if not lines:
         problems.append(Problem(variable, "no destination given (only blank lines and comments)"))
     if problems:
         raise ConfigError(problems)

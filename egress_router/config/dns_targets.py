@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from egress_router.config.addresses import unusable_host_reason
 from egress_router.config.errors import ConfigError, Problem
 from egress_router.config.hostnames import host_name_problem, normalize_host
-from egress_router.config.lines import PORT_REASON, meaningful_lines, parse_port
+from egress_router.config.lines import BadLine, Line, meaningful_lines, port_or_bad
 
 VARIABLE = "EGRESS_DNS_PROXY_DESTINATION"
 
@@ -40,6 +40,28 @@ def _host(text: str) -> IPv4Address | IPv6Address | str | None:
     return None if host_name_problem(name) else name
 
 
+def _target(line: Line) -> Target:
+    if len(line.fields) not in (2, 3):
+        raise BadLine(f"expected '<local-port> <address-or-name> [<remote-port>]', got {len(line.fields)} field(s)")
+    local = port_or_bad(line.fields[0])
+    remote = port_or_bad(line.fields[2]) if len(line.fields) == 3 else local
+    host = _host(line.fields[1])
+    if host is None:
+        raise BadLine(f"value '{line.fields[1]}' is invalid: not an IPv4/IPv6 address or a host name")
+    if isinstance(host, str):
+        return Target(local, host, None, remote, line.number)
+    # An explicit loopback address is allowed: a relay to a sidecar in the pod is the admin's call.
+    if host.is_loopback:
+        reason = None
+    elif isinstance(host, IPv4Address):
+        reason = unusable_host_reason(host)
+    else:
+        reason = "cannot be used" if host.is_unspecified or host.is_multicast else None
+    if reason:
+        raise BadLine(f"value '{line.fields[1]}' is invalid: {reason}")
+    return Target(local, str(host), host, remote, line.number)
+
+
 def parse_targets(value: str | None, variable: str = VARIABLE) -> tuple[Target, ...]:
     if value is None or not value.strip():
         raise ConfigError.single(variable, "unspecified (give at least one line, e.g. '5432 db.example.com')")
@@ -47,40 +69,15 @@ def parse_targets(value: str | None, variable: str = VARIABLE) -> tuple[Target, 
     targets: list[Target] = []
     seen: dict[int, int] = {}
     for line in meaningful_lines(value):
-
-        def bad(reason: str) -> None:
-            problems.append(Problem(variable, reason, line.text, line.number))
-
-        if len(line.fields) not in (2, 3):
-            bad(f"expected '<local-port> <address-or-name> [<remote-port>]', got {len(line.fields)} field(s)")
+        try:
+            target = _target(line)
+            if target.local_port in seen:
+                raise BadLine(f"localport {target.local_port} is already used on line {seen[target.local_port]}")
+        except BadLine as error:
+            problems.append(Problem(variable, str(error), line.text, line.number))
             continue
-        local = parse_port(line.fields[0])
-        if local is None:
-            bad(PORT_REASON.format(port=line.fields[0]))
-            continue
-        remote = local
-        if len(line.fields) == 3:
-            parsed_remote = parse_port(line.fields[2])
-            if parsed_remote is None:
-                bad(PORT_REASON.format(port=line.fields[2]))
-                continue
-            remote = parsed_remote
-        host = _host(line.fields[1])
-        if host is None:
-            bad(f"value '{line.fields[1]}' is invalid: not an IPv4/IPv6 address or a host name")
-            continue
-        if not isinstance(host, str):
-            # An explicit loopback address is allowed: a relay to a sidecar in the pod is the admin's call.
-            reason = None if host.is_loopback else (unusable_host_reason(host) if isinstance(host, IPv4Address) else ("cannot be used" if host.is_unspecified or host.is_multicast else None))
-            if reason:
-                bad(f"value '{line.fields[1]}' is invalid: {reason}")
-                continue
-        if local in seen:
-            bad(f"localport {local} is already used on line {seen[local]}")
-            continue
-        seen[local] = line.number
-        address = None if isinstance(host, str) else host
-        targets.append(Target(local, str(host), address, remote, line.number))
+        seen[target.local_port] = line.number
+        targets.append(target)
     if not targets and not problems:
         problems.append(Problem(variable, "no destination given (only blank lines and comments)"))
     if problems:

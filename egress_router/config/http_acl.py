@@ -118,7 +118,9 @@ def _parse_rule(text: str, line_no: int) -> Rule | str:
     under = name.startswith("*.")
     bare = name[2:] if under else name
     if "*" in bare:
-        return "'*' may only be the first label" if under else "'*' may only stand alone (last line) or as the first label ('*.example.com')"
+        return (
+            "'*' may only be the first label" if under else "'*' may only stand alone (last line) or as the first label ('*.example.com')"
+        )
     problem = host_name_problem(bare)
     if problem:
         return problem
@@ -133,7 +135,9 @@ def parse_acl(value: str | None, variable: str = VARIABLE) -> Acl:
     wildcard: Rule | None = None
     for line in meaningful_lines(value):
         if wildcard is not None:
-            problems.append(Problem(variable, f"Wildcard must be last rule, if present (wildcard on line {wildcard.line_no})", line.text, line.number))
+            problems.append(
+                Problem(variable, f"Wildcard must be last rule, if present (wildcard on line {wildcard.line_no})", line.text, line.number)
+            )
             continue
         if len(line.fields) != 1:
             problems.append(Problem(variable, "Bad destination: one rule a line", line.text, line.number))

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from egress_router.config.addresses import Source, parse_gateway, parse_source
-from egress_router.config.cluster_networks import VARIABLE as CLUSTER_NETWORKS, parse_cluster_networks
+from egress_router.config.cluster_networks import VARIABLE as CLUSTER_NETWORKS
+from egress_router.config.cluster_networks import parse_cluster_networks
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.errors import Collector, ConfigError, Problem
 

@@ -32,3 +32,14 @@ def parse_port(text: str) -> int | None:
 
 
 PORT_REASON = "invalid port {port} (must be 1-65535)"
+
+
+class BadLine(ValueError):
+    """Why one line is wrong; the list parser adds the variable, line number and text."""
+
+
+def port_or_bad(text: str) -> int:
+    port = parse_port(text)
+    if port is None:
+        raise BadLine(PORT_REASON.format(port=text))
+    return port

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from egress_router.config.dns_settings import DnsProxySettings
 from egress_router.config.dns_targets import Target
-from egress_router.resolver import Resolver, ResolveError
+from egress_router.resolver import ResolveError, Resolver
 
 log = logging.getLogger(__name__)
 IPAddress = IPv4Address | IPv6Address
@@ -54,7 +54,9 @@ class Destination:
             except ResolveError as error:
                 now = loop.time()
                 if self.addresses and now > self.good_until:
-                    log.warning("%s: %s; the last good answer is older than %g s, dropped", self.target.host, error, self.settings.stale_limit)
+                    log.warning(
+                        "%s: %s; the last good answer is older than %g s, dropped", self.target.host, error, self.settings.stale_limit
+                    )
                     self.addresses = ()
                     self.ready.clear()
                 elif self.addresses:

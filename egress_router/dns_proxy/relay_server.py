@@ -77,7 +77,7 @@ class _Handoff(asyncio.Protocol):
         transport.pause_reading()  # type: ignore[attr-defined]  # no byte may be read into asyncio's buffers
         fd = os.dup(transport.get_extra_info("socket").fileno())
         peer = transport.get_extra_info("peername")
-        transport.abort()  # closes asyncio's descriptor only; the connection lives on in ours
+        transport.abort()  # type: ignore[attr-defined]  # closes asyncio's descriptor only; the connection lives on in ours
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         self.listener.spawn(sock, peer)
@@ -101,7 +101,11 @@ class Listener:
 
     def spawn(self, client: socket.socket | _Side, peer: tuple[str, int] | None) -> None:
         if len(self.active) >= self.settings.max_connections:
-            log.warning("port %d: connection limit (%d) reached, closing a new connection", self.destination.target.local_port, self.settings.max_connections)
+            log.warning(
+                "port %d: connection limit (%d) reached, closing a new connection",
+                self.destination.target.local_port,
+                self.settings.max_connections,
+            )
             _close(client)
             return
         task = asyncio.get_running_loop().create_task(self.relay(client, peer))
@@ -179,7 +183,14 @@ class Listener:
         target = self.destination.target
         log.info(
             "client=%s port=%d target=%s address=%s in=%d out=%d ms=%.1f closed=%s",
-            client, target.local_port, target.describe, address, sent, received, (time.monotonic() - started) * 1000, why.replace(" ", "_"),
+            client,
+            target.local_port,
+            target.describe,
+            address,
+            sent,
+            received,
+            (time.monotonic() - started) * 1000,
+            why.replace(" ", "_"),
         )
 
 

@@ -42,7 +42,10 @@ class Relays:
             log.info("port %d closed", port)
         for port, target in wanted.items():
             current = self.ports.get(port)
-            if current is not None and (current[1].destination.target.host, current[1].destination.target.remote_port) == (target.host, target.remote_port):
+            if current is not None and (current[1].destination.target.host, current[1].destination.target.remote_port) == (
+                target.host,
+                target.remote_port,
+            ):
                 continue
             destination = Destination(target, self.settings, self.resolver, self.ipv6)
             if current is not None:

@@ -40,8 +40,21 @@ class DnsServer:
     def start(self) -> DnsServer:
         from egress_router.lab.topology import LabError
 
-        argv = ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", f"--addn-hosts={self.hosts}", "--local-ttl=1", "--conf-file=/dev/null",
-                f"--listen-address={self.address}", "--bind-interfaces", "--pid-file=", "--user=root", "--log-facility=-", *self.options]
+        argv = [
+            "dnsmasq",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            f"--addn-hosts={self.hosts}",
+            "--local-ttl=1",
+            "--conf-file=/dev/null",
+            f"--listen-address={self.address}",
+            "--bind-interfaces",
+            "--pid-file=",
+            "--user=root",
+            "--log-facility=-",
+            *self.options,
+        ]
         self.proc = proc = self.lab.start_in(self.role, argv)
         deadline = time.monotonic() + 10
         while True:

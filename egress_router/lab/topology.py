@@ -18,6 +18,7 @@ including the processes started in them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -152,7 +153,9 @@ class Lab:
     def exec_argv(self, role: str, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.ns(role), *argv]
 
-    def run_in(self, role: str, argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def run_in(
+        self, role: str, argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.exec_argv(role, argv), env=env, capture_output=True, text=True, timeout=timeout)
 
     def workdir(self) -> str:
@@ -300,7 +303,9 @@ class Lab:
         self.add_service(CLUSTER_DNS, CLUSTER_DNS_POD)
         # CoreDNS-like: names under cluster.local (and the lab's .test names it lacks) get NXDOMAIN, so the
         # search list of a pod's resolv.conf is walked as in a cluster
-        self.cluster_dns = DnsServer(self, CLUSTER_HOSTS, role="coredns", address=CLUSTER_DNS_POD, options=("--local=/cluster.local/", "--local=/test/"))
+        self.cluster_dns = DnsServer(
+            self, CLUSTER_HOSTS, role="coredns", address=CLUSTER_DNS_POD, options=("--local=/cluster.local/", "--local=/test/")
+        )
         self.cluster_dns.start()
         if router:
             self.add_pod("router", ROUTER_IP)
@@ -389,10 +394,8 @@ class Lab:
     def stop_processes(self) -> None:
         for proc in self.processes:
             if proc.popen.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.popen.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + 3
         for proc in self.processes:
             try:
@@ -406,10 +409,8 @@ class Lab:
         """Processes we did not start ourselves (the ARP repeater, say) also keep a namespace busy."""
         pids = run(["ip", "netns", "pids", name], check=False).stdout.split()
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
 
     def close(self) -> None:
         self.stop_processes()

@@ -11,6 +11,7 @@ import asyncio
 import json
 import signal
 import sys
+from functools import partial
 
 
 def answer(proto: str, local: tuple[str, int], peer: tuple[str, int]) -> bytes:
@@ -50,7 +51,7 @@ async def serve(specs: list[str]) -> None:
         if proto == "tcp":
             await asyncio.start_server(_tcp, host, port, reuse_address=True)
         else:
-            await loop.create_datagram_endpoint(lambda h=host, p=port: _Udp((h, p)), local_addr=(host, port))
+            await loop.create_datagram_endpoint(partial(_Udp, (host, port)), local_addr=(host, port))
     print("ready", flush=True)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

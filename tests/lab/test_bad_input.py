@@ -8,25 +8,54 @@ from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from tests.lab.conftest import Pod
 
-GOOD = {"EGRESS_SOURCE": "192.168.12.99", "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": "80 tcp 203.0.113.25", "EGRESS_ROUTER_MODE": "init"}
+GOOD = {
+    "EGRESS_SOURCE": "192.168.12.99",
+    "EGRESS_GATEWAY": t.GATEWAY_IP,
+    "EGRESS_DESTINATION": "80 tcp 203.0.113.25",
+    "EGRESS_ROUTER_MODE": "init",
+}
 
 CASES = [
     ({"EGRESS_SOURCE": ""}, "EGRESS_SOURCE: unspecified"),
     ({"EGRESS_SOURCE": "192.168.12.300"}, 'EGRESS_SOURCE: not an IPv4 address (octet 300 out of range 0-255): "192.168.12.300"'),
-    ({"EGRESS_GATEWAY": "gateway"}, 'EGRESS_GATEWAY: not an IPv4 address'),
-    ({"EGRESS_DESTINATION": "80 tcp 203.0.113.25\n\n800000 tcp 203.0.113.25"}, 'EGRESS_DESTINATION line 3: invalid port 800000 (must be 1-65535): "800000 tcp 203.0.113.25"'),
+    ({"EGRESS_GATEWAY": "gateway"}, "EGRESS_GATEWAY: not an IPv4 address"),
+    (
+        {"EGRESS_DESTINATION": "80 tcp 203.0.113.25\n\n800000 tcp 203.0.113.25"},
+        'EGRESS_DESTINATION line 3: invalid port 800000 (must be 1-65535): "800000 tcp 203.0.113.25"',
+    ),
     ({"EGRESS_DESTINATION": "203.0.113.50\n80 tcp 203.0.113.25"}, "EGRESS_DESTINATION line 2: fallback IP must be the last line"),
-    ({"EGRESS_DESTINATION": "80 tcp 203.0.113.25\n80 tcp 203.0.113.26"}, "EGRESS_DESTINATION line 2: localport 80/tcp is already used on line 1"),
+    (
+        {"EGRESS_DESTINATION": "80 tcp 203.0.113.25\n80 tcp 203.0.113.26"},
+        "EGRESS_DESTINATION line 2: localport 80/tcp is already used on line 1",
+    ),
     ({"EGRESS_DESTINATION": "80 tcp example.com"}, "EGRESS_DESTINATION line 1: value 'example.com' is invalid"),
     ({"EGRESS_DESTINATION": "# nothing"}, "EGRESS_DESTINATION: no destination given"),
-    ({"EGRESS_ROUTER_MODE": "nat"}, 'EGRESS_ROUTER_MODE: unknown mode'),
+    ({"EGRESS_ROUTER_MODE": "nat"}, "EGRESS_ROUTER_MODE: unknown mode"),
     ({"EGRESS_INTERFACE": "net1"}, "EGRESS_INTERFACE: no interface 'net1' in this pod"),
-    ({"EGRESS_INTERFACE": "net1", "EGRESS_MACVLAN_MASTER": "eth9", "EGRESS_HOST_NETNS": "/run/netns/{node}"}, "EGRESS_MACVLAN_MASTER: no interface 'eth9'"),
-    ({"EGRESS_INTERFACE": "net1", "EGRESS_MACVLAN_MASTER": "eth0", "EGRESS_HOST_NETNS": "/nonexistent"}, "EGRESS_HOST_NETNS: /nonexistent does not exist"),
-    ({"EGRESS_INTERFACE": "net1", "EGRESS_MACVLAN_MASTER": "eth0", "EGRESS_HOST_NETNS": "/proc/self/ns/net"}, "is this pod's own network namespace"),
-    ({"EGRESS_CLUSTER_NETWORKS": "172.30.0.1/16, 10.0.0.0"}, 'EGRESS_CLUSTER_NETWORKS: has host bits set (did you mean 172.30.0.0/16?): "172.30.0.1/16"'),
-    ({"EGRESS_CLUSTER_NETWORKS": "192.168.0.0/16"}, "EGRESS_CLUSTER_NETWORKS: contains EGRESS_GATEWAY 192.168.12.1, which must stay on the egress interface"),
-    ({"EGRESS_DESTINATION": "", "EGRESS_DESTINATION_FILE": "/nonexistent/rules"}, 'EGRESS_DESTINATION_FILE: cannot read the file: No such file or directory: "/nonexistent/rules"'),
+    (
+        {"EGRESS_INTERFACE": "net1", "EGRESS_MACVLAN_MASTER": "eth9", "EGRESS_HOST_NETNS": "/run/netns/{node}"},
+        "EGRESS_MACVLAN_MASTER: no interface 'eth9'",
+    ),
+    (
+        {"EGRESS_INTERFACE": "net1", "EGRESS_MACVLAN_MASTER": "eth0", "EGRESS_HOST_NETNS": "/nonexistent"},
+        "EGRESS_HOST_NETNS: /nonexistent does not exist",
+    ),
+    (
+        {"EGRESS_INTERFACE": "net1", "EGRESS_MACVLAN_MASTER": "eth0", "EGRESS_HOST_NETNS": "/proc/self/ns/net"},
+        "is this pod's own network namespace",
+    ),
+    (
+        {"EGRESS_CLUSTER_NETWORKS": "172.30.0.1/16, 10.0.0.0"},
+        'EGRESS_CLUSTER_NETWORKS: has host bits set (did you mean 172.30.0.0/16?): "172.30.0.1/16"',
+    ),
+    (
+        {"EGRESS_CLUSTER_NETWORKS": "192.168.0.0/16"},
+        "EGRESS_CLUSTER_NETWORKS: contains EGRESS_GATEWAY 192.168.12.1, which must stay on the egress interface",
+    ),
+    (
+        {"EGRESS_DESTINATION": "", "EGRESS_DESTINATION_FILE": "/nonexistent/rules"},
+        'EGRESS_DESTINATION_FILE: cannot read the file: No such file or directory: "/nonexistent/rules"',
+    ),
 ]
 
 

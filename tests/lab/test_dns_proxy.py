@@ -16,10 +16,10 @@ import pytest
 
 from egress_router.lab import Lab, Seen
 from egress_router.lab import topology as t
-from egress_router.lab.netns import socket_in
-from egress_router.lab.topology import Process, run
 from egress_router.lab.dns import DNS
 from egress_router.lab.dns import DnsServer as Dns
+from egress_router.lab.netns import socket_in
+from egress_router.lab.topology import Process, run
 from tests.lab.conftest import Pod, new_pod
 from tests.lab.http_helpers import wait_for_port
 
@@ -83,8 +83,23 @@ def relay(lab: Lab, dns: Dns, resetting_server: None, request: pytest.FixtureReq
     assert done.returncode == 0, done.stderr
     lab.write_etc(pod.role, "resolv.conf", f"nameserver {DNS}\noptions timeout:1 attempts:1\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-    env.update(EGRESS_DNS_PROXY_DESTINATION=TARGETS, EGRESS_DNS_PROXY_DEBUG="1", EGRESS_DNS_PROXY_SPLICE=request.param, EGRESS_DNS_PROXY_CONNECT_TIMEOUT="1s")
-    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-m", "egress_router"]
+    env.update(
+        EGRESS_DNS_PROXY_DESTINATION=TARGETS,
+        EGRESS_DNS_PROXY_DEBUG="1",
+        EGRESS_DNS_PROXY_SPLICE=request.param,
+        EGRESS_DNS_PROXY_CONNECT_TIMEOUT="1s",
+    )
+    argv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        sys.executable,
+        "-m",
+        "egress_router",
+    ]
     proc = lab.start_in(pod.role, argv, env=env)  # no command: the mode comes from the environment
     wait_for_port(lab, pod.role, "127.0.0.1", 5432)
     yield pod, proc
@@ -194,7 +209,7 @@ def test_a_reset_is_passed_on(lab: Lab, relay: tuple[Pod, Process]) -> None:
 def test_debug_logs_one_line_per_connection(lab: Lab, relay: tuple[Pod, Process]) -> None:
     pod, proc = relay
     seen(lab, pod, 9000)
-    line = eventually(lambda: next((l for l in proc.stderr().splitlines() if "target=203.0.113.26:9000" in l), None))
+    line = eventually(lambda: next((x for x in proc.stderr().splitlines() if "target=203.0.113.26:9000" in x), None))
     assert f"client={t.CLIENT_IP}:" in line and "address=203.0.113.26" in line and " in=" in line and " out=" in line and "closed=" in line
 
 

@@ -58,7 +58,16 @@ def test_redirect_manifest_works_with_our_image(lab: Lab, image: str, tmp_path: 
     lab.add_pod("img", "10.128.0.60")
     lab.add_macvlan("img")
     try:
-        done = podman(tmp_path, "run", "--rm", "--privileged", "--network", f"ns:/run/netns/{lab.ns('img')}", *env_args(container["resolved_env"]), image)
+        done = podman(
+            tmp_path,
+            "run",
+            "--rm",
+            "--privileged",
+            "--network",
+            f"ns:/run/netns/{lab.ns('img')}",
+            *env_args(container["resolved_env"]),
+            image,
+        )
         assert done.returncode == 0, done.stderr
         assert "NAT rules installed" in done.stderr
         source = container["resolved_env"]["EGRESS_SOURCE"].split("/")[0]
@@ -86,17 +95,31 @@ def test_http_proxy_manifest_works_with_our_images(lab: Lab, image: str, proxy_i
     try:
         done = podman(tmp_path, "run", "--rm", "--privileged", "--network", network, *env_args(init["resolved_env"]), image)
         assert done.returncode == 0, done.stderr
-        done = podman(tmp_path, "run", "-d", "--name", name, "--network", network, "--user", "1000650000", *env_args(proxy["resolved_env"]), proxy_image)
+        done = podman(
+            tmp_path,
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            "--user",
+            "1000650000",
+            *env_args(proxy["resolved_env"]),
+            proxy_image,
+        )
         assert done.returncode == 0, done.stderr
         wait_for_port(lab, "himg", "127.0.0.1", 8080)
         response = subprocess.run(
             lab.exec_argv("client", ["curl", "-sS", "--max-time", "5", "-x", "http://10.128.0.61:8080", "http://203.0.113.25:8000/x"]),
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         assert json.loads(response.stdout)["client"] == init["resolved_env"]["EGRESS_SOURCE"].split("/")[0]
         denied = subprocess.run(
             lab.exec_argv("client", ["curl", "-sS", "--max-time", "5", "-x", "http://10.128.0.61:8080", "http://api.example.com:8000/"]),
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         assert "line 1: !*.example.com" in denied.stdout
     finally:
@@ -119,8 +142,21 @@ def test_dns_proxy_manifest_works_with_our_images(lab: Lab, image: str, proxy_im
     try:
         done = podman(tmp_path, "run", "--rm", "--privileged", "--network", network, *env_args(init["resolved_env"]), image)
         assert done.returncode == 0, done.stderr
-        done = podman(tmp_path, "run", "-d", "--name", name, "--network", network, "--dns", DNS, "--user", "1000650000",
-                      *env_args(proxy["resolved_env"]), proxy_image)
+        done = podman(
+            tmp_path,
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            "--dns",
+            DNS,
+            "--user",
+            "1000650000",
+            *env_args(proxy["resolved_env"]),
+            proxy_image,
+        )
         assert done.returncode == 0, done.stderr
         wait_for_port(lab, "dimg", "127.0.0.1", 80)
         for port, server, remote in ((80, "203.0.113.25", 80), (8080, "203.0.113.26", 80), (8443, "203.0.113.25", 443)):

@@ -24,7 +24,12 @@ SERVICE = "172.30.1.80"  # the router pod's own Service
 
 
 def redirect(pod: Pod, destination: str = RULES, **env: str) -> subprocess.CompletedProcess[str]:
-    settings = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": destination, "EGRESS_ROUTER_MODE": "init"}
+    settings = {
+        "EGRESS_SOURCE": pod.source,
+        "EGRESS_GATEWAY": t.GATEWAY_IP,
+        "EGRESS_DESTINATION": destination,
+        "EGRESS_ROUTER_MODE": "init",
+    }
     done = pod.init(**{**settings, **env})
     assert done.returncode == 0, done.stderr
     return done
@@ -77,7 +82,9 @@ def test_a_probe_from_the_nodes_own_address_is_answered(lab: Lab, pod: Pod, pref
 
 @pytest.mark.parametrize("prefix", ["", "/24"], ids=["source-alone", "source-with-prefix"])
 def test_http_proxy_serves_the_other_node_and_resolves_through_the_cluster_dns(lab: Lab, origin: None, pod: Pod, prefix: str) -> None:
-    done = pod.init(EGRESS_SOURCE=pod.source + prefix, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="http-proxy", EGRESS_ROUTER_DEBUG="1")
+    done = pod.init(
+        EGRESS_SOURCE=pod.source + prefix, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="http-proxy", EGRESS_ROUTER_DEBUG="1"
+    )
     assert done.returncode == 0, done.stderr
     assert f"nameserver {t.CLUSTER_DNS}: reached through eth0 by its default route: kept on eth0" in done.stderr
     start_proxy(lab, pod.role, EGRESS_HTTP_PROXY_DESTINATION="*.partner.test\n203.0.113.26", EGRESS_HTTP_PROXY_WORKERS="1")
@@ -87,15 +94,20 @@ def test_http_proxy_serves_the_other_node_and_resolves_through_the_cluster_dns(l
         assert (answer["client"], answer["server"]) == (pod.source, server)
     # the proxy port answers a probe from the node's own address
     probe = subprocess.run(
-        lab.exec_argv("node", ["curl", "-sS", "--max-time", "5", "--interface", t.NODE_IP, "-o", "/dev/null", "-w", "%{http_code}",
-                               f"http://{pod.ip}:8080/"]),
-        capture_output=True, text=True,
+        lab.exec_argv(
+            "node",
+            ["curl", "-sS", "--max-time", "5", "--interface", t.NODE_IP, "-o", "/dev/null", "-w", "%{http_code}", f"http://{pod.ip}:8080/"],
+        ),
+        capture_output=True,
+        text=True,
     )
     assert probe.stdout == "400", probe.stderr  # the proxy's own answer to a request that is not a proxy request
 
 
 def curl(lab: Lab, client: str, proxy: str, url: str) -> dict[str, str]:
-    done = subprocess.run(lab.exec_argv(client, ["curl", "-sS", "--max-time", "10", "-x", f"http://{proxy}:8080", url]), capture_output=True, text=True)
+    done = subprocess.run(
+        lab.exec_argv(client, ["curl", "-sS", "--max-time", "10", "-x", f"http://{proxy}:8080", url]), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
@@ -199,7 +211,9 @@ def test_no_default_route_on_eth0_is_explained_and_changes_nothing(lab: Lab, pod
     before = pod.snapshot()
     done = pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_DESTINATION=RULES, EGRESS_ROUTER_MODE="init")
     assert done.returncode == 1
-    assert done.stderr.startswith("egress-router init: error: eth0 has no default route to keep (the pod's default route is default via 192.168.12.1 dev macvlan0")
+    assert done.stderr.startswith(
+        "egress-router init: error: eth0 has no default route to keep (the pod's default route is default via 192.168.12.1 dev macvlan0"
+    )
     assert "leave the default route out of the attachment" in done.stderr and "nothing was changed" in done.stderr
     assert "Traceback" not in done.stderr
     assert pod.snapshot() == before

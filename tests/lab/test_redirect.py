@@ -84,7 +84,9 @@ def test_init_twice_changes_nothing(lab: Lab, pod: Pod) -> None:
 
 def test_new_input_replaces_the_old_rules_and_address(lab: Lab, pod: Pod) -> None:
     redirect(pod)
-    done = pod.init(EGRESS_SOURCE="192.168.12.120", EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION="80 tcp 203.0.113.26", EGRESS_ROUTER_MODE="init")
+    done = pod.init(
+        EGRESS_SOURCE="192.168.12.120", EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION="80 tcp 203.0.113.26", EGRESS_ROUTER_MODE="init"
+    )
     assert done.returncode == 0, done.stderr
     state = pod.snapshot()
     assert "192.168.12.120/32" in state["addresses"] and f"{pod.source}/" not in state["addresses"]
@@ -135,7 +137,9 @@ def test_proxy_modes_set_up_the_network_without_nat(lab: Lab, pod: Pod, mode: st
 def test_legacy_mode_stays_up_until_sigterm(lab: Lab, pod: Pod) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
     env.update(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION=RULES)
-    proc = subprocess.Popen(lab.exec_argv(pod.role, [sys.executable, "-m", "egress_router", "init"]), env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        lab.exec_argv(pod.role, [sys.executable, "-m", "egress_router", "init"]), env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stderr is not None
         deadline = time.monotonic() + 20

@@ -15,7 +15,7 @@ from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, SOA, A, DNSRecord
 from egress_router.config.resolv_conf import ResolvConf
 from egress_router.lab import Lab
 from egress_router.lab.netns import entered
-from egress_router.resolver import Resolver, ResolveError, can_send_ipv6
+from egress_router.resolver import ResolveError, Resolver, can_send_ipv6
 
 PORT = 5353
 Behaviour = Callable[[DNSRecord, str], DNSRecord | None]  # (query, transport) -> reply, or None to stay silent
@@ -32,17 +32,32 @@ def answer(query: DNSRecord, *records: RR, rcode: int = RCODE.NOERROR, auth: tup
 
 
 ZONE: dict[str, Behaviour] = {
-    "plain.test.": lambda q, t: answer(q, RR("plain.test.", QTYPE.A, rdata=A("203.0.113.25"), ttl=30), RR("plain.test.", QTYPE.A, rdata=A("203.0.113.26"), ttl=20)),
-    "alias.test.": lambda q, t: answer(q, RR("alias.test.", QTYPE.CNAME, rdata=CNAME("mid.test."), ttl=10), RR("mid.test.", QTYPE.CNAME, rdata=CNAME("plain.test."), ttl=40)),
+    "plain.test.": lambda q, t: answer(
+        q, RR("plain.test.", QTYPE.A, rdata=A("203.0.113.25"), ttl=30), RR("plain.test.", QTYPE.A, rdata=A("203.0.113.26"), ttl=20)
+    ),
+    "alias.test.": lambda q, t: answer(
+        q,
+        RR("alias.test.", QTYPE.CNAME, rdata=CNAME("mid.test."), ttl=10),
+        RR("mid.test.", QTYPE.CNAME, rdata=CNAME("plain.test."), ttl=40),
+    ),
     "mid.test.": lambda q, t: answer(q, RR("mid.test.", QTYPE.CNAME, rdata=CNAME("plain.test."), ttl=40)),
-    "loop.test.": lambda q, t: answer(q, RR("loop.test.", QTYPE.CNAME, rdata=CNAME("loop2.test."), ttl=5), RR("loop2.test.", QTYPE.CNAME, rdata=CNAME("loop.test."), ttl=5)),
-    "big.test.": lambda q, t: (answer(q, *(RR("big.test.", QTYPE.A, rdata=A(f"198.51.100.{i}"), ttl=60) for i in range(1, 41))) if t == "tcp" else _truncated(q)),
+    "loop.test.": lambda q, t: answer(
+        q,
+        RR("loop.test.", QTYPE.CNAME, rdata=CNAME("loop2.test."), ttl=5),
+        RR("loop2.test.", QTYPE.CNAME, rdata=CNAME("loop.test."), ttl=5),
+    ),
+    "big.test.": lambda q, t: (
+        answer(q, *(RR("big.test.", QTYPE.A, rdata=A(f"198.51.100.{i}"), ttl=60) for i in range(1, 41))) if t == "tcp" else _truncated(q)
+    ),
     "broken.test.": lambda q, t: answer(q, rcode=RCODE.SERVFAIL),
     "silent.test.": lambda q, t: None,
     "empty.test.": lambda q, t: answer(q, auth=(RR("test.", QTYPE.SOA, rdata=SOA("ns.test.", "admin.test.", (1, 2, 3, 4, 7)), ttl=60),)),
     "short.corp.test.": lambda q, t: answer(q, RR("short.corp.test.", QTYPE.A, rdata=A("203.0.113.30"), ttl=15)),
-    "dual.test.": lambda q, t: answer(q, RR("dual.test.", QTYPE.A, rdata=A("203.0.113.31"), ttl=30)) if q.q.qtype == QTYPE.A
-    else answer(q, RR("dual.test.", QTYPE.AAAA, rdata=AAAA("2001:db8::31"), ttl=12)),
+    "dual.test.": lambda q, t: (
+        answer(q, RR("dual.test.", QTYPE.A, rdata=A("203.0.113.31"), ttl=30))
+        if q.q.qtype == QTYPE.A
+        else answer(q, RR("dual.test.", QTYPE.AAAA, rdata=AAAA("2001:db8::31"), ttl=12))
+    ),
 }
 
 
@@ -56,7 +71,9 @@ def respond(data: bytes, transport: str) -> bytes | None:
     query = DNSRecord.parse(data)
     behaviour = ZONE.get(str(query.q.qname))
     if behaviour is None:
-        return answer(query, rcode=RCODE.NXDOMAIN, auth=(RR("test.", QTYPE.SOA, rdata=SOA("ns.test.", "admin.test.", (1, 2, 3, 4, 9)), ttl=60),)).pack()
+        return answer(
+            query, rcode=RCODE.NXDOMAIN, auth=(RR("test.", QTYPE.SOA, rdata=SOA("ns.test.", "admin.test.", (1, 2, 3, 4, 9)), ttl=60),)
+        ).pack()
     reply = behaviour(query, transport)
     return None if reply is None else reply.pack()
 

@@ -15,7 +15,10 @@ def test_empty_means_none() -> None:
 
 
 def test_commas_or_spaces_and_duplicates_folded() -> None:
-    assert parse_cluster_networks("10.128.0.0/14, 172.30.0.0/16 10.128.0.0/14") == (IPv4Network("10.128.0.0/14"), IPv4Network("172.30.0.0/16"))
+    assert parse_cluster_networks("10.128.0.0/14, 172.30.0.0/16 10.128.0.0/14") == (
+        IPv4Network("10.128.0.0/14"),
+        IPv4Network("172.30.0.0/16"),
+    )
 
 
 def test_every_bad_cidr_is_reported() -> None:
@@ -33,8 +36,13 @@ def test_every_bad_cidr_is_reported() -> None:
 
 def test_a_network_holding_the_source_or_gateway_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_init_settings(source="192.168.12.99", gateway="192.168.12.1", destination="80 tcp 203.0.113.25", mode="init",
-                           cluster_networks="192.168.0.0/16")
+        load_init_settings(
+            source="192.168.12.99",
+            gateway="192.168.12.1",
+            destination="80 tcp 203.0.113.25",
+            mode="init",
+            cluster_networks="192.168.0.0/16",
+        )
     assert [str(p) for p in caught.value.problems] == [
         'EGRESS_CLUSTER_NETWORKS: contains EGRESS_SOURCE 192.168.12.99, which must stay on the egress interface: "192.168.0.0/16"',
         'EGRESS_CLUSTER_NETWORKS: contains EGRESS_GATEWAY 192.168.12.1, which must stay on the egress interface: "192.168.0.0/16"',

@@ -68,7 +68,9 @@ def lookup(oif: int) -> KernelRoute:
 
 
 def test_nameserver_ways() -> None:
-    cluster_dns, node_dns, external, local, unreachable = map(IPv4Address, ["172.30.0.10", "10.128.0.1", "192.168.12.53", "127.0.0.53", "198.51.100.1"])
+    cluster_dns, node_dns, external, local, unreachable = map(
+        IPv4Address, ["172.30.0.10", "10.128.0.1", "192.168.12.53", "127.0.0.53", "198.51.100.1"]
+    )
     lookups = {cluster_dns: lookup(ETH0), node_dns: lookup(ETH0), external: lookup(EGRESS), local: lookup(LO), unreachable: None}
     ways = nameserver_ways([cluster_dns, node_dns, external, local, unreachable], lookups, [SDN_SUBNET, SDN_DEFAULT], ETH0, NAMES)
     assert [(str(w.nameserver), w.keep, w.reason) for w in ways] == [

@@ -39,7 +39,19 @@ def test_bad_targets(text: str, message: str) -> None:
     assert message in str(caught.value)
 
 
-@given(st.lists(st.lists(st.one_of(st.integers(-1, 70000).map(str), st.sampled_from(["db.example.com", "1.2.3.4", "::1", "[::1]", "a..b", "#"]), st.text(max_size=6)), max_size=4).map(" ".join), max_size=6).map("\n".join))
+@given(
+    st.lists(
+        st.lists(
+            st.one_of(
+                st.integers(-1, 70000).map(str),
+                st.sampled_from(["db.example.com", "1.2.3.4", "::1", "[::1]", "a..b", "#"]),
+                st.text(max_size=6),
+            ),
+            max_size=4,
+        ).map(" ".join),
+        max_size=6,
+    ).map("\n".join)
+)
 def test_any_target_list_parses_or_explains(text: str) -> None:
     try:
         targets = parse_targets(text)

@@ -99,7 +99,11 @@ def test_empty_list(text: str | None) -> None:
         parse_acl(text)
 
 
-@given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from(["*", "!", "*.a.b", "10.0.0.0/8", "::/0", "a.b", "!x.y"])), max_size=8).map("\n".join))
+@given(
+    st.lists(st.one_of(st.text(max_size=20), st.sampled_from(["*", "!", "*.a.b", "10.0.0.0/8", "::/0", "a.b", "!x.y"])), max_size=8).map(
+        "\n".join
+    )
+)
 def test_any_list_parses_or_explains(text: str) -> None:
     try:
         acl = parse_acl(text)

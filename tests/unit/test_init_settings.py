@@ -81,7 +81,10 @@ def test_debug_is_any_non_empty_value() -> None:
 
 @given(
     st.fixed_dictionaries(
-        {k: st.one_of(st.none(), st.text(max_size=20)) for k in ("source", "gateway", "destination", "mode", "interface", "macvlan_master", "macvlan_mode", "host_netns")}
+        {
+            k: st.one_of(st.none(), st.text(max_size=20))
+            for k in ("source", "gateway", "destination", "mode", "interface", "macvlan_master", "macvlan_mode", "host_netns")
+        }
     )
 )
 def test_any_environment_loads_or_lists_problems(values: dict[str, str | None]) -> None:

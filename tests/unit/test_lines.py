@@ -6,7 +6,7 @@ from egress_router.config.lines import meaningful_lines, parse_port
 
 def test_comments_blank_lines_and_tabs() -> None:
     lines = list(meaningful_lines("# head\n\n a\tb  # tail\n#\n   c"))
-    assert [(l.number, l.fields) for l in lines] == [(3, ("a", "b")), (5, ("c",))]
+    assert [(line.number, line.fields) for line in lines] == [(3, ("a", "b")), (5, ("c",))]
 
 
 def test_ports() -> None:
