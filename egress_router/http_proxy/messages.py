@@ -158,3 +158,11 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def error_text(error: Exception) -> str:
+    """The telling line of a parser error, without aiohttp's "400, message:" preamble."""
+    text = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("400, message:",))]
+    return lines[0].rstrip(":") if lines else type(error).__name__

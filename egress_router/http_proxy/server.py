@@ -20,7 +20,7 @@ from egress_router.deadline import Deadline
 from egress_router.http_proxy import messages as m
 from egress_router.http_proxy.access_log import AccessLog
 from egress_router.http_proxy.upstream import Upstream, UpstreamError, UpstreamPool
-from egress_router.relay import Tunnel, TunnelEnd
+from egress_router.relay import Tunnel, TunnelEnd, abort_with_reset
 
 log = logging.getLogger(__name__)
 IPAddress = IPv4Address | IPv6Address
@@ -117,13 +117,13 @@ class ClientConnection(TunnelEnd, BaseProtocol):
         try:
             messages, upgraded, tail = self._parser.feed_data(data)
         except LineTooLong as error:
-            self.refuse(431, f"a header line is longer than {self.settings.max_header_size // 2} bytes ({first_line(error)})")
+            self.refuse(431, f"a header line is longer than {self.settings.max_header_size // 2} bytes ({m.error_text(error)})")
             return
         except HttpProcessingError as error:
             if "Too many headers" in str(error):
                 self.refuse(431, "too many header fields")
             else:
-                self.refuse(400, first_line(error))
+                self.refuse(400, m.error_text(error))
             return
         if messages:
             if any(head_size(message) > self.settings.max_header_size for message, _ in messages):
@@ -346,23 +346,31 @@ class ClientConnection(TunnelEnd, BaseProtocol):
                 # The head leaves with whatever body is already here: one write(2) for a small response.
                 first = body.read_nowait()
                 sent_out += len(first)
-                ending = m.LAST_CHUNK if chunked_out and body.at_eof() else b""
+                ending = m.LAST_CHUNK if chunked_out and body.at_eof() and upstream.cut is None else b""
                 await self.write(response_head + ((m.chunk(first) if chunked_out else first) if first else b"") + ending)
                 if not ending:
                     async for data in body.iter_any():
                         sent_out += len(data)
                         await self.write(m.chunk(data) if chunked_out else data)
+                    if upstream.cut is not None:
+                        raise UpstreamError(502, upstream.cut)
                     if chunked_out:
                         await self.write(m.LAST_CHUNK)
                 complete = True
         except (ConnectionError, asyncio.CancelledError):
             upstream.abort()
             raise
-        except Exception as error:  # noqa: BLE001 - the server broke off mid-body: nothing to tell the client but a reset
+        except Exception as error:  # noqa: BLE001 - the server broke off mid-body: the client's copy ends there too
             upstream.abort()
-            self.proxy.access_log.write(self.peer, message.method, message.path, response.code, self.received(body_task), sent_out, time.monotonic() - started, f"{decision.reason}; server broke off: {error}")
+            if body_task is not None:
+                body_task.cancel()
+            why = error.reason if isinstance(error, UpstreamError) else f"server broke off: {error}"
+            self.proxy.access_log.write(self.peer, message.method, message.path, response.code, self.received(body_task), sent_out, time.monotonic() - started, f"{decision.reason}; {why}")
             if self.transport is not None:
-                self.transport.abort()
+                if chunked_out or "Content-Length" in response.headers:
+                    self.close()  # what came is sent; then the missing last chunk or bytes tell the client
+                else:
+                    abort_with_reset(self.transport)  # a body that ends with the connection: only a reset says "cut"
             return False
         if body_task is not None:
             if body_task.done():
@@ -436,10 +444,3 @@ class ClientConnection(TunnelEnd, BaseProtocol):
 def head_size(message: Any) -> int:
     """Bytes in a parsed request head, as the client sent them (give or take line-end whitespace)."""
     return len(message.method) + len(message.path) + 12 + sum(len(name) + len(value) + 4 for name, value in message.raw_headers) + 2
-
-
-def first_line(error: Exception) -> str:
-    text = getattr(error, "message", None) or str(error)
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith(("400, message:",))]
-    return lines[0].rstrip(":") if lines else type(error).__name__
