@@ -321,16 +321,12 @@ class ClientConnection(TunnelEnd, BaseProtocol):
         no_body = message.method == "HEAD" or response.code in (204, 304)
         extra: list[tuple[str, str]] = []
         chunked_out = False
-        if not no_body:
-            if response.chunked:
+        if not no_body and (response.chunked or "Content-Length" not in response.headers):
+            if message.version >= (1, 1):
                 extra.append(("Transfer-Encoding", "chunked"))
                 chunked_out = True
-            elif "Content-Length" not in response.headers:
-                if message.version >= (1, 1):
-                    extra.append(("Transfer-Encoding", "chunked"))
-                    chunked_out = True
-                else:
-                    client_keep = False
+            else:
+                client_keep = False  # HTTP/1.0 has no chunked coding (RFC 9112 7): the body goes as is, ended by the close
         body_done = body_task is None
         if body_task is not None and not body_task.done():
             client_keep = False  # the client's body was not read to its end: its framing is lost

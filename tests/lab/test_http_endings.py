@@ -6,6 +6,7 @@ request path picks.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -144,4 +145,14 @@ def test_a_body_ending_with_the_connection_that_the_server_cuts_is_reset(lab: La
         with pytest.raises(ConnectionResetError):  # a plain close would say "complete"
             while sock.recv(65536):
                 pass
+
+
+def test_http_1_0_client_gets_a_chunked_body_de_chunked_and_closed(lab: Lab) -> None:
+    for extra in ("", "Connection: keep-alive\r\n"):
+        response = ask(lab, scripted("chunked", "1.0", extra))
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert status_of(head) == 200
+        assert b"transfer-encoding" not in head.lower() and b"content-length" not in head.lower()
+        assert b"\r\nConnection: close\r\n" in head + b"\r\n"
+        assert body == b"hello world"
 
