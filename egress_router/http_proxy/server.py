@@ -283,7 +283,7 @@ class ClientConnection(TunnelEnd, BaseProtocol):
         return await self.exchange(message, payload, target, addresses, decision, started)
 
     async def reply_error(self, status: int, reason: str, message: Any, started: float, *, close: bool) -> None:
-        await self.write(m.error_response(status, reason, close=close))
+        await self.write(m.error_response(status, reason, close=close, announce_keep_alive=message.version < (1, 1)))
         self.proxy.access_log.write(self.peer, message.method, message.path, status, 0, 0, time.monotonic() - started, reason)
 
     async def exchange(self, message: Any, payload: Any, target: m.Target, addresses: list[IPAddress], decision: Decision, started: float) -> bool:
@@ -333,6 +333,8 @@ class ClientConnection(TunnelEnd, BaseProtocol):
         client_keep = client_keep and not self.closing  # SIGTERM may have come while the server worked
         if not client_keep:
             extra.append(("Connection", "close"))
+        elif message.version < (1, 1):
+            extra.append(("Connection", "keep-alive"))  # an HTTP/1.0 client closes unless told otherwise (RFC 9112 9.3)
         response_head = m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None), extra)
         complete = no_body
         try:

@@ -17,6 +17,7 @@ from egress_router.lab.topology import Process
 from tests.lab.http_helpers import (
     log_line,
     open_connection,
+    read_head,
     read_until_closed,
     start_proxy,
     start_scripted_server,
@@ -156,3 +157,25 @@ def test_http_1_0_client_gets_a_chunked_body_de_chunked_and_closed(lab: Lab) -> 
         assert b"\r\nConnection: close\r\n" in head + b"\r\n"
         assert body == b"hello world"
 
+
+def test_http_1_0_keep_alive_is_announced_when_kept(lab: Lab) -> None:
+    def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+        head = read_head(sock)
+        length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[1])
+        body = b""
+        while len(body) < length:
+            body += sock.recv(length - len(body))
+        return head, body
+
+    with open_connection(lab, ROLE, "127.0.0.1", 8080) as sock:
+        for path in ("/one", "/two"):
+            sock.sendall(f"GET http://127.0.0.1:8000{path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".encode())
+            head, body = read_response(sock)
+            assert status_of(head) == 200 and b"\r\nConnection: keep-alive\r\n" in head
+            assert json.loads(body)["path"] == path
+        sock.sendall(b"GET http://198.51.100.1/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")  # the proxy's own answers too
+        head, _ = read_response(sock)
+        assert status_of(head) == 403 and b"\r\nConnection: keep-alive\r\n" in head
+        sock.sendall(b"GET http://127.0.0.1:8000/last HTTP/1.0\r\n\r\n")  # without keep-alive: closed after the answer
+        response = read_until_closed(sock)
+    assert status_of(response) == 200 and b"\r\nConnection: close\r\n" in response and b'"/last"' in response
