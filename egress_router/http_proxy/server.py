@@ -80,6 +80,8 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             auto_decompress=False,
         )
         self.queue: collections.deque[tuple[Any, Any]] = collections.deque()
+        self.bytes_in = 0  # request body bytes passed to the server, this request
+        self.bytes_out = 0  # response body bytes written to the client, this request
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.deadline = Deadline(proxy.loop, self.on_deadline)
@@ -232,12 +234,15 @@ class ClientConnection(TunnelEnd, BaseProtocol):
                 if request is None:
                     return
                 self.busy = True
+                self.bytes_in = self.bytes_out = 0
                 started = time.monotonic()
                 try:
                     keep = await self.handle(*request)
                 except (ConnectionError, asyncio.CancelledError):
                     message = request[0]  # the client went away mid-request: 499, as nginx logs it
-                    self.proxy.access_log.write(self.peer, message.method, message.path, 499, 0, 0, time.monotonic() - started, "client went away")
+                    self.proxy.access_log.write(
+                        self.peer, message.method, message.path, 499, self.bytes_in, self.bytes_out, time.monotonic() - started, "client went away"
+                    )
                     raise
                 self.busy = False
                 if not keep or self.closing:
@@ -290,7 +295,6 @@ class ClientConnection(TunnelEnd, BaseProtocol):
         has_body = message.chunked or int(message.headers.get("Content-Length", "0") or 0) > 0
         framing = [("Transfer-Encoding", "chunked")] if message.chunked else []
         request_head = m.head(f"{message.method} {target.path} HTTP/1.1", m.forwarded_headers(message.raw_headers, target.host_header), framing)
-        sent_out = 0
         client_keep = not message.should_close and not self.closing
         for attempt in (1, 2):
             try:
@@ -310,8 +314,7 @@ class ClientConnection(TunnelEnd, BaseProtocol):
                         continue
                     break
             except UpstreamError as error:
-                if body_task is not None:
-                    body_task.cancel()
+                self.finish(body_task)
                 upstream.abort()
                 if attempt == 1 and upstream.exchanges and upstream.lost and not upstream.answered and not has_body and message.method in IDEMPOTENT:
                     continue  # a pooled connection the server closed meanwhile: once more on a new one
@@ -327,7 +330,6 @@ class ClientConnection(TunnelEnd, BaseProtocol):
                 chunked_out = True
             else:
                 client_keep = False  # HTTP/1.0 has no chunked coding (RFC 9112 7): the body goes as is, ended by the close
-        body_done = body_task is None
         if body_task is not None and not body_task.done():
             client_keep = False  # the client's body was not read to its end: its framing is lost
         client_keep = client_keep and not self.closing  # SIGTERM may have come while the server worked
@@ -343,12 +345,12 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             else:
                 # The head leaves with whatever body is already here: one write(2) for a small response.
                 first = body.read_nowait()
-                sent_out += len(first)
+                self.bytes_out += len(first)
                 ending = m.LAST_CHUNK if chunked_out and body.at_eof() and upstream.cut is None else b""
                 await self.write(response_head + ((m.chunk(first) if chunked_out else first) if first else b"") + ending)
                 if not ending:
                     async for data in body.iter_any():
-                        sent_out += len(data)
+                        self.bytes_out += len(data)
                         await self.write(m.chunk(data) if chunked_out else data)
                     if upstream.cut is not None:
                         raise UpstreamError(502, upstream.cut)
@@ -356,49 +358,49 @@ class ClientConnection(TunnelEnd, BaseProtocol):
                         await self.write(m.LAST_CHUNK)
                 complete = True
         except (ConnectionError, asyncio.CancelledError):
+            self.finish(body_task)
             upstream.abort()
             raise
         except Exception as error:  # noqa: BLE001 - the server broke off mid-body: the client's copy ends there too
+            self.finish(body_task)
             upstream.abort()
-            if body_task is not None:
-                body_task.cancel()
             why = error.reason if isinstance(error, UpstreamError) else f"server broke off: {error}"
-            self.proxy.access_log.write(self.peer, message.method, message.path, response.code, self.received(body_task), sent_out, time.monotonic() - started, f"{decision.reason}; {why}")
+            self.proxy.access_log.write(
+                self.peer, message.method, message.path, response.code, self.bytes_in, self.bytes_out, time.monotonic() - started, f"{decision.reason}; {why}"
+            )
             if self.transport is not None:
                 if chunked_out or "Content-Length" in response.headers:
                     self.close()  # what came is sent; then the missing last chunk or bytes tell the client
                 else:
                     abort_with_reset(self.transport)  # a body that ends with the connection: only a reset says "cut"
             return False
-        if body_task is not None:
-            if body_task.done():
-                body_done = body_task.exception() is None
-            else:
-                body_task.cancel()
+        body_done = self.finish(body_task)
         reusable = complete and body_done and not response.should_close and not upstream.lost
         if reusable:
             self.proxy.pool.release(upstream)
         else:
             upstream.close()
-        self.proxy.access_log.write(self.peer, message.method, message.path, response.code, self.received(body_task), sent_out, time.monotonic() - started, decision.reason)
+        self.proxy.access_log.write(self.peer, message.method, message.path, response.code, self.bytes_in, self.bytes_out, time.monotonic() - started, decision.reason)
         return client_keep
 
     @staticmethod
-    def received(task: asyncio.Task[int] | None) -> int:
-        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
-            return 0
-        return task.result()
+    def finish(task: asyncio.Task[None] | None) -> bool:
+        """Stop an upload still running; whether the whole request body went out (a failure is collected, not left to be logged)."""
+        if task is None:
+            return True
+        if not task.done():
+            task.cancel()
+            return False
+        return not task.cancelled() and task.exception() is None
 
-    async def send_body(self, payload: Any, upstream: Upstream, chunked: bool) -> int:
-        total = 0
+    async def send_body(self, payload: Any, upstream: Upstream, chunked: bool) -> None:
         async for data in payload.iter_any():
-            total += len(data)
+            self.bytes_in += len(data)
             upstream.write(m.chunk(data) if chunked else data)
             if upstream.writing_paused:
                 await upstream._drain_helper()
         if chunked:
             upstream.write(m.LAST_CHUNK)
-        return total
 
     # CONNECT -----------------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ request path picks.
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import time
 from collections.abc import Iterator
 
@@ -63,8 +65,8 @@ elif path == "until-close-reset":  # a body delimited by the close, cut by a res
 elif path == "bad-chunk":
     await send(b"HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n")
     await send(b"zz\\r\\nmore\\r\\n0\\r\\n\\r\\n", pause=2)
-elif path == "chunked":
-    await send(b"HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n6\\r\\n world\\r\\n0\\r\\n\\r\\n", pause=2)
+elif path == "chunked":  # complete, and the close comes later: the proxy must not wait for it (nor pool this)
+    await send(b"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n6\\r\\n world\\r\\n0\\r\\n\\r\\n", pause=2)
 elif path == "long-header":
     await send(b"HTTP/1.1 200 OK\\r\\nX-Big: " + b"a" * 70000 + b"\\r\\nContent-Length: 2\\r\\n\\r\\nok")
 elif path == "many-headers":  # each line well under the limit, the head over it
@@ -179,3 +181,18 @@ def test_http_1_0_keep_alive_is_announced_when_kept(lab: Lab) -> None:
         sock.sendall(b"GET http://127.0.0.1:8000/last HTTP/1.0\r\n\r\n")  # without keep-alive: closed after the answer
         response = read_until_closed(sock)
     assert status_of(response) == 200 and b"\r\nConnection: close\r\n" in response and b'"/last"' in response
+
+
+def test_an_aborted_download_logs_the_bytes_sent(lab: Lab, proxy: Process) -> None:
+    received = 0
+    with open_connection(lab, ROLE, "127.0.0.1", 8080) as sock:
+        sock.sendall(b"GET http://127.0.0.1:8000/bytes/12000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        while received < 2_000_000 and (data := sock.recv(65536)):
+            received += len(data)
+        assert received >= 2_000_000
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    line = log_line(proxy, "target=http://127.0.0.1:8000/bytes/12000000 ")
+    assert "status=499" in line, line
+    out = int(line.split(" out=", 1)[1].split(" ", 1)[0])
+    assert received - 1000 <= out < 12_000_000, line  # the head is not counted, the body bytes are
+
