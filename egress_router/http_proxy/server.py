@@ -29,6 +29,10 @@ ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
+class ClientWentAway(ConnectionResetError):
+    """The client's connection ended in the middle of a request body: that request can never be complete."""
+
+
 class Proxy:
     """State shared by a worker's connections: settings, pool, resolver, live connections."""
 
@@ -80,6 +84,7 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             auto_decompress=False,
         )
         self.queue: collections.deque[tuple[Any, Any]] = collections.deque()
+        self.body: Any = None  # the body stream of the request last parsed
         self.bytes_in = 0  # request body bytes passed to the server, this request
         self.bytes_out = 0  # response body bytes written to the client, this request
         self.waiter: asyncio.Future[None] | None = None
@@ -133,6 +138,7 @@ class ClientConnection(TunnelEnd, BaseProtocol):
                 return
             self.head_bytes = 0
             self.deadline.clear()
+            self.body = messages[-1][1]
             self.queue.extend(messages)
             if self.waiter is not None and not self.waiter.done():
                 self.waiter.set_result(None)
@@ -150,8 +156,8 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             return True
         try:
             self._parser.feed_eof()
-        except Exception:  # noqa: BLE001 - a truncated body; the request task sees it
-            pass
+        except Exception:  # noqa: BLE001 - the client stopped mid-body
+            self.cut_body()
         if not self.busy and not self.queue:
             self.close()
         return True  # half-closed clients still get their response
@@ -167,8 +173,13 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             self.task.cancel()
         try:
             self._parser.feed_eof()
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception:  # noqa: BLE001 - the client stopped mid-body
+            self.cut_body()
+
+    def cut_body(self) -> None:
+        """The client ended its side mid-body: the upload of that request fails, which ends its exchange (499)."""
+        if self.body is not None and not self.body.is_eof() and self.body.exception() is None:
+            self.body.set_exception(ClientWentAway("client went away mid-body"))
 
     @property
     def peer(self) -> str:
@@ -320,6 +331,10 @@ class ClientConnection(TunnelEnd, BaseProtocol):
                     continue  # a pooled connection the server closed meanwhile: once more on a new one
                 await self.reply_error(error.status, error.reason, message, started, close=True)
                 return False
+            except (ConnectionError, asyncio.CancelledError):  # the client went away: the server connection goes too
+                self.finish(body_task)
+                upstream.abort()
+                raise
             break
         no_body = message.method == "HEAD" or response.code in (204, 304)
         extra: list[tuple[str, str]] = []
@@ -394,11 +409,16 @@ class ClientConnection(TunnelEnd, BaseProtocol):
         return not task.cancelled() and task.exception() is None
 
     async def send_body(self, payload: Any, upstream: Upstream, chunked: bool) -> None:
-        async for data in payload.iter_any():
-            self.bytes_in += len(data)
-            upstream.write(m.chunk(data) if chunked else data)
-            if upstream.writing_paused:
-                await upstream._drain_helper()
+        try:
+            async for data in payload.iter_any():
+                self.bytes_in += len(data)
+                upstream.write(m.chunk(data) if chunked else data)
+                if upstream.writing_paused:
+                    await upstream._drain_helper()
+        except ClientWentAway:
+            if self.task is not None:
+                self.task.cancel()  # the request can never be complete: end the exchange now, not when the server gives up
+            return
         if chunked:
             upstream.write(m.LAST_CHUNK)
 

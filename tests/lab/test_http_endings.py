@@ -183,6 +183,28 @@ def test_http_1_0_keep_alive_is_announced_when_kept(lab: Lab) -> None:
     assert status_of(response) == 200 and b"\r\nConnection: close\r\n" in response and b'"/last"' in response
 
 
+@pytest.mark.parametrize("how", ["half-close", "reset"])
+def test_a_client_that_goes_away_mid_upload_is_logged_as_499_at_once(lab: Lab, proxy: Process, how: str) -> None:
+    origin: Process = lab.origin  # type: ignore[attr-defined]
+    ended = origin.stdout().count("upload connection ended")
+    started = time.monotonic()
+    with open_connection(lab, ROLE, "127.0.0.1", 8080) as sock:
+        sock.sendall(f"POST http://127.0.0.1:8004/upload?{how} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode() + b"x" * 1000)
+        time.sleep(0.3)
+        if how == "half-close":
+            sock.shutdown(socket.SHUT_WR)
+            assert read_until_closed(sock) == b""
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    line = log_line(proxy, f"target=http://127.0.0.1:8004/upload?{how} ")
+    assert "status=499" in line and 'rule="client went away"' in line and "in=1000 " in line, line
+    deadline = time.monotonic() + 3
+    while origin.stdout().count("upload connection ended") == ended:  # the server connection is not kept
+        assert time.monotonic() < deadline, origin.stdout()
+        time.sleep(0.05)
+    assert time.monotonic() - started < 3
+
+
 def test_an_aborted_download_logs_the_bytes_sent(lab: Lab, proxy: Process) -> None:
     received = 0
     with open_connection(lab, ROLE, "127.0.0.1", 8080) as sock:
