@@ -9,6 +9,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.http_parser import HttpResponseParser
 
 from egress_router.deadline import Deadline
@@ -42,6 +43,7 @@ class Upstream(TunnelEnd, BaseProtocol):
         self.responses: collections.deque[Any] = collections.deque()  # (message, body) pairs, or an UpstreamError
         self.body: Any = None  # the body stream of the response being read in this exchange
         self.cut: str | None = None  # why that body ended before its framing said so (closed, reset, broken)
+        self.head_bytes = 0  # bytes received while a response head is incomplete; -1 once the final head is in
         self.in_use = True
         self.exchanges = 0  # completed on this connection; more than 0 means it came from the pool
         self.answered = False  # the server sent bytes in the current exchange
@@ -73,6 +75,7 @@ class Upstream(TunnelEnd, BaseProtocol):
         self.responses.clear()
         self.body = None
         self.cut = None
+        self.head_bytes = 0
         self.answered = False
 
     async def next_response(self, timeout: float) -> Any:
@@ -123,15 +126,21 @@ class Upstream(TunnelEnd, BaseProtocol):
         if parser is None:  # broken or gone; a reader draining the last body may still resume reading
             return
         self.answered = True
+        if self.head_bytes >= 0:
+            self.head_bytes += len(data)
         try:
             messages, _upgraded, _tail = parser.feed_data(data)
         except Exception as error:  # noqa: BLE001 - any parse failure means a broken server
-            self._parser = None
-            what = "response body" if self.body is not None and not self.body.is_eof() else "response"
-            self.broke(f"bad {what} from the server: {error_text(error)}")
-            self.close()
+            self.fail(self.parse_failure(error))
+            return
+        if self.head_bytes > self.max_field_size and (
+            not messages or sum(response_head_size(message) for message, _ in messages) > self.max_field_size
+        ):  # the parser limits each line; the whole head gets the request head's limit too
+            self.fail(f"response head from the server larger than {self.max_field_size} bytes")
             return
         if messages:
+            code = messages[-1][0].code
+            self.head_bytes = 0 if 100 <= code < 200 and code != 101 else -1  # after a 1xx, a final head is still to come
             self.body = messages[-1][1]
             self.responses.extend(messages)
             self._wake()
@@ -161,6 +170,20 @@ class Upstream(TunnelEnd, BaseProtocol):
         self.pool.forget(self)
         self._wake()
 
+    def fail(self, reason: str) -> None:
+        """The server's bytes cannot be parsed any further: end the exchange with `reason` and drop the connection."""
+        self._parser = None
+        self.broke(reason)
+        self.close()
+
+    def parse_failure(self, error: Exception) -> str:
+        """The parser's error as one line that says which part of the response was bad."""
+        if self.body is not None and not self.body.is_eof():
+            return f"bad response body from the server: {error_text(error)}"
+        if isinstance(error, LineTooLong):
+            return f"response head from the server larger than {self.max_field_size} bytes"
+        return f"bad response from the server: {error_text(error)}"
+
     def broke(self, reason: str) -> None:
         """The server broke off: the body being read ends where it is, marked `cut` for the reader to see
         (a stream with an error would drop what it still holds); with no body under way the wait fails instead."""
@@ -179,6 +202,11 @@ class Upstream(TunnelEnd, BaseProtocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def response_head_size(message: Any) -> int:
+    """Bytes in a parsed response head, as the server sent them (give or take line-end whitespace)."""
+    return 15 + len(message.reason) + sum(len(name) + len(value) + 4 for name, value in message.raw_headers) + 2
 
 
 class UpstreamPool:

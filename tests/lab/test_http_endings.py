@@ -218,3 +218,10 @@ def test_an_aborted_download_logs_the_bytes_sent(lab: Lab, proxy: Process) -> No
     out = int(line.split(" out=", 1)[1].split(" ", 1)[0])
     assert received - 1000 <= out < 12_000_000, line  # the head is not counted, the body bytes are
 
+
+@pytest.mark.parametrize("path", ["long-header", "many-headers"])
+def test_a_response_head_too_large_gets_a_clear_502(lab: Lab, proxy: Process, path: str) -> None:
+    response = ask(lab, scripted(path, headers="Connection: close\r\n"))
+    assert status_of(response) == 502 and b"response head from the server larger than 65536 bytes" in response, response[:300]
+    line = log_line(proxy, f"target=http://127.0.0.1:8004/{path} ")
+    assert "status=502" in line and 'rule="response head from the server larger than 65536 bytes"' in line, line
