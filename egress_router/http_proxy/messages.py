@@ -140,8 +140,8 @@ def head(first_line: str, headers: Iterable[tuple[bytes, bytes]], extra: Iterabl
     return b"".join(parts)
 
 
-def error_response(status: int, reason: str, *, close: bool = True) -> bytes:
-    """A short text reply that says why, in one line."""
+def error_response(status: int, reason: str, *, close: bool = True, announce_keep_alive: bool = False) -> bytes:
+    """A short text reply that says why, in one line; an HTTP/1.0 client kept open is told so (`announce_keep_alive`)."""
     body = f"egress-router: {REASONS.get(status, 'Error').lower()}: {reason}\n".encode("utf-8", "replace")
     lines = [
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
@@ -150,6 +150,8 @@ def error_response(status: int, reason: str, *, close: bool = True) -> bytes:
     ]
     if close:
         lines.append("Connection: close")
+    elif announce_keep_alive:
+        lines.append("Connection: keep-alive")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
@@ -158,3 +160,11 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def error_text(error: Exception) -> str:
+    """The telling line of a parser error, without aiohttp's "400, message:" preamble."""
+    text = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(("400, message:",))]
+    return lines[0].rstrip(":") if lines else type(error).__name__

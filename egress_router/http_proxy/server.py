@@ -20,13 +20,17 @@ from egress_router.deadline import Deadline
 from egress_router.http_proxy import messages as m
 from egress_router.http_proxy.access_log import AccessLog
 from egress_router.http_proxy.upstream import Upstream, UpstreamError, UpstreamPool
-from egress_router.relay import Tunnel, TunnelEnd
+from egress_router.relay import Tunnel, TunnelEnd, abort_with_reset
 
 log = logging.getLogger(__name__)
 IPAddress = IPv4Address | IPv6Address
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 #: Requests that may be sent again when a pooled connection turns out closed (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class ClientWentAway(ConnectionResetError):
+    """The client's connection ended in the middle of a request body: that request can never be complete."""
 
 
 class Proxy:
@@ -80,6 +84,9 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             auto_decompress=False,
         )
         self.queue: collections.deque[tuple[Any, Any]] = collections.deque()
+        self.body: Any = None  # the body stream of the request last parsed
+        self.bytes_in = 0  # request body bytes passed to the server, this request
+        self.bytes_out = 0  # response body bytes written to the client, this request
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.deadline = Deadline(proxy.loop, self.on_deadline)
@@ -117,13 +124,13 @@ class ClientConnection(TunnelEnd, BaseProtocol):
         try:
             messages, upgraded, tail = self._parser.feed_data(data)
         except LineTooLong as error:
-            self.refuse(431, f"a header line is longer than {self.settings.max_header_size // 2} bytes ({first_line(error)})")
+            self.refuse(431, f"a header line is longer than {self.settings.max_header_size // 2} bytes ({m.error_text(error)})")
             return
         except HttpProcessingError as error:
             if "Too many headers" in str(error):
                 self.refuse(431, "too many header fields")
             else:
-                self.refuse(400, first_line(error))
+                self.refuse(400, m.error_text(error))
             return
         if messages:
             if any(head_size(message) > self.settings.max_header_size for message, _ in messages):
@@ -131,6 +138,7 @@ class ClientConnection(TunnelEnd, BaseProtocol):
                 return
             self.head_bytes = 0
             self.deadline.clear()
+            self.body = messages[-1][1]
             self.queue.extend(messages)
             if self.waiter is not None and not self.waiter.done():
                 self.waiter.set_result(None)
@@ -148,8 +156,8 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             return True
         try:
             self._parser.feed_eof()
-        except Exception:  # noqa: BLE001 - a truncated body; the request task sees it
-            pass
+        except Exception:  # noqa: BLE001 - the client stopped mid-body
+            self.cut_body()
         if not self.busy and not self.queue:
             self.close()
         return True  # half-closed clients still get their response
@@ -165,8 +173,13 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             self.task.cancel()
         try:
             self._parser.feed_eof()
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception:  # noqa: BLE001 - the client stopped mid-body
+            self.cut_body()
+
+    def cut_body(self) -> None:
+        """The client ended its side mid-body: the upload of that request fails, which ends its exchange (499)."""
+        if self.body is not None and not self.body.is_eof() and self.body.exception() is None:
+            self.body.set_exception(ClientWentAway("client went away mid-body"))
 
     @property
     def peer(self) -> str:
@@ -232,12 +245,15 @@ class ClientConnection(TunnelEnd, BaseProtocol):
                 if request is None:
                     return
                 self.busy = True
+                self.bytes_in = self.bytes_out = 0
                 started = time.monotonic()
                 try:
                     keep = await self.handle(*request)
                 except (ConnectionError, asyncio.CancelledError):
                     message = request[0]  # the client went away mid-request: 499, as nginx logs it
-                    self.proxy.access_log.write(self.peer, message.method, message.path, 499, 0, 0, time.monotonic() - started, "client went away")
+                    self.proxy.access_log.write(
+                        self.peer, message.method, message.path, 499, self.bytes_in, self.bytes_out, time.monotonic() - started, "client went away"
+                    )
                     raise
                 self.busy = False
                 if not keep or self.closing:
@@ -283,14 +299,13 @@ class ClientConnection(TunnelEnd, BaseProtocol):
         return await self.exchange(message, payload, target, addresses, decision, started)
 
     async def reply_error(self, status: int, reason: str, message: Any, started: float, *, close: bool) -> None:
-        await self.write(m.error_response(status, reason, close=close))
+        await self.write(m.error_response(status, reason, close=close, announce_keep_alive=message.version < (1, 1)))
         self.proxy.access_log.write(self.peer, message.method, message.path, status, 0, 0, time.monotonic() - started, reason)
 
     async def exchange(self, message: Any, payload: Any, target: m.Target, addresses: list[IPAddress], decision: Decision, started: float) -> bool:
         has_body = message.chunked or int(message.headers.get("Content-Length", "0") or 0) > 0
         framing = [("Transfer-Encoding", "chunked")] if message.chunked else []
         request_head = m.head(f"{message.method} {target.path} HTTP/1.1", m.forwarded_headers(message.raw_headers, target.host_header), framing)
-        sent_out = 0
         client_keep = not message.should_close and not self.closing
         for attempt in (1, 2):
             try:
@@ -310,33 +325,33 @@ class ClientConnection(TunnelEnd, BaseProtocol):
                         continue
                     break
             except UpstreamError as error:
-                if body_task is not None:
-                    body_task.cancel()
+                self.finish(body_task)
                 upstream.abort()
                 if attempt == 1 and upstream.exchanges and upstream.lost and not upstream.answered and not has_body and message.method in IDEMPOTENT:
                     continue  # a pooled connection the server closed meanwhile: once more on a new one
                 await self.reply_error(error.status, error.reason, message, started, close=True)
                 return False
+            except (ConnectionError, asyncio.CancelledError):  # the client went away: the server connection goes too
+                self.finish(body_task)
+                upstream.abort()
+                raise
             break
         no_body = message.method == "HEAD" or response.code in (204, 304)
         extra: list[tuple[str, str]] = []
         chunked_out = False
-        if not no_body:
-            if response.chunked:
+        if not no_body and (response.chunked or "Content-Length" not in response.headers):
+            if message.version >= (1, 1):
                 extra.append(("Transfer-Encoding", "chunked"))
                 chunked_out = True
-            elif "Content-Length" not in response.headers:
-                if message.version >= (1, 1):
-                    extra.append(("Transfer-Encoding", "chunked"))
-                    chunked_out = True
-                else:
-                    client_keep = False
-        body_done = body_task is None
+            else:
+                client_keep = False  # HTTP/1.0 has no chunked coding (RFC 9112 7): the body goes as is, ended by the close
         if body_task is not None and not body_task.done():
             client_keep = False  # the client's body was not read to its end: its framing is lost
         client_keep = client_keep and not self.closing  # SIGTERM may have come while the server worked
         if not client_keep:
             extra.append(("Connection", "close"))
+        elif message.version < (1, 1):
+            extra.append(("Connection", "keep-alive"))  # an HTTP/1.0 client closes unless told otherwise (RFC 9112 9.3)
         response_head = m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None), extra)
         complete = no_body
         try:
@@ -345,54 +360,67 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             else:
                 # The head leaves with whatever body is already here: one write(2) for a small response.
                 first = body.read_nowait()
-                sent_out += len(first)
-                ending = m.LAST_CHUNK if chunked_out and body.at_eof() else b""
+                self.bytes_out += len(first)
+                ending = m.LAST_CHUNK if chunked_out and body.at_eof() and upstream.cut is None else b""
                 await self.write(response_head + ((m.chunk(first) if chunked_out else first) if first else b"") + ending)
                 if not ending:
                     async for data in body.iter_any():
-                        sent_out += len(data)
+                        self.bytes_out += len(data)
                         await self.write(m.chunk(data) if chunked_out else data)
+                    if upstream.cut is not None:
+                        raise UpstreamError(502, upstream.cut)
                     if chunked_out:
                         await self.write(m.LAST_CHUNK)
                 complete = True
         except (ConnectionError, asyncio.CancelledError):
+            self.finish(body_task)
             upstream.abort()
             raise
-        except Exception as error:  # noqa: BLE001 - the server broke off mid-body: nothing to tell the client but a reset
+        except Exception as error:  # noqa: BLE001 - the server broke off mid-body: the client's copy ends there too
+            self.finish(body_task)
             upstream.abort()
-            self.proxy.access_log.write(self.peer, message.method, message.path, response.code, self.received(body_task), sent_out, time.monotonic() - started, f"{decision.reason}; server broke off: {error}")
+            why = error.reason if isinstance(error, UpstreamError) else f"server broke off: {error}"
+            self.proxy.access_log.write(
+                self.peer, message.method, message.path, response.code, self.bytes_in, self.bytes_out, time.monotonic() - started, f"{decision.reason}; {why}"
+            )
             if self.transport is not None:
-                self.transport.abort()
+                if chunked_out or "Content-Length" in response.headers:
+                    self.close()  # what came is sent; then the missing last chunk or bytes tell the client
+                else:
+                    abort_with_reset(self.transport)  # a body that ends with the connection: only a reset says "cut"
             return False
-        if body_task is not None:
-            if body_task.done():
-                body_done = body_task.exception() is None
-            else:
-                body_task.cancel()
+        body_done = self.finish(body_task)
         reusable = complete and body_done and not response.should_close and not upstream.lost
         if reusable:
             self.proxy.pool.release(upstream)
         else:
             upstream.close()
-        self.proxy.access_log.write(self.peer, message.method, message.path, response.code, self.received(body_task), sent_out, time.monotonic() - started, decision.reason)
+        self.proxy.access_log.write(self.peer, message.method, message.path, response.code, self.bytes_in, self.bytes_out, time.monotonic() - started, decision.reason)
         return client_keep
 
     @staticmethod
-    def received(task: asyncio.Task[int] | None) -> int:
-        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
-            return 0
-        return task.result()
+    def finish(task: asyncio.Task[None] | None) -> bool:
+        """Stop an upload still running; whether the whole request body went out (a failure is collected, not left to be logged)."""
+        if task is None:
+            return True
+        if not task.done():
+            task.cancel()
+            return False
+        return not task.cancelled() and task.exception() is None
 
-    async def send_body(self, payload: Any, upstream: Upstream, chunked: bool) -> int:
-        total = 0
-        async for data in payload.iter_any():
-            total += len(data)
-            upstream.write(m.chunk(data) if chunked else data)
-            if upstream.writing_paused:
-                await upstream._drain_helper()
+    async def send_body(self, payload: Any, upstream: Upstream, chunked: bool) -> None:
+        try:
+            async for data in payload.iter_any():
+                self.bytes_in += len(data)
+                upstream.write(m.chunk(data) if chunked else data)
+                if upstream.writing_paused:
+                    await upstream._drain_helper()
+        except ClientWentAway:
+            if self.task is not None:
+                self.task.cancel()  # the request can never be complete: end the exchange now, not when the server gives up
+            return
         if chunked:
             upstream.write(m.LAST_CHUNK)
-        return total
 
     # CONNECT -----------------------------------------------------------------------------------
 
@@ -436,10 +464,3 @@ class ClientConnection(TunnelEnd, BaseProtocol):
 def head_size(message: Any) -> int:
     """Bytes in a parsed request head, as the client sent them (give or take line-end whitespace)."""
     return len(message.method) + len(message.path) + 12 + sum(len(name) + len(value) + 4 for name, value in message.raw_headers) + 2
-
-
-def first_line(error: Exception) -> str:
-    text = getattr(error, "message", None) or str(error)
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith(("400, message:",))]
-    return lines[0].rstrip(":") if lines else type(error).__name__

@@ -9,9 +9,11 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.http_parser import HttpResponseParser
 
 from egress_router.deadline import Deadline
+from egress_router.http_proxy.messages import error_text
 from egress_router.relay import Tunnel, TunnelEnd
 
 IPAddress = IPv4Address | IPv6Address
@@ -38,7 +40,10 @@ class Upstream(TunnelEnd, BaseProtocol):
         self.pool = pool
         self.key = key
         self.max_field_size = max_field_size
-        self.responses: collections.deque[Any] = collections.deque()
+        self.responses: collections.deque[Any] = collections.deque()  # (message, body) pairs, or an UpstreamError
+        self.body: Any = None  # the body stream of the response being read in this exchange
+        self.cut: str | None = None  # why that body ended before its framing said so (closed, reset, broken)
+        self.head_bytes = 0  # bytes received while a response head is incomplete; -1 once the final head is in
         self.in_use = True
         self.exchanges = 0  # completed on this connection; more than 0 means it came from the pool
         self.answered = False  # the server sent bytes in the current exchange
@@ -68,6 +73,9 @@ class Upstream(TunnelEnd, BaseProtocol):
             )
             self.method_kind = with_body
         self.responses.clear()
+        self.body = None
+        self.cut = None
+        self.head_bytes = 0
         self.answered = False
 
     async def next_response(self, timeout: float) -> Any:
@@ -85,8 +93,8 @@ class Upstream(TunnelEnd, BaseProtocol):
                 self.deadline.clear()
                 self.waiter = None
         item = self.responses.popleft()
-        if isinstance(item, Exception):
-            raise UpstreamError(502, f"bad response from the server: {str(item).splitlines()[0] if str(item) else type(item).__name__}")
+        if isinstance(item, UpstreamError):
+            raise item
         return item
 
     def _expire(self) -> None:
@@ -114,15 +122,26 @@ class Upstream(TunnelEnd, BaseProtocol):
             if data:  # an idle connection has nothing to say: drop it
                 self.close()
             return
+        parser = self._parser
+        if parser is None:  # broken or gone; a reader draining the last body may still resume reading
+            return
         self.answered = True
+        if self.head_bytes >= 0:
+            self.head_bytes += len(data)
         try:
-            messages, _upgraded, _tail = self._parser.feed_data(data)
+            messages, _upgraded, _tail = parser.feed_data(data)
         except Exception as error:  # noqa: BLE001 - any parse failure means a broken server
-            self.responses.append(error)
-            self._wake()
-            self.close()
+            self.fail(self.parse_failure(error))
+            return
+        if self.head_bytes > self.max_field_size and (
+            not messages or sum(response_head_size(message) for message, _ in messages) > self.max_field_size
+        ):  # the parser limits each line; the whole head gets the request head's limit too
+            self.fail(f"response head from the server larger than {self.max_field_size} bytes")
             return
         if messages:
+            code = messages[-1][0].code
+            self.head_bytes = 0 if 100 <= code < 200 and code != 101 else -1  # after a 1xx, a final head is still to come
+            self.body = messages[-1][1]
             self.responses.extend(messages)
             self._wake()
 
@@ -139,14 +158,42 @@ class Upstream(TunnelEnd, BaseProtocol):
             self.tunnel.lost(1, exc)
         parser = self._parser
         if parser is not None:
-            try:
-                parser.feed_eof()  # ends a read-until-close body, or fails a truncated one
-            except Exception as error:  # noqa: BLE001
-                self.responses.append(error)
             self._parser = None
+            if exc is not None and self.body is not None and not self.body.is_eof():
+                self.broke("server reset mid-body")  # even a body that ends with the connection is not complete then
+            else:
+                try:
+                    parser.feed_eof()  # ends a read-until-close body, or fails a truncated one
+                except Exception:  # noqa: BLE001
+                    self.broke("server closed mid-body")
         super().connection_lost(exc)
         self.pool.forget(self)
         self._wake()
+
+    def fail(self, reason: str) -> None:
+        """The server's bytes cannot be parsed any further: end the exchange with `reason` and drop the connection."""
+        self._parser = None
+        self.broke(reason)
+        self.close()
+
+    def parse_failure(self, error: Exception) -> str:
+        """The parser's error as one line that says which part of the response was bad."""
+        if self.body is not None and not self.body.is_eof():
+            return f"bad response body from the server: {error_text(error)}"
+        if isinstance(error, LineTooLong):
+            return f"response head from the server larger than {self.max_field_size} bytes"
+        return f"bad response from the server: {error_text(error)}"
+
+    def broke(self, reason: str) -> None:
+        """The server broke off: the body being read ends where it is, marked `cut` for the reader to see
+        (a stream with an error would drop what it still holds); with no body under way the wait fails instead."""
+        body = self.body
+        if body is not None and not body.is_eof():
+            self.cut = reason
+            body.feed_eof()
+        else:
+            self.responses.append(UpstreamError(502, reason))
+            self._wake()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -155,6 +202,11 @@ class Upstream(TunnelEnd, BaseProtocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def response_head_size(message: Any) -> int:
+    """Bytes in a parsed response head, as the server sent them (give or take line-end whitespace)."""
+    return 15 + len(message.reason) + sum(len(name) + len(value) + 4 for name, value in message.raw_headers) + 2
 
 
 class UpstreamPool:

@@ -59,6 +59,22 @@ def read_all(sock: socket.socket, timeout: float = 5) -> bytes:
     return b"".join(chunks)
 
 
+def read_until_closed(sock: socket.socket, timeout: float = 5) -> bytes:
+    """Everything until the peer closes; raises TimeoutError if it is still open after `timeout` (a hang is not an end)."""
+    deadline = time.monotonic() + timeout
+    chunks = []
+    while True:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
 def read_head(sock: socket.socket) -> bytes:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -71,3 +87,25 @@ def read_head(sock: socket.socket) -> bytes:
 
 def status_of(response: bytes) -> int:
     return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
+
+
+def log_line(proxy: Process, needle: str, timeout: float = 5) -> str:
+    """The first access-log line containing `needle`, waiting for the proxy's periodic flush."""
+    deadline = time.monotonic() + timeout
+    while True:
+        line = next((line for line in proxy.stdout().splitlines() if needle in line), None)
+        if line is not None:
+            return line
+        assert time.monotonic() < deadline, f"no log line with {needle!r} in:\n{proxy.stdout()}"
+        time.sleep(0.05)
+
+
+def start_scripted_server(lab: Lab, role: str, port: int, handle: str) -> Process:
+    """A raw asyncio origin on 127.0.0.1:`port` whose connection handler body is `handle` (reader, writer in scope)."""
+    body = "\n".join("    " + line for line in handle.strip("\n").splitlines())
+    script = (
+        f"import asyncio\n\nasync def handle(reader, writer):\n{body}\n\n"
+        f"async def main():\n    await asyncio.start_server(handle, '127.0.0.1', {port})\n"
+        "    print('ready', flush=True)\n    await asyncio.Event().wait()\n\nasyncio.run(main())\n"
+    )
+    return lab.start_in(role, ["python3", "-c", script], ready_line="ready")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from egress_router.lab import Lab
-from tests.lab.http_helpers import open_connection, read_all, read_head, start_proxy, status_of
+from tests.lab.http_helpers import open_connection, read_all, read_head, start_proxy, start_scripted_server, status_of
 
 ROLE = "lo"
 
@@ -108,17 +108,6 @@ def test_server_connections_are_reused(lab: Lab) -> None:
     assert len(ports) == 1
 
 
-def start_scripted_server(lab: Lab, port: int, handle: str) -> None:
-    """A raw asyncio origin on 127.0.0.1:`port` whose connection handler body is `handle` (reader, writer in scope)."""
-    body = "\n".join("    " + line for line in handle.strip("\n").splitlines())
-    script = (
-        f"import asyncio\n\nasync def handle(reader, writer):\n{body}\n\n"
-        f"async def main():\n    await asyncio.start_server(handle, '127.0.0.1', {port})\n"
-        "    print('ready', flush=True)\n    await asyncio.Event().wait()\n\nasyncio.run(main())\n"
-    )
-    lab.start_in(ROLE, ["python3", "-c", script], ready_line="ready")
-
-
 FORGETFUL = """
 served = 0
 while True:
@@ -136,7 +125,7 @@ writer.close()
 
 
 def test_a_pooled_connection_closed_by_the_server_is_retried_once(lab: Lab) -> None:
-    start_scripted_server(lab, 8002, FORGETFUL)
+    start_scripted_server(lab, ROLE, 8002, FORGETFUL)
     start_proxy(lab, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS="1")
 
     def ask(method: str = "GET", body: bytes = b"") -> int:
@@ -158,7 +147,7 @@ writer.close()
 
 
 def test_an_ambiguous_response_is_not_passed_on(lab: Lab) -> None:
-    start_scripted_server(lab, 8003, AMBIGUOUS)
+    start_scripted_server(lab, ROLE, 8003, AMBIGUOUS)
     start_proxy(lab, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS="1")
     with open_connection(lab, ROLE, "127.0.0.1", 8080) as sock:
         sock.sendall(b"GET http://127.0.0.1:8003/ HTTP/1.1\r\nHost: x\r\n\r\n")
