@@ -15,7 +15,7 @@ from typing import TextIO
 FLUSH_EVERY = 0.25
 
 
-NEEDS_QUOTES = re.compile(r'[^!#-<>-\[\]-~]')  # anything but printable ASCII without space, quote, = and backslash
+NEEDS_QUOTES = re.compile(r"[^!#-<>-\[\]-~]")  # anything but printable ASCII without space, quote, = and backslash
 
 
 def quote(text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+from functools import partial
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -243,14 +244,18 @@ class UpstreamPool:
             key = (str(address), port)
             try:
                 async with asyncio.timeout(self.connect_timeout):  # no extra task, unlike wait_for
-                    _transport, upstream = await self.loop.create_connection(lambda k=key: Upstream(self.loop, self, k, self.max_field_size), key[0], port)
+                    _transport, upstream = await self.loop.create_connection(
+                        partial(Upstream, self.loop, self, key, self.max_field_size), key[0], port
+                    )
                 return upstream
             except TimeoutError:
                 failures.append((504, f"{address} port {port}: no answer within {self.connect_timeout:g} s"))
             except OSError as error:
-                reason = {errno.ECONNREFUSED: "connection refused", errno.ENETUNREACH: "network unreachable", errno.EHOSTUNREACH: "host unreachable"}.get(
-                    error.errno or 0, error.strerror or str(error)
-                )
+                reason = {
+                    errno.ECONNREFUSED: "connection refused",
+                    errno.ENETUNREACH: "network unreachable",
+                    errno.EHOSTUNREACH: "host unreachable",
+                }.get(error.errno or 0, error.strerror or str(error))
                 failures.append((502, f"{address} port {port}: {reason}"))
         status = 504 if all(code == 504 for code, _ in failures) else 502
         raise UpstreamError(status, "; ".join(reason for _, reason in failures) or "no address to connect to")

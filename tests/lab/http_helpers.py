@@ -8,8 +8,8 @@ import sys
 import time
 
 from egress_router.lab import Lab
-from egress_router.lab.topology import Process
 from egress_router.lab.netns import socket_in
+from egress_router.lab.topology import Process
 
 
 def start_proxy(lab: Lab, role: str, *, user: int | None = None, **env: str) -> Process:

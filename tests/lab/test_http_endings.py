@@ -90,7 +90,11 @@ def lab() -> Iterator[Lab]:
         built.python_in(ROLE, "egress_router.lab.http_server", "--http", "127.0.0.1:8000", ready_line="ready")
         built.origin = start_scripted_server(built, ROLE, 8004, SCRIPTED)  # type: ignore[attr-defined]
         built.proxy = start_proxy(  # type: ignore[attr-defined]
-            built, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS="1", EGRESS_HTTP_PROXY_MAX_CONNECTIONS=str(LIMIT)
+            built,
+            ROLE,
+            EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1",
+            EGRESS_HTTP_PROXY_WORKERS="1",
+            EGRESS_HTTP_PROXY_MAX_CONNECTIONS=str(LIMIT),
         )
         yield built
 
@@ -189,7 +193,9 @@ def test_a_client_that_goes_away_mid_upload_is_logged_as_499_at_once(lab: Lab, p
     ended = origin.stdout().count("upload connection ended")
     started = time.monotonic()
     with open_connection(lab, ROLE, "127.0.0.1", 8080) as sock:
-        sock.sendall(f"POST http://127.0.0.1:8004/upload?{how} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode() + b"x" * 1000)
+        sock.sendall(
+            f"POST http://127.0.0.1:8004/upload?{how} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode() + b"x" * 1000
+        )
         time.sleep(0.3)
         if how == "half-close":
             sock.shutdown(socket.SHUT_WR)

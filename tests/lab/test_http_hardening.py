@@ -55,48 +55,88 @@ def test_a_plain_request_works(lab: Lab) -> None:
 
 
 REFUSED = [
-        ("CL.TE", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG", 400),
-        ("TE.CL", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\nGPOST / HTTP/1.1\r\n\r\n0\r\n\r\n", 400),
-        ("two different Content-Length", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
-        ("Content-Length list", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello", 400),
-        ("Content-Length with sign", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello", 400),
-        ("Content-Length in hex", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\nhello", 400),
-        ("obs-fold", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n folded\r\n\r\n", 400),
-        ("whitespace before colon", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
-        ("bad chunk size", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
-        ("chunk size overflow", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\nhello\r\n0\r\n\r\n", 400),
-        ("TE xchunked", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400),
-        ("TE chunked then identity", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n", 400),
-        ("TE chunked, gzip", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400),
-        ("TE gzip, chunked", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
-        ("NUL in a header", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
-        ("bare LF line ends", b"GET http://127.0.0.1:8000/ HTTP/1.1\nHost: a\n\n", 400),
-        ("space in the target", b"GET http://127.0.0.1:8000/a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
-        ("origin-form to a proxy", b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n", 400),
-        ("https URL in a plain request", b"GET https://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
-        ("userinfo in URL", b"GET http://user:pw@127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
-        ("CONNECT without port", b"CONNECT 127.0.0.1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
-        ("CONNECT with a URL", b"CONNECT http://127.0.0.1:8000/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
-        ("CONNECT to a port not allowed", b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n", 403),
-        ("denied by the list", b"GET http://x.blocked.test/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 403),
-        ("not in the list", b"GET http://198.51.100.1/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 403),
-        ("TE in HTTP/1.0", b"POST http://127.0.0.1:8000/ HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-        ("TE with vertical tab", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\x0b\r\n\r\n0\r\n\r\n", 400),
-        ("tab before colon", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding\t: chunked\r\n\r\n0\r\n\r\n", 400),
-        ("quoted chunked", b'POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "chunked"\r\n\r\n0\r\n\r\n', 400),
-        ("bare LF after chunk size", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n", 400),
-        ("empty chunk extension", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;\r\nhello\r\n0\r\n\r\n", 400),
-        ("space after chunk size", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n", 400),
-        ("chunk longer than its size", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n", 400),
-        ("negative Content-Length", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
-        ("overflowing Content-Length", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400),
-        ("space in a header name", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nX Y: 1\r\n\r\n", 400),
-        ("bare CR in a value", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 400),
-        ("lower-case method", b"get http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
-        ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
-        ("HTTP/2.0 request line", b"GET http://127.0.0.1:8000/ HTTP/2.0\r\nHost: a\r\n\r\n", 505),
-        ("no Host in HTTP/1.1", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\n\r\n", 400),
-        ("two Host headers", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    ("CL.TE", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG", 400),
+    (
+        "TE.CL",
+        b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\nGPOST / HTTP/1.1\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "two different Content-Length",
+        b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        400,
+    ),
+    ("Content-Length list", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello", 400),
+    ("Content-Length with sign", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello", 400),
+    ("Content-Length in hex", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\nhello", 400),
+    ("obs-fold", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n folded\r\n\r\n", 400),
+    ("whitespace before colon", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
+    (
+        "bad chunk size",
+        b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "chunk size overflow",
+        b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    ("TE xchunked", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400),
+    (
+        "TE chunked then identity",
+        b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    ("TE chunked, gzip", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400),
+    ("TE gzip, chunked", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    ("NUL in a header", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
+    ("bare LF line ends", b"GET http://127.0.0.1:8000/ HTTP/1.1\nHost: a\n\n", 400),
+    ("space in the target", b"GET http://127.0.0.1:8000/a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("origin-form to a proxy", b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n", 400),
+    ("https URL in a plain request", b"GET https://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("userinfo in URL", b"GET http://user:pw@127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("CONNECT without port", b"CONNECT 127.0.0.1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
+    ("CONNECT with a URL", b"CONNECT http://127.0.0.1:8000/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
+    ("CONNECT to a port not allowed", b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n", 403),
+    ("denied by the list", b"GET http://x.blocked.test/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 403),
+    ("not in the list", b"GET http://198.51.100.1/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 403),
+    ("TE in HTTP/1.0", b"POST http://127.0.0.1:8000/ HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("TE with vertical tab", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\x0b\r\n\r\n0\r\n\r\n", 400),
+    ("tab before colon", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding\t: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("quoted chunked", b'POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "chunked"\r\n\r\n0\r\n\r\n', 400),
+    (
+        "bare LF after chunk size",
+        b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n",
+        400,
+    ),
+    (
+        "empty chunk extension",
+        b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "space after chunk size",
+        b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "chunk longer than its size",
+        b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    ("negative Content-Length", b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
+    (
+        "overflowing Content-Length",
+        b"POST http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        400,
+    ),
+    ("space in a header name", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nX Y: 1\r\n\r\n", 400),
+    ("bare CR in a value", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 400),
+    ("lower-case method", b"get http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+    ("HTTP/2.0 request line", b"GET http://127.0.0.1:8000/ HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    ("no Host in HTTP/1.1", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\n\r\n", 400),
+    ("two Host headers", b"GET http://127.0.0.1:8000/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
 ]
 
 
@@ -174,7 +214,9 @@ def test_request_line_host_wins_and_hop_by_hop_headers_go(lab: Lab) -> None:
     seen = json.loads(response.split(b"\r\n\r\n", 1)[1])
     assert seen["host"] == "127.0.0.1:8000"
     headers = {k.lower() for k in seen["headers"]}
-    assert {"x-secret", "proxy-authorization", "proxy-connection", "keep-alive", "te", "x-forwarded-for", "via", "forwarded"}.isdisjoint(headers)
+    assert {"x-secret", "proxy-authorization", "proxy-connection", "keep-alive", "te", "x-forwarded-for", "via", "forwarded"}.isdisjoint(
+        headers
+    )
     assert seen["headers"]["X-Kept"] == "yes"
 
 
@@ -187,7 +229,9 @@ def test_pipelined_requests_are_answered_in_order(lab: Lab) -> None:
 
 def test_expect_100_continue(lab: Lab) -> None:
     with open_connection(lab, ROLE, "127.0.0.1", 8080) as sock:
-        sock.sendall(f"POST {ORIGIN}/e HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(
+            f"POST {ORIGIN}/e HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n".encode()
+        )
         assert status_of(read_head(sock)) == 100
         sock.sendall(b"hello")
         response = read_all(sock)
@@ -203,7 +247,12 @@ def test_http_1_0_client(lab: Lab) -> None:
 def test_chunked_upload_and_download_are_byte_exact(lab: Lab) -> None:
     body = bytes(range(256)) * 4096  # 1 MiB
     chunks = b"".join(b"%x\r\n%b\r\n" % (len(body[i : i + 70000]), body[i : i + 70000]) for i in range(0, len(body), 70000))
-    response = exchange(lab, f"POST {ORIGIN}/echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode() + chunks + b"0\r\n\r\n")
+    response = exchange(
+        lab,
+        f"POST {ORIGIN}/echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode()
+        + chunks
+        + b"0\r\n\r\n",
+    )
     head, _, payload = response.partition(b"\r\n\r\n")
     assert b"Transfer-Encoding: chunked" in head
     decoded, rest = b"", payload
@@ -219,7 +268,9 @@ def test_chunked_upload_and_download_are_byte_exact(lab: Lab) -> None:
 
 def test_connect_tunnel_through_loopback_allowed_port(lab: Lab) -> None:
     with open_connection(lab, ROLE, "127.0.0.1", 8080) as sock:
-        sock.sendall(b"CONNECT 127.0.0.1:8000 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\nGET /tunnelled HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(
+            b"CONNECT 127.0.0.1:8000 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\nGET /tunnelled HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         response = read_all(sock)
     assert response.startswith(b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK")
     assert b'"/tunnelled"' in response

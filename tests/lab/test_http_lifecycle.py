@@ -35,7 +35,9 @@ def get(lab: Lab, path: str, close: bool = True) -> bytes:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_finishes_in_flight_requests_then_exits(lab: Lab, workers: str) -> None:
-    proxy = start_proxy(lab, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS=workers, EGRESS_HTTP_PROXY_DRAIN_TIMEOUT="5s")
+    proxy = start_proxy(
+        lab, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS=workers, EGRESS_HTTP_PROXY_DRAIN_TIMEOUT="5s"
+    )
     slow = open_connection(lab, ROLE, "127.0.0.1", 8080)
     slow.sendall(b"GET http://127.0.0.1:8000/slow/1.5 HTTP/1.1\r\nHost: x\r\n\r\n")
     idle = open_connection(lab, ROLE, "127.0.0.1", 8080)
@@ -55,7 +57,9 @@ def test_sigterm_finishes_in_flight_requests_then_exits(lab: Lab, workers: str) 
 
 
 def test_sigterm_cuts_what_outlives_the_drain_timeout(lab: Lab) -> None:
-    proxy = start_proxy(lab, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS="1", EGRESS_HTTP_PROXY_DRAIN_TIMEOUT="500ms")
+    proxy = start_proxy(
+        lab, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS="1", EGRESS_HTTP_PROXY_DRAIN_TIMEOUT="500ms"
+    )
     slow = open_connection(lab, ROLE, "127.0.0.1", 8080)
     slow.sendall(b"GET http://127.0.0.1:8000/slow/5 HTTP/1.1\r\nHost: x\r\n\r\n")
     time.sleep(0.2)

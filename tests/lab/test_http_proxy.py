@@ -44,21 +44,54 @@ def proxy(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-         "-subj", "/CN=secure.example.test", "-addext", "subjectAltName=DNS:secure.example.test,DNS:api.example.test"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=secure.example.test",
+            "-addext",
+            "subjectAltName=DNS:secure.example.test,DNS:api.example.test",
+        ],
+        check=True,
+        capture_output=True,
     )
     folder.chmod(0o755)
     key.chmod(0o644)
-    lab.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", "--https", "0.0.0.0:8443",
-                  "--cert", str(cert), "--key", str(key), ready_line="ready")
+    lab.python_in(
+        "server",
+        "egress_router.lab.http_server",
+        "--http",
+        "0.0.0.0:8000",
+        "--https",
+        "0.0.0.0:8443",
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+        ready_line="ready",
+    )
     pod = new_pod(lab)
     done = pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="http-proxy")
     assert done.returncode == 0, done.stderr
     lab.write_etc(pod.role, "hosts", "127.0.0.1 localhost\n" + HOSTS)
     lab.write_etc(pod.role, "resolv.conf", "nameserver 127.0.0.1\n")  # names outside /etc/hosts fail at once
     pod.proxy = start_proxy(  # type: ignore[attr-defined]
-        lab, pod.role, user=65534, EGRESS_HTTP_PROXY_DESTINATION=ACL, EGRESS_HTTP_PROXY_CONNECT_PORTS="443,8443,8444", EGRESS_HTTP_PROXY_WORKERS="2"
+        lab,
+        pod.role,
+        user=65534,
+        EGRESS_HTTP_PROXY_DESTINATION=ACL,
+        EGRESS_HTTP_PROXY_CONNECT_PORTS="443,8443,8444",
+        EGRESS_HTTP_PROXY_WORKERS="2",
     )
     pod.cert = cert  # type: ignore[attr-defined]
     yield pod
@@ -121,8 +154,14 @@ def test_direct_access_is_refused_by_the_site_firewall(lab: Lab, proxy: Pod) -> 
 
 
 def test_https_through_connect(lab: Lab, proxy: Pod) -> None:
-    done = curl(lab, proxy, "--cacert", str(proxy.cert), "https://secure.example.test:8443/tls",  # type: ignore[attr-defined]
-                env={"https_proxy": f"http://{proxy.ip}:8080"})
+    done = curl(
+        lab,
+        proxy,
+        "--cacert",
+        str(proxy.cert),
+        "https://secure.example.test:8443/tls",  # type: ignore[attr-defined]
+        env={"https_proxy": f"http://{proxy.ip}:8080"},
+    )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
     assert seen["tls"] is True and seen["client"] == proxy.source and seen["path"] == "/tls"
@@ -147,11 +186,13 @@ def test_connect_to_a_refused_port(lab: Lab, proxy: Pod) -> None:
 def test_large_bodies_are_byte_exact_both_ways(lab: Lab, proxy: Pod, tmp_path: Path) -> None:
     upload = tmp_path / "upload.bin"
     upload.write_bytes(pattern(8 * 1024 * 1024 + 7)[::-1])
-    done = curl(lab, proxy, "--data-binary", f"@{upload}", "-H", "Content-Type: application/octet-stream", "http://api.example.test:8000/echo")
+    done = curl(
+        lab, proxy, "--data-binary", f"@{upload}", "-H", "Content-Type: application/octet-stream", "http://api.example.test:8000/echo"
+    )
     assert done.returncode == 0, done.stderr
     assert hashlib.sha256(done.stdout).digest() == hashlib.sha256(upload.read_bytes()).digest()
     size = 16 * 1024 * 1024 + 3
-    done = curl(lab, proxy, "http://api.example.test:8000/bytes/%d" % size)
+    done = curl(lab, proxy, f"http://api.example.test:8000/bytes/{size}")
     assert done.stdout == pattern(size)
     done = curl(lab, proxy, "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{upload}", "http://api.example.test:8000/echo")
     assert done.stdout == upload.read_bytes()
@@ -185,7 +226,11 @@ def test_access_log_line_per_request_and_tunnel(lab: Lab, proxy: Pod) -> None:
 
 
 def test_runs_unprivileged(lab: Lab, proxy: Pod) -> None:
-    pids = [pid for pid in run(["ip", "netns", "pids", lab.ns(proxy.role)]).stdout.split() if b"http-proxy" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    pids = [
+        pid
+        for pid in run(["ip", "netns", "pids", lab.ns(proxy.role)]).stdout.split()
+        if b"http-proxy" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
     assert len(pids) == 3  # the supervisor and two workers
     for pid in pids:
         status = Path(f"/proc/{pid}/status").read_text()
