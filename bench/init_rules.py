@@ -29,6 +29,17 @@ def destination(n: int) -> str:
     return "\n".join([*lines, t.PUBLIC_SERVER])
 
 
+def init_env(base: dict[str, str], n: int) -> dict[str, str]:
+    """The router pod's environment for a list of `n` rules."""
+    return {
+        **base,
+        "EGRESS_SOURCE": t.EGRESS_SOURCE,
+        "EGRESS_GATEWAY": t.GATEWAY_IP,
+        "EGRESS_DESTINATION": destination(n),
+        "EGRESS_ROUTER_MODE": "init",
+    }
+
+
 def trial(lab: Lab, argv: list[str], env: dict[str, str], *, twice: bool = False) -> tuple[float, float | None]:
     role = f"b{next(_pods)}"  # a new name each time: a deleted namespace's veth peer goes away asynchronously
     lab.add_pod(role, t.ROUTER_IP)
@@ -62,13 +73,7 @@ def main() -> None:
     rows = []
     with Lab().build(router=False) as lab:
         for n in (int(s) for s in args.sizes.split(",")):
-            env = {
-                **base,
-                "EGRESS_SOURCE": t.EGRESS_SOURCE,
-                "EGRESS_GATEWAY": t.GATEWAY_IP,
-                "EGRESS_DESTINATION": destination(n),
-                "EGRESS_ROUTER_MODE": "init",
-            }
+            env = init_env(base, n)
             ours, again, legacy, nft = [], [], [], []
             for _ in range(args.repeat):
                 first, second = trial(lab, [sys.executable, "-m", "egress_router", "init"], env, twice=True)
@@ -97,13 +102,7 @@ def compare(args: argparse.Namespace) -> None:
     print("|---:|---:|---:|---:|")
     with Lab().build(router=False) as lab:
         for n in (int(s) for s in args.sizes.split(",")):
-            env = {
-                **base,
-                "EGRESS_SOURCE": t.EGRESS_SOURCE,
-                "EGRESS_GATEWAY": t.GATEWAY_IP,
-                "EGRESS_DESTINATION": destination(n),
-                "EGRESS_ROUTER_MODE": "init",
-            }
+            env = init_env(base, n)
             ours, theirs = [], []
             for _ in range(args.repeat):
                 theirs.append(trial(lab, theirs_argv, env)[0])

@@ -311,6 +311,11 @@ class ClientConnection(TunnelEnd, BaseProtocol):
         await self.write(m.error_response(status, reason, close=close, announce_keep_alive=message.version < (1, 1)))
         self.proxy.access_log.write(self.peer, message.method, message.path, status, 0, 0, time.monotonic() - started, reason)
 
+    def log_exchange(self, message: Any, code: int, started: float, reason: str) -> None:
+        self.proxy.access_log.write(
+            self.peer, message.method, message.path, code, self.bytes_in, self.bytes_out, time.monotonic() - started, reason
+        )
+
     async def exchange(  # noqa: C901 - to become small pure decisions and a state machine (issue 8)
         self, message: Any, payload: Any, target: m.Target, addresses: list[IPAddress], decision: Decision, started: float
     ) -> bool:
@@ -402,16 +407,7 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             self.finish(body_task)
             upstream.abort()
             why = error.reason if isinstance(error, UpstreamError) else f"server broke off: {error}"
-            self.proxy.access_log.write(
-                self.peer,
-                message.method,
-                message.path,
-                response.code,
-                self.bytes_in,
-                self.bytes_out,
-                time.monotonic() - started,
-                f"{decision.reason}; {why}",
-            )
+            self.log_exchange(message, response.code, started, f"{decision.reason}; {why}")
             if self.transport is not None:
                 if chunked_out or "Content-Length" in response.headers:
                     self.close()  # what came is sent; then the missing last chunk or bytes tell the client
@@ -424,16 +420,7 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             self.proxy.pool.release(upstream)
         else:
             upstream.close()
-        self.proxy.access_log.write(
-            self.peer,
-            message.method,
-            message.path,
-            response.code,
-            self.bytes_in,
-            self.bytes_out,
-            time.monotonic() - started,
-            decision.reason,
-        )
+        self.log_exchange(message, response.code, started, decision.reason)
         return client_keep
 
     @staticmethod
