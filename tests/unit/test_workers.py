@@ -14,12 +14,12 @@ from egress_router.workers import run_workers
 
 def stubborn():
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print("worker", os.getpid(), flush=True)
+    os.write(1, f"worker {os.getpid()}\\n".encode())  # one write: two workers share the pipe
     while True:
         time.sleep(1)
 
 def polite():
-    print("worker", os.getpid(), flush=True)
+    os.write(1, f"worker {os.getpid()}\\n".encode())  # one write: two workers share the pipe
     time.sleep(60)
 
 sys.exit(run_workers(2, stubborn if sys.argv[1] == "stubborn" else polite, grace=float(sys.argv[2]), kill_after=float(sys.argv[3])))
