@@ -136,12 +136,6 @@ def idle_memory_kib(lab: Lab, port: int, pids: list[int], first_bytes: bytes, co
             sock.close()
 
 
-def own_env(**variables: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-    env.update(variables)
-    return env
-
-
 def print_table(first_column: str, columns: list[tuple[str, str, str]], results: dict[str, Any], baseline: str) -> None:
     """A Markdown table; every row but the baseline's shows its ratio to the baseline. `columns` are
     (attribute, header, number format)."""

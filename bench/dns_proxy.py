@@ -14,9 +14,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import PROXY_CPUS, ROLE, cpu_seconds, download_mb_s, idle_memory_kib, own_env, pids_of, print_table, start_nginx, wait_port, wrk
+from common import PROXY_CPUS, ROLE, cpu_seconds, download_mb_s, idle_memory_kib, pids_of, print_table, start_nginx, wait_port, wrk
 
 from egress_router.lab import Lab
+from egress_router.lab.topology import environment
 
 HAPROXY = """
 global
@@ -75,7 +76,7 @@ def main() -> None:
         haproxy.popen.wait(30)
         for index, mode in enumerate(("off", "on")):
             port = 7001 + index
-            env = own_env(EGRESS_DNS_PROXY_DESTINATION=f"{port} 127.0.0.1 8081", EGRESS_DNS_PROXY_SPLICE=mode)
+            env = environment(EGRESS_DNS_PROXY_DESTINATION=f"{port} 127.0.0.1 8081", EGRESS_DNS_PROXY_SPLICE=mode)
             argv = [*PROXY_CPUS, sys.executable, "-m", "egress_router", "dns-proxy"]
             proc = subprocess.Popen(lab.exec_argv(ROLE, argv), env=env, stderr=subprocess.DEVNULL)
             wait_port(lab, port)

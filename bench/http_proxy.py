@@ -21,7 +21,6 @@ from common import (
     cpu_seconds,
     download_mb_s,
     idle_memory_kib,
-    own_env,
     pids_of,
     print_table,
     start_nginx,
@@ -30,6 +29,7 @@ from common import (
 )
 
 from egress_router.lab import Lab
+from egress_router.lab.topology import environment
 
 SQUID = """
 http_port 127.0.0.1:3128
@@ -93,7 +93,7 @@ def main() -> None:
         squid.popen.wait(30)
         for index, workers in enumerate(args.workers.split(",")):
             port = 8090 + index
-            env = own_env(
+            env = environment(
                 EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1",
                 EGRESS_HTTP_PROXY_LISTEN_PORT=str(port),
                 EGRESS_HTTP_PROXY_CONNECT_PORTS="8081",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import statistics
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
+from egress_router.lab.topology import environment
 
 HERE = Path(__file__).resolve().parent
 _pods = itertools.count()
@@ -69,7 +69,7 @@ def main() -> None:
     if args.baseline:
         compare(args)
         return
-    base = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
+    base = environment()
     rows = []
     with Lab().build(router=False) as lab:
         for n in (int(s) for s in args.sizes.split(",")):
@@ -95,7 +95,7 @@ def main() -> None:
 
 def compare(args: argparse.Namespace) -> None:
     """Ours against another checkout's init, alternating in every round, each in a fresh pod."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
+    base = environment()
     theirs_argv = ["sh", "-c", f'cd "{args.baseline}" && exec "{sys.executable}" -m egress_router init']
     ours_argv = ["sh", "-c", f'cd "{HERE.parent}" && exec "{sys.executable}" -m egress_router init']
     print(f"| rules | this checkout | {args.baseline} | this / that (spread) |")

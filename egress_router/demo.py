@@ -18,6 +18,7 @@ from egress_router.lab import Lab, LabError, Seen
 from egress_router.lab import topology as t
 from egress_router.lab.dns import DNS, DnsServer
 from egress_router.lab.netns import socket_in
+from egress_router.lab.topology import environment
 
 DESTINATION = """\
 80 tcp 203.0.113.25
@@ -101,7 +102,7 @@ def _start_http_proxy(lab: Lab, env: dict[str, str]) -> None:
     lab.write_etc("proxy", "resolv.conf", "nameserver 127.0.0.1\n")
     lab.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", ready_line="ready")
     proxy_env = {
-        **{k: v for k, v in env.items() if not k.startswith("EGRESS_")},
+        **environment(),
         "EGRESS_HTTP_PROXY_DESTINATION": PROXY_LIST,
         "EGRESS_HTTP_PROXY_WORKERS": "1",
     }
@@ -116,7 +117,7 @@ def _dns_rows(lab: Lab, env: dict[str, str], folder: Path) -> list[tuple[str, st
     dns.start()
     lab.add_router("dns", DNS_POD_IP, {"EGRESS_SOURCE": DNS_SOURCE, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_ROUTER_MODE": "dns-proxy"})
     lab.write_etc("dns", "resolv.conf", f"nameserver {DNS}\n")
-    proxy_env = {**{k: v for k, v in env.items() if not k.startswith("EGRESS_")}, "EGRESS_DNS_PROXY_DESTINATION": "5432 db.lab.test"}
+    proxy_env = {**environment(), "EGRESS_DNS_PROXY_DESTINATION": "5432 db.lab.test"}
     lab.start_in(
         "dns",
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "egress_router", "dns-proxy"],
@@ -180,8 +181,9 @@ def run() -> int:
             f"node2 {t.NODE2_IP}: client2 pod {t.CLIENT2_IP}, routed to node's pods without NAT;\n"
             f"  site firewall at {t.GATEWAY_IP} lets only {t.EGRESS_RANGE} reach 203.0.113.25-27\n"
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-        env.update(EGRESS_SOURCE=t.EGRESS_SOURCE, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_DESTINATION=DESTINATION, EGRESS_ROUTER_MODE="init")
+        env = environment(
+            EGRESS_SOURCE=t.EGRESS_SOURCE, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_DESTINATION=DESTINATION, EGRESS_ROUTER_MODE="init"
+        )
         print(f"egress-router init in the router pod with EGRESS_SOURCE={t.EGRESS_SOURCE} EGRESS_GATEWAY={t.GATEWAY_IP}")
         print("  EGRESS_DESTINATION=" + DESTINATION.replace("\n", "\n                     "))
         started = time.monotonic()

@@ -61,7 +61,15 @@ def _shape(iptc: Any, rule: Any) -> dict[str, Any]:
     return decoded
 
 
-_TABLES = {"nat": "NAT", "mangle": "MANGLE", "filter": "FILTER"}
+_TABLES = {"nat": "NAT", "mangle": "MANGLE"}
+
+
+def _open(iptc: Any, name: str) -> Any:
+    """The table, fresh from the kernel, collecting changes for one commit."""
+    table = iptc.Table(getattr(iptc.Table, _TABLES[name]))
+    table.autocommit = False
+    table.refresh()
+    return table
 
 
 def _state(iptc: Any, table: Any, chains: ChainSet) -> dict[str, Any]:
@@ -106,9 +114,7 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
     """
     iptc = _iptc()
     try:
-        table = iptc.Table(getattr(iptc.Table, _TABLES[chains.table]))
-        table.autocommit = False
-        table.refresh()
+        table = _open(iptc, chains.table)
         wanted = {chain: [r.as_dict() for r in chains.rules if r.chain == chain] for chain, _ in chains.chains}
         before = _state(iptc, table, chains)
         built = {chain: [_build(iptc, shape) for shape in shapes] for chain, shapes in wanted.items()}
@@ -140,9 +146,7 @@ def _unchanged(iptc: Any, chains: ChainSet, before: dict[str, Any], built: dict[
 
 def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
     iptc = _iptc()
-    table = iptc.Table(getattr(iptc.Table, _TABLES[chains.table]))
-    table.autocommit = False
-    table.refresh()
+    table = _open(iptc, chains.table)
     previous = {chain: None if before[chain] is None else [_build(iptc, s) for s in before[chain]] for chain, _ in chains.chains}
     _write(iptc, table, chains, previous)
     table.commit()

@@ -94,6 +94,11 @@ class PodNetwork:
     def close(self) -> None:
         self.ipr.close()
 
+    def change(self, what: str, do: Callable[[], Any], undo: Callable[[], Any]) -> None:
+        """One journaled change: `do` it (a failure says what was being done), then record how to undo it."""
+        self._call(what, do)
+        self.journal.record(what, undo)
+
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
@@ -165,8 +170,8 @@ class PodNetwork:
         if self.link(index)["flags"] & 1:  # IFF_UP
             log.debug("%s is already up", name)
             return False
-        self._call(f"bring {name} up", self.ipr.link, "set", index=index, state="up")
-        self.journal.record(f"bring {name} up", lambda: self.ipr.link("set", index=index, state="down"))
+        link = partial(self.ipr.link, "set", index=index)
+        self.change(f"bring {name} up", partial(link, state="up"), partial(link, state="down"))
         log.debug("%s is up", name)
         return True
 
@@ -181,34 +186,20 @@ class PodNetwork:
         for current in self.ipv4_addresses(index):
             if current == wanted:
                 continue
-            self._call(
+            address = {"index": index, "address": str(current.ip), "prefixlen": current.network.prefixlen}
+            self.change(
                 f"remove old address {current} from {name}",
-                self.ipr.addr,
-                "del",
-                index=index,
-                address=str(current.ip),
-                prefixlen=current.network.prefixlen,
-            )
-            self.journal.record(
-                f"remove {current}",
-                partial(self.ipr.addr, "add", index=index, address=str(current.ip), prefixlen=current.network.prefixlen),
+                partial(self.ipr.addr, "del", **address),
+                partial(self.ipr.addr, "add", **address),
             )
             log.info("removed old address %s from %s", current, name)
             changed = True
         if wanted in self.ipv4_addresses(index):
             log.debug("%s already has %s", name, wanted)
         else:
-            self._call(
-                f"add address {wanted} to {name}",
-                self.ipr.addr,
-                "add",
-                index=index,
-                address=str(wanted.ip),
-                prefixlen=wanted.network.prefixlen,
-            )
-            self.journal.record(
-                f"add {wanted}",
-                lambda: self.ipr.addr("del", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen),
+            address = {"index": index, "address": str(wanted.ip), "prefixlen": wanted.network.prefixlen}
+            self.change(
+                f"add address {wanted} to {name}", partial(self.ipr.addr, "add", **address), partial(self.ipr.addr, "del", **address)
             )
             log.info("added address %s to %s", wanted, name)
             changed = True
@@ -219,10 +210,12 @@ class PodNetwork:
     def _routes(self, **filters: Any) -> list[Any]:
         return list(self.ipr.get_routes(family=AF_INET, table=MAIN_TABLE, **filters))
 
+    def _add_route(self, what: str, **spec: Any) -> None:
+        self.change(f"add route {what}", partial(self.ipr.route, "add", **spec), partial(self.ipr.route, "del", **spec))
+
     def _delete_route(self, route: Any, what: str) -> None:
         spec = route_spec(route)
-        self._call(f"delete route {what}", self.ipr.route, "del", **spec)
-        self.journal.record(f"delete route {what}", lambda: self.ipr.route("add", **spec))
+        self.change(f"delete route {what}", partial(self.ipr.route, "del", **spec), partial(self.ipr.route, "add", **spec))
         log.info("removed route %s", what)
 
     def set_gateway_route(self, index: int, name: str, gateway: IPv4Address) -> bool:
@@ -241,10 +234,7 @@ class PodNetwork:
             log.debug("route %s dev %s scope link already present", gateway, name)
         else:
             what = f"{gateway} dev {name} scope link"
-            self._call(f"add route {what}", self.ipr.route, "add", dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE)
-            self.journal.record(
-                f"add route {what}", lambda: self.ipr.route("del", dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE)
-            )
+            self._add_route(what, dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE)
             log.info("added route %s", what)
             changed = True
         return changed
@@ -262,10 +252,7 @@ class PodNetwork:
                 self._delete_route(route, f"default via {via} dev {self.link_name(route.get_attr('RTA_OIF'))}")
         if not wanted:
             what = f"default via {gateway} dev {name}"
-            self._call(f"add route {what}", self.ipr.route, "add", dst="0.0.0.0/0", gateway=str(gateway), oif=index, table=MAIN_TABLE)
-            self.journal.record(
-                f"add route {what}", lambda: self.ipr.route("del", dst="0.0.0.0/0", gateway=str(gateway), oif=index, table=MAIN_TABLE)
-            )
+            self._add_route(what, dst="0.0.0.0/0", gateway=str(gateway), oif=index, table=MAIN_TABLE)
             log.info("added route %s", what)
         return True
 
@@ -325,13 +312,11 @@ class PolicyRouting:
         """Delete, then add; every step journaled. `current` is only for the log."""
         for route in remove:
             spec, what = route_arguments(route), route.describe(names)
-            self.net._call(f"delete route {what}", self.ipr.route, "del", **spec)
-            self.net.journal.record(f"delete route {what}", partial(self.ipr.route, "add", **spec))
+            self.net.change(f"delete route {what}", partial(self.ipr.route, "del", **spec), partial(self.ipr.route, "add", **spec))
             log.info("removed route %s", what)
         for route in add:
             spec, what = route_arguments(route), route.describe(names)
-            self.net._call(f"add route {what}", self.ipr.route, "add", **spec)
-            self.net.journal.record(f"add route {what}", partial(self.ipr.route, "del", **spec))
+            self.net.change(f"add route {what}", partial(self.ipr.route, "add", **spec), partial(self.ipr.route, "del", **spec))
             log.info("added route %s", what)
         if not remove and not add:
             log.debug("%d route(s) already in place", len(current))
@@ -355,13 +340,13 @@ class PolicyRouting:
                 present = True
                 continue
             stale = {k: v for k, v in shape.items() if v is not None}
-            self.net._call(f"delete rule at priority {priority}", self.ipr.rule, "del", **stale)
-            self.net.journal.record(f"delete rule {stale}", partial(self.ipr.rule, "add", **stale))
+            self.net.change(
+                f"delete rule at priority {priority}", partial(self.ipr.rule, "del", **stale), partial(self.ipr.rule, "add", **stale)
+            )
             log.info("removed rule %s", stale)
         if present:
             log.debug("%s already present", what)
             return False
-        self.net._call(f"add {what}", self.ipr.rule, "add", **wanted)
-        self.net.journal.record(f"add {what}", lambda: self.ipr.rule("del", **wanted))
+        self.net.change(f"add {what}", partial(self.ipr.rule, "add", **wanted), partial(self.ipr.rule, "del", **wanted))
         log.info("added %s", what)
         return True

@@ -54,6 +54,7 @@ def run_workers(count: int, worker: Callable[[], None], grace: float, kill_after
     return Supervisor(worker, grace + kill_after).run(count)
 
 
+RESTART_EVERY = 1.0
 WATCHED = {signal.SIGCHLD, *STOP_SIGNALS}
 
 
@@ -68,19 +69,22 @@ class Supervisor:
         self.children: dict[int, int] = {}  # pid -> slot
         self.deadline: float | None = None  # set by the first stop signal
         self.started = time.monotonic()
+        self.restarts: dict[int, float] = {}  # slot -> when its replacement may start
+        self.last_start: dict[int, float] = {}  # slot -> when its worker last started
 
     def run(self, count: int) -> int:
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
         try:
             for slot in range(count):
                 self.start(slot)
-            while self.children:
+            while self.children or self.restarts:
                 failed = self.reap()
                 if failed is not None:
                     self.stop_all(signal.SIGTERM)
                     self.finish(time.monotonic() + self.kill_within)
                     return failed
-                if self.children:
+                self.start_due()
+                if self.children or self.restarts:
                     self.wait()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
@@ -106,6 +110,14 @@ class Supervisor:
                 sys.stderr.flush()
                 os._exit(code)
         self.children[pid] = slot
+        self.last_start[slot] = time.monotonic()
+
+    def start_due(self) -> None:
+        now = time.monotonic()
+        for slot, when in list(self.restarts.items()):
+            if when <= now:
+                del self.restarts[slot]
+                self.start(slot)
 
     def reap(self) -> int | None:
         """Collect exited workers and replace them; an exit code when a worker fails right after starting."""
@@ -120,8 +132,10 @@ class Supervisor:
             if time.monotonic() - self.started < 2 and code != 0:
                 log.error("worker %d exited with %d right after starting; stopping", slot, code)
                 return code if code > 0 else 1
+            # at most one restart a second per slot: a worker that dies at once (say its output pipe is gone)
+            # must not make the supervisor spin
             log.error("worker %d exited with %d; starting a new one", slot, code)
-            self.start(slot)
+            self.restarts[slot] = self.last_start.get(slot, 0.0) + RESTART_EVERY
         return None
 
     def wait(self) -> None:
@@ -131,10 +145,12 @@ class Supervisor:
             log.error("%d worker(s) still running %g s after SIGTERM; killing them", len(self.children), self.kill_within)
             self.stop_all(signal.SIGKILL)
             self.deadline = float("inf")
-        timeout = 1.0 if self.deadline is None else max(0.0, min(1.0, self.deadline - now))
+        soonest = min([1.0, *(when - now for when in self.restarts.values())])
+        timeout = max(0.0, soonest if self.deadline is None else min(soonest, self.deadline - now))
         info = signal.sigtimedwait(WATCHED, timeout)
         if info is not None and info.si_signo in STOP_SIGNALS and self.deadline is None:
             self.deadline = time.monotonic() + self.kill_within
+            self.restarts.clear()
             self.stop_all(signal.SIGTERM)
 
     def stop_all(self, sig: int) -> None:

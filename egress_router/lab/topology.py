@@ -91,6 +91,11 @@ table inet site {{
 """
 
 
+def environment(**overrides: str) -> dict[str, str]:
+    """This process's environment without any EGRESS_* variable (so nothing leaks into a lab command), plus `overrides`."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}, **overrides}
+
+
 class LabError(RuntimeError):
     pass
 
@@ -240,9 +245,7 @@ class Lab:
         else:
             self.add_pod(role, address)
         self.add_macvlan(role)
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-        environment.update(env)
-        done = self.run_in(role, [sys.executable, "-m", "egress_router", "init"], env=environment)
+        done = self.run_in(role, [sys.executable, "-m", "egress_router", "init"], env=environment(**env))
         if done.returncode != 0:
             raise LabError(f"egress-router init failed in {role}: {done.stderr.strip()}")
 

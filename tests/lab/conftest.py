@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from egress_router.lab import Lab
+from egress_router.lab.topology import environment
 
 MISSING = [tool for tool in ("ip", "nft", "iptables-legacy-save") if shutil.which(tool) is None]
 
@@ -68,9 +69,7 @@ class Pod:
 
     def init(self, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
         """Run the real CLI inside the pod; keyword arguments become EGRESS_* variables."""
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-        environment.update(env)
-        return self.lab.run_in(self.role, [sys.executable, "-m", "egress_router", "init"], env=environment, timeout=timeout)
+        return self.lab.run_in(self.role, [sys.executable, "-m", "egress_router", "init"], env=environment(**env), timeout=timeout)
 
     def snapshot(self) -> dict[str, str]:
         return self.lab.snapshot(self.role)

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import time
 
 from egress_router.lab import Lab
 from egress_router.lab.netns import socket_in
-from egress_router.lab.topology import Process
+from egress_router.lab.topology import Process, environment
 
 
 def start_proxy(lab: Lab, role: str, *, user: int | None = None, **env: str) -> Process:
     """`egress-router http-proxy` in a namespace (as `user`, with no capabilities, when given)."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-    environment.update(env)
     argv = [sys.executable, "-m", "egress_router", "http-proxy"]
     if user is not None:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", *argv]
-    proc = lab.start_in(role, argv, env=environment)
+    proc = lab.start_in(role, argv, env=environment(**env))
     wait_for_port(lab, role, "127.0.0.1", int(env.get("EGRESS_HTTP_PROXY_LISTEN_PORT", "8080")))
     return proc
 

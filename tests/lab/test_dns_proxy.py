@@ -19,7 +19,7 @@ from egress_router.lab import topology as t
 from egress_router.lab.dns import DNS
 from egress_router.lab.dns import DnsServer as Dns
 from egress_router.lab.netns import socket_in
-from egress_router.lab.topology import Process, run
+from egress_router.lab.topology import Process, environment, run
 from tests.lab.conftest import Pod, new_pod
 from tests.lab.http_helpers import wait_for_port
 
@@ -82,8 +82,7 @@ def relay(lab: Lab, dns: Dns, resetting_server: None, request: pytest.FixtureReq
     done = pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy")
     assert done.returncode == 0, done.stderr
     lab.write_etc(pod.role, "resolv.conf", f"nameserver {DNS}\noptions timeout:1 attempts:1\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-    env.update(
+    env = environment(
         EGRESS_DNS_PROXY_DESTINATION=TARGETS,
         EGRESS_DNS_PROXY_DEBUG="1",
         EGRESS_DNS_PROXY_SPLICE=request.param,
@@ -113,9 +112,9 @@ def dns_pod(lab: Lab, **env: str) -> Iterator[tuple[Pod, Process]]:
     try:
         assert pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy").returncode == 0
         lab.write_etc(pod.role, "resolv.conf", f"nameserver {DNS}\noptions timeout:1 attempts:1\n")
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-        environment.update(EGRESS_DNS_PROXY_DEBUG="1", **env)
-        proc = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "dns-proxy"], env=environment)
+        proc = lab.start_in(
+            pod.role, [sys.executable, "-m", "egress_router", "dns-proxy"], env=environment(EGRESS_DNS_PROXY_DEBUG="1", **env)
+        )
         if "EGRESS_DNS_PROXY_DESTINATION" in env:
             port = int(env["EGRESS_DNS_PROXY_DESTINATION"].split()[0])
             wait_for_port(lab, pod.role, "127.0.0.1", port)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
-from egress_router.lab.topology import run
+from egress_router.lab.topology import environment, run
 from tests.lab.conftest import Pod
 
 
@@ -31,9 +31,9 @@ def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_pat
     rules.write_text("80 tcp 203.0.113.25\n")
     env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION_FILE": str(rules)}
     assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-    environment.update(env, EGRESS_ROUTER_MONITOR_INTERVAL="500ms")
-    monitor = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment)
+    monitor = lab.start_in(
+        pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment(**env, EGRESS_ROUTER_MONITOR_INTERVAL="500ms")
+    )
     eventually(lambda: "watching macvlan0" in monitor.stderr())
     assert lab.tcp("client", pod.ip, 80).server == "203.0.113.25"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
+from egress_router.lab.topology import environment
 from tests.lab.conftest import Pod, new_pod
 
 GATEWAY = t.GATEWAY_IP
@@ -135,8 +135,7 @@ def test_proxy_modes_set_up_the_network_without_nat(lab: Lab, pod: Pod, mode: st
 
 
 def test_legacy_mode_stays_up_until_sigterm(lab: Lab, pod: Pod) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}
-    env.update(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION=RULES)
+    env = environment(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION=RULES)
     proc = subprocess.Popen(
         lab.exec_argv(pod.role, [sys.executable, "-m", "egress_router", "init"]), env=env, stderr=subprocess.PIPE, text=True
     )

@@ -18,18 +18,30 @@ def stubborn():
     while True:
         time.sleep(1)
 
+def brief():
+    os.write(1, f"worker {os.getpid()}\\n".encode())
+
+
 def polite():
     os.write(1, f"worker {os.getpid()}\\n".encode())  # one write: two workers share the pipe
     time.sleep(60)
 
-sys.exit(run_workers(2, stubborn if sys.argv[1] == "stubborn" else polite, grace=float(sys.argv[2]), kill_after=float(sys.argv[3])))
+kinds = {"stubborn": stubborn, "polite": polite, "brief": brief}
+sys.exit(run_workers(2, kinds[sys.argv[1]], grace=float(sys.argv[2]), kill_after=float(sys.argv[3])))
 """
 
 
 def supervise(kind: str, grace: float, kill_after: float) -> tuple[subprocess.Popen[str], list[int]]:
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, kind, str(grace), str(kill_after)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, kind, str(grace), str(kill_after)], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     assert proc.stdout is not None
-    workers = [int(proc.stdout.readline().split()[1]) for _ in range(2)]
+    try:
+        workers = [int(proc.stdout.readline().split()[1]) for _ in range(2)]
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)  # never leave a supervisor behind
+        proc.wait()
+        raise
     return proc, workers
 
 
@@ -58,6 +70,20 @@ def test_workers_that_stop_end_the_supervisor_at_once() -> None:
     assert proc.wait(10) == 0
     assert time.monotonic() - started < 1.0
     assert all(gone(pid) for pid in workers)
+
+
+def test_workers_that_end_at_once_are_restarted_once_a_second_not_in_a_spin() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, "brief", "1", "1"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0
+    assert 2 <= out.count("worker") <= 2 * 4 + 2, out.count("worker")  # two slots, once a second each, over 3 s
 
 
 def test_a_worker_that_dies_is_replaced() -> None:
