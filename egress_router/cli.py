@@ -12,11 +12,12 @@ from typing import Any, TypeVar
 
 import click
 
-from egress_router import __version__, logs
+from egress_router import __version__
 from egress_router.config.errors import ConfigError
 from egress_router.config.init_settings import Mode, load_init_settings
 from egress_router.errors import ApplyError, Terminated
-from egress_router.watch import ListFile
+from egress_router.runtime import logs
+from egress_router.runtime.watch import ListFile
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("egress_router")
@@ -116,7 +117,7 @@ def main() -> None:
 )
 def init(destination: str | None, destination_file: str | None, **values: str | None) -> None:
     """Set up the pod's egress interface, routes and NAT (the privileged init container)."""
-    from egress_router.plan import build_plan, render_plan
+    from egress_router.init.plan import build_plan, render_plan
 
     debug = values["debug"]
     logs.setup(bool(debug and debug.strip()), "init")
@@ -130,7 +131,7 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
     if settings.mode is Mode.UNIT_TEST:
         click.echo(render_plan(plan))
         return
-    from egress_router.bringup import apply_plan
+    from egress_router.init.apply import apply_plan
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -181,7 +182,7 @@ def wait_for_termination() -> None:
 @main.command()
 def demo() -> None:
     """Build a cluster in network namespaces and show what an external server sees (root, Linux)."""
-    from egress_router import demo as demo_module
+    from egress_router.lab import demo as demo_module
 
     logs.setup(False, "demo")
     sys.exit(demo_module.run())
@@ -230,7 +231,9 @@ def http_proxy(destination: str | None, destination_file: str | None, debug: str
 
 
 @main.command("dns-proxy")
-@env_option("--destination", "EGRESS_DNS_PROXY_DESTINATION", "Relays, one a line: '<local-port> <address-or-name> [<remote-port>]'.")
+@env_option(
+    "--destination", "EGRESS_DNS_PROXY_DESTINATION", "Ports to forward, one a line: '<local-port> <address-or-name> [<remote-port>]'."
+)
 @env_option("--destination-file", "EGRESS_DNS_PROXY_DESTINATION_FILE", "File holding the relays instead (a mounted ConfigMap).")
 @env_option("--debug", "EGRESS_DNS_PROXY_DEBUG", "Non-empty: one log line per connection.")
 @env_option("--max-connections", "EGRESS_DNS_PROXY_MAX_CONNECTIONS", "Relayed connections in all; more are closed at once (default 4096).")
@@ -278,8 +281,8 @@ def monitor(
     destination: str | None, destination_file: str | None, check_interval: str | None, debug: str | None, **values: str | None
 ) -> None:
     """Keep a redirect pod's setup true: re-announce, follow the rules file, restore removed rules (NET_ADMIN, NET_RAW)."""
-    from egress_router import monitor as monitor_module
     from egress_router.config.values import parse_duration
+    from egress_router.init import monitor as monitor_module
 
     logs.setup(bool(debug and debug.strip()), "monitor")
     try:

@@ -1,1 +1,1 @@
-"""The DNS proxy mode: TCP relays to destinations given by name, following their DNS records."""
+"""The DNS proxy mode: TCP forwarding to destinations given by name, following their DNS records."""

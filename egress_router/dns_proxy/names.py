@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from egress_router.config.dns_settings import DnsProxySettings
 from egress_router.config.dns_targets import Target
-from egress_router.resolver import ResolveError, Resolver
+from egress_router.dns_proxy.resolver import ResolveError, Resolver
 
 log = logging.getLogger(__name__)
 IPAddress = IPv4Address | IPv6Address
@@ -21,7 +21,7 @@ MAX_BACKOFF = 30.0
 REFRESH_AT = 0.9
 
 
-class Destination:
+class FollowedName:
     def __init__(self, target: Target, settings: DnsProxySettings, resolver: Resolver | None, ipv6: bool = False) -> None:
         self.target = target
         self.ipv6 = ipv6

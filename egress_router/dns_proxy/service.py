@@ -1,4 +1,4 @@
-"""`egress-router dns-proxy`: a listener per destination line, names followed, list file followed, graceful SIGTERM."""
+"""`egress-router dns-proxy`: a forwarder per destination line, names followed, list file followed, graceful SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ from pathlib import Path
 from egress_router.config.dns_settings import DnsProxySettings
 from egress_router.config.dns_targets import Target, parse_targets
 from egress_router.config.resolv_conf import parse_resolv_conf
-from egress_router.dns_proxy.names import Destination
-from egress_router.dns_proxy.relay_server import Listener
+from egress_router.dns_proxy.forwarder import Forwarder
+from egress_router.dns_proxy.names import FollowedName
+from egress_router.dns_proxy.resolver import Resolver, can_send_ipv6
 from egress_router.errors import ApplyError
-from egress_router.listener import listen
-from egress_router.resolver import Resolver, can_send_ipv6
-from egress_router.watch import ListFile, SerialApply, following
-from egress_router.workers import run_loop
+from egress_router.runtime.sockets import listen
+from egress_router.runtime.watch import ListFile, SerialApply, following
+from egress_router.runtime.workers import run_loop
 
 log = logging.getLogger(__name__)
 RESOLV_CONF = "/etc/resolv.conf"
 
 
-class Relays:
+class ForwardedPorts:
     """The listening ports and where each one goes; `apply` turns one list into another without a restart."""
 
     def __init__(self, settings: DnsProxySettings, resolver: Resolver) -> None:
@@ -30,15 +30,15 @@ class Relays:
         self.resolver = resolver
         self.ipv6 = can_send_ipv6()
         self.active: set[asyncio.Task[None]] = set()
-        self.ports: dict[int, tuple[asyncio.Server, Listener]] = {}
+        self.ports: dict[int, tuple[asyncio.Server, Forwarder]] = {}
 
     async def apply(self, targets: tuple[Target, ...]) -> None:
         loop = asyncio.get_running_loop()
         wanted = {target.local_port: target for target in targets}
         for port in [p for p in self.ports if p not in wanted]:
-            server, listener = self.ports.pop(port)
+            server, forwarder = self.ports.pop(port)
             server.close()  # open connections on it run on
-            listener.destination.stop()
+            forwarder.destination.stop()
             log.info("port %d closed", port)
         for port, target in wanted.items():
             current = self.ports.get(port)
@@ -47,7 +47,7 @@ class Relays:
                 target.remote_port,
             ):
                 continue
-            destination = Destination(target, self.settings, self.resolver, self.ipv6)
+            destination = FollowedName(target, self.settings, self.resolver, self.ipv6)
             if current is not None:
                 current[1].destination.stop()
                 current[1].destination = destination  # new connections go to the new destination
@@ -57,15 +57,15 @@ class Relays:
                 except ApplyError as error:
                     log.error("EGRESS_DNS_PROXY_DESTINATION line %d: %s", target.line_no, error)
                     continue
-                listener = Listener(destination, self.settings, self.active)
-                self.ports[port] = (await loop.create_server(listener.protocol, sock=sock), listener)
+                forwarder = Forwarder(destination, self.settings, self.active)
+                self.ports[port] = (await loop.create_server(forwarder.protocol, sock=sock), forwarder)
             destination.start()
             log.info("port %d -> %s", port, target.describe)
 
     def stop(self) -> None:
-        for server, listener in self.ports.values():
+        for server, forwarder in self.ports.values():
             server.close()
-            listener.destination.stop()
+            forwarder.destination.stop()
 
 
 async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, list_file: ListFile | None) -> None:
@@ -73,22 +73,22 @@ async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, l
         resolv = parse_resolv_conf(Path(RESOLV_CONF).read_text(encoding="utf-8", errors="replace"))
     except OSError:
         resolv = parse_resolv_conf("")
-    relays = Relays(settings, Resolver(resolv))
-    await relays.apply(settings.targets)
-    reloads = SerialApply("EGRESS_DNS_PROXY_DESTINATION_FILE", relays.apply)
+    forwarded = ForwardedPorts(settings, Resolver(resolv))
+    await forwarded.apply(settings.targets)
+    reloads = SerialApply("EGRESS_DNS_PROXY_DESTINATION_FILE", forwarded.apply)
 
     def use(targets: tuple[Target, ...]) -> None:
-        relays.settings = replace(relays.settings, targets=targets)
+        forwarded.settings = replace(forwarded.settings, targets=targets)
         reloads.submit(targets)
 
     with following(list_file, "EGRESS_DNS_PROXY_DESTINATION_FILE", parse_targets, use):
         await stop.wait()
     await reloads.settle()
-    relays.stop()
-    log.info("stopping: no new connections; %d relayed connection(s) get up to %g s", len(relays.active), settings.drain_timeout)
+    forwarded.stop()
+    log.info("stopping: no new connections; %d relayed connection(s) get up to %g s", len(forwarded.active), settings.drain_timeout)
     cut = 0
-    if relays.active:
-        _done, pending = await asyncio.wait(set(relays.active), timeout=settings.drain_timeout)
+    if forwarded.active:
+        _done, pending = await asyncio.wait(set(forwarded.active), timeout=settings.drain_timeout)
         cut = len(pending)
         for task in pending:
             task.cancel()

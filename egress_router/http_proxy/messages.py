@@ -43,7 +43,7 @@ REASONS = {
 
 
 @dataclass(frozen=True)
-class Target:
+class RequestTarget:
     """Where a request goes: the host as asked for, whether it is an address literal, the port and the origin-form path."""
 
     host: str
@@ -79,7 +79,7 @@ def _host(text: str) -> tuple[str, IPv4Address | IPv6Address | None] | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def parse_absolute_target(raw: str) -> Target | str:
+def parse_absolute_target(raw: str) -> RequestTarget | str:
     """An absolute-form http:// request target, or why it is not one we can forward."""
     if raw.startswith("/"):
         return "this is a proxy: send the absolute URL (http://host/path) in the request line"
@@ -100,10 +100,10 @@ def parse_absolute_target(raw: str) -> Target | str:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return Target(host[0], host[1], port or 80, path)
+    return RequestTarget(host[0], host[1], port or 80, path)
 
 
-def parse_connect_target(raw: str) -> Target | str:
+def parse_connect_target(raw: str) -> RequestTarget | str:
     """CONNECT takes exactly host:port (RFC 9110 9.3.6), nothing else."""
     hostport, colon, port_text = raw.rpartition(":")
     if not colon or not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) <= 65535 or len(port_text) > 5:
@@ -111,7 +111,7 @@ def parse_connect_target(raw: str) -> Target | str:
     host = _host(hostport)
     if host is None or (":" in hostport and not hostport.startswith("[")):
         return "CONNECT needs host:port"
-    return Target(host[0], host[1], int(port_text))
+    return RequestTarget(host[0], host[1], int(port_text))
 
 
 def literal_address(host: str) -> IPv4Address | IPv6Address | None:

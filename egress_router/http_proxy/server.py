@@ -16,11 +16,11 @@ from aiohttp.http_parser import HttpRequestParser
 
 from egress_router.config.http_acl import Decision
 from egress_router.config.http_settings import HttpProxySettings
-from egress_router.deadline import Deadline
 from egress_router.http_proxy import messages as m
 from egress_router.http_proxy.access_log import AccessLog
 from egress_router.http_proxy.upstream import Upstream, UpstreamError, UpstreamPool
-from egress_router.relay import Tunnel, TunnelEnd, abort_with_reset
+from egress_router.runtime.deadline import Deadline
+from egress_router.runtime.tunnel import Tunnel, TunnelEnd, abort_with_reset
 
 log = logging.getLogger(__name__)
 IPAddress = IPv4Address | IPv6Address
@@ -44,7 +44,7 @@ class Proxy:
         self.connections: set[ClientConnection] = set()
         self.draining = False
 
-    async def authorize(self, target: m.Target) -> tuple[list[IPAddress], Decision]:
+    async def authorize(self, target: m.RequestTarget) -> tuple[list[IPAddress], Decision]:
         """Resolve once, decide on exactly those addresses; the caller connects to nothing else."""
         acl = self.settings.acl
         if target.address is not None:
@@ -317,7 +317,7 @@ class ClientConnection(TunnelEnd, BaseProtocol):
         )
 
     async def exchange(  # noqa: C901 - to become small pure decisions and a state machine (issue 8)
-        self, message: Any, payload: Any, target: m.Target, addresses: list[IPAddress], decision: Decision, started: float
+        self, message: Any, payload: Any, target: m.RequestTarget, addresses: list[IPAddress], decision: Decision, started: float
     ) -> bool:
         has_body = message.chunked or int(message.headers.get("Content-Length", "0") or 0) > 0
         framing = [("Transfer-Encoding", "chunked")] if message.chunked else []

@@ -11,9 +11,9 @@ from egress_router.config.http_acl import Acl, parse_acl
 from egress_router.config.http_settings import HttpProxySettings
 from egress_router.http_proxy.access_log import AccessLog
 from egress_router.http_proxy.server import Proxy
-from egress_router.listener import listen
-from egress_router.watch import ListFile, following
-from egress_router.workers import run_loop, run_workers
+from egress_router.runtime.sockets import listen
+from egress_router.runtime.watch import ListFile, following
+from egress_router.runtime.workers import run_loop, run_workers
 
 log = logging.getLogger(__name__)
 

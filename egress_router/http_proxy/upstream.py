@@ -13,9 +13,9 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.http_parser import HttpResponseParser
 
-from egress_router.deadline import Deadline
 from egress_router.http_proxy.messages import error_text
-from egress_router.relay import Tunnel, TunnelEnd
+from egress_router.runtime.deadline import Deadline
+from egress_router.runtime.tunnel import Tunnel, TunnelEnd
 
 IPAddress = IPv4Address | IPv6Address
 EOF_MARK = None

@@ -229,9 +229,9 @@ def test_the_mark_rules_are_rolled_back_when_a_later_step_fails(lab: Lab, pod: P
     """The mangle chains are committed before NAT: the journal puts back what was there."""
     before = pod.snapshot()
     script = (
-        "from egress_router import nat\n"
-        "from egress_router.netlink import Journal\n"
-        "from egress_router.plan import mark_chains\n"
+        "from egress_router.init import nat\n"
+        "from egress_router.init.journal import Journal\n"
+        "from egress_router.init.plan import mark_chains\n"
         "journal = Journal()\n"
         "assert nat.apply_chains(mark_chains(), journal)\n"
         "import subprocess\n"

@@ -13,9 +13,9 @@ import pytest
 from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, SOA, A, DNSRecord
 
 from egress_router.config.resolv_conf import ResolvConf
+from egress_router.dns_proxy.resolver import ResolveError, Resolver, can_send_ipv6
 from egress_router.lab import Lab
 from egress_router.lab.netns import entered
-from egress_router.resolver import ResolveError, Resolver, can_send_ipv6
 
 PORT = 5353
 Behaviour = Callable[[DNSRecord, str], DNSRecord | None]  # (query, transport) -> reply, or None to stay silent

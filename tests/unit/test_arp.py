@@ -2,7 +2,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from egress_router.arp import announcement
+from egress_router.init.arp import announcement
 
 
 def test_announcement_frame() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from egress_router.cluster_routes import (
+from egress_router.init.cluster_routes import (
     DEFAULT,
     SCOPE_LINK,
     KernelRoute,
@@ -18,7 +18,7 @@ from egress_router.cluster_routes import (
     reply_table,
     same,
 )
-from egress_router.plan import REPLY_TABLE, ROUTE_PROTO
+from egress_router.init.plan import REPLY_TABLE, ROUTE_PROTO
 
 ETH0, EGRESS, LO = 2, 3, 1
 NAMES = {LO: "lo", ETH0: "eth0", EGRESS: "macvlan0"}

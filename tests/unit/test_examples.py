@@ -10,7 +10,7 @@ from egress_router.cli import command_from_environment
 from egress_router.config.dns_settings import load_dns_settings
 from egress_router.config.http_settings import load_http_settings
 from egress_router.config.init_settings import load_init_settings
-from egress_router.plan import build_plan
+from egress_router.init.plan import build_plan
 from tests.manifests import EXAMPLES, containers, init_containers
 
 OPTION_FOR = {

@@ -1,5 +1,5 @@
 from egress_router.config.init_settings import load_init_settings
-from egress_router.plan import build_plan, render_plan
+from egress_router.init.plan import build_plan, render_plan
 
 SETTINGS = {
     "source": "192.168.12.99",

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from egress_router.config.dns_targets import parse_targets
-from egress_router.watch import FileWatcher
+from egress_router.runtime.watch import FileWatcher
 
 
 def watcher(path: Path, started_with: str, applied: list) -> FileWatcher:  # type: ignore[type-arg]
@@ -40,7 +40,7 @@ def test_a_bad_version_is_ignored_and_the_next_good_one_applied(tmp_path: Path) 
 def test_serial_apply_runs_one_at_a_time_latest_wins_and_logs_failures(caplog) -> None:  # type: ignore[no-untyped-def]
     import asyncio
 
-    from egress_router.watch import SerialApply
+    from egress_router.runtime.watch import SerialApply
 
     applied: list[str] = []
     running = 0

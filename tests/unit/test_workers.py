@@ -10,7 +10,7 @@ import time
 
 SCRIPT = """
 import os, signal, sys, time
-from egress_router.workers import run_workers
+from egress_router.runtime.workers import run_workers
 
 def stubborn():
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

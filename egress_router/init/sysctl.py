@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from egress_router.errors import ApplyError
-from egress_router.netlink import Journal
+from egress_router.init.journal import Journal
 
 log = logging.getLogger(__name__)
 

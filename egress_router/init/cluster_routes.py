@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
-from egress_router.plan import REPLY_TABLE, ROUTE_PROTO
+from egress_router.init.plan import REPLY_TABLE, ROUTE_PROTO
 
 MAIN_TABLE = 254
 RTPROT_STATIC = 4

@@ -10,8 +10,8 @@ import types
 from typing import Any
 
 from egress_router.errors import ApplyError
-from egress_router.netlink import Journal
-from egress_router.plan import ChainSet
+from egress_router.init.journal import Journal
+from egress_router.init.plan import ChainSet
 
 log = logging.getLogger(__name__)
 

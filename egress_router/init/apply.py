@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from egress_router import arp, cluster_routes, nat, sysctl
-from egress_router.cluster_routes import KernelRoute, NoNextHop
 from egress_router.errors import ApplyError
-from egress_router.netlink import Journal, PodNetwork, PolicyRouting
-from egress_router.plan import CLUSTER_INTERFACE, REPLY_MARK, REPLY_RULE_PRIORITY, REPLY_TABLE, ROUTE_PROTO, NetworkPlan, render_plan
+from egress_router.init import arp, cluster_routes, nat, sysctl
+from egress_router.init.cluster_routes import KernelRoute, NoNextHop
+from egress_router.init.journal import Journal
+from egress_router.init.netlink import PodNetwork, PolicyRouting
+from egress_router.init.plan import CLUSTER_INTERFACE, REPLY_MARK, REPLY_RULE_PRIORITY, REPLY_TABLE, ROUTE_PROTO, NetworkPlan, render_plan
 
 log = logging.getLogger(__name__)
 

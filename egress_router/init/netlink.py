@@ -17,9 +17,10 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from egress_router.cluster_routes import KernelRoute
 from egress_router.config.init_settings import MacvlanRequest
 from egress_router.errors import ApplyError
+from egress_router.init.cluster_routes import KernelRoute
+from egress_router.init.journal import Journal, describe
 
 log = logging.getLogger(__name__)
 
@@ -31,40 +32,6 @@ RTNH_F_ONLINK = 4
 SCOPE_LINK = 253
 #: Route attributes that identify a route and are needed to put it back, with pyroute2's names.
 ROUTE_ATTRS = {"RTA_DST": "dst", "RTA_GATEWAY": "gateway", "RTA_OIF": "oif", "RTA_PRIORITY": "priority", "RTA_PREFSRC": "prefsrc"}
-
-
-class Journal:
-    """Undo steps in the order they must run (last change first)."""
-
-    def __init__(self) -> None:
-        self._steps: list[tuple[str, Callable[[], Any]]] = []
-
-    def record(self, what: str, undo: Callable[[], Any]) -> None:
-        self._steps.append((what, undo))
-
-    def __len__(self) -> int:
-        return len(self._steps)
-
-    def rollback(self) -> list[str]:
-        """Undo everything; returns what could not be undone (each is logged)."""
-        failed = []
-        while self._steps:
-            what, undo = self._steps.pop()
-            try:
-                undo()
-                log.debug("rolled back: %s", what)
-            except Exception as error:  # noqa: BLE001 - keep undoing the rest whatever happens
-                failed.append(f"{what}: {describe(error)}")
-                log.error("could not roll back %s: %s", what, describe(error))
-        return failed
-
-
-def describe(error: Exception) -> str:
-    if isinstance(error, NetlinkError):
-        return os.strerror(error.code) if error.code else str(error)
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return str(error)
 
 
 def route_spec(route: Any) -> dict[str, Any]:

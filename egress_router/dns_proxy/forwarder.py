@@ -1,4 +1,4 @@
-"""One listener per destination: each client connection is relayed to an address of the destination.
+"""One forwarder per destination: each client connection is relayed to an address of the destination.
 
 uvloop accepts; then either the socket is taken over by the zero-copy splice pump, or (EGRESS_DNS_PROXY_SPLICE
 off, or no splice in this kernel) both sides stay asyncio transports joined by the Tunnel.
@@ -13,10 +13,10 @@ import socket
 import time
 from collections.abc import Callable
 
-from egress_router import splice
 from egress_router.config.dns_settings import DnsProxySettings
-from egress_router.dns_proxy.names import Destination
-from egress_router.relay import Tunnel, TunnelEnd
+from egress_router.dns_proxy import splice
+from egress_router.dns_proxy.names import FollowedName
+from egress_router.runtime.tunnel import Tunnel, TunnelEnd
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class _Side(TunnelEnd, asyncio.Protocol):
 class _Handoff(asyncio.Protocol):
     """Takes an accepted socket away from asyncio for the splice pump (uvloop still does the fast accept)."""
 
-    def __init__(self, listener: Listener) -> None:
-        self.listener = listener
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.pause_reading()  # type: ignore[attr-defined]  # no byte may be read into asyncio's buffers
@@ -80,13 +80,13 @@ class _Handoff(asyncio.Protocol):
         transport.abort()  # type: ignore[attr-defined]  # closes asyncio's descriptor only; the connection lives on in ours
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
-        self.listener.spawn(sock, peer)
+        self.forwarder.spawn(sock, peer)
 
 
-class Listener:
+class Forwarder:
     """Connections to one local port; `destination` may be swapped when the list file changes."""
 
-    def __init__(self, destination: Destination, settings: DnsProxySettings, active: set[asyncio.Task[None]]) -> None:
+    def __init__(self, destination: FollowedName, settings: DnsProxySettings, active: set[asyncio.Task[None]]) -> None:
         self.destination = destination
         self.settings = settings
         self.active = active

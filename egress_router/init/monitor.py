@@ -13,15 +13,16 @@ import logging
 from dataclasses import replace
 from ipaddress import IPv4Address
 
-from egress_router import arp, nat
-from egress_router.bringup import ClusterSide, decide_cluster_side, keep_cluster_side
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.init_settings import InitSettings
 from egress_router.errors import ApplyError
-from egress_router.netlink import Journal, PodNetwork, PolicyRouting
-from egress_router.plan import NetworkPlan, build_plan
-from egress_router.watch import ListFile, following
-from egress_router.workers import run_loop
+from egress_router.init import arp, nat
+from egress_router.init.apply import ClusterSide, decide_cluster_side, keep_cluster_side
+from egress_router.init.journal import Journal
+from egress_router.init.netlink import PodNetwork, PolicyRouting
+from egress_router.init.plan import NetworkPlan, build_plan
+from egress_router.runtime.watch import ListFile, following
+from egress_router.runtime.workers import run_loop
 
 log = logging.getLogger(__name__)
 

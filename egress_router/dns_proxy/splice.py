@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 
-from egress_router.relay import IdleWatch
+from egress_router.runtime.tunnel import IdleWatch
 
 CHUNK = 1 << 20
 FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
