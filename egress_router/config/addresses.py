@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 
 from egress_router.config.errors import ConfigError
+
+#: Any one IP address, as `ipaddress` gives it; the one alias every module uses.
+IPAddress = IPv4Address | IPv6Address
 
 
 def ipv4_problem(text: str) -> str | None:

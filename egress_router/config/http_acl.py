@@ -7,14 +7,14 @@ with the rule that decided, so the proxy connects to exactly the addresses that 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
+from egress_router.config.addresses import IPAddress
 from egress_router.config.errors import ConfigError, Problem
 from egress_router.config.hostnames import host_name_problem, normalize_host
 from egress_router.config.lines import meaningful_lines
 
 VARIABLE = "EGRESS_HTTP_PROXY_DESTINATION"
-IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
 

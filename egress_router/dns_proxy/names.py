@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from ipaddress import IPv4Address, IPv6Address
 
+from egress_router.config.addresses import IPAddress
 from egress_router.config.dns_settings import DnsProxySettings
 from egress_router.config.dns_targets import Target
 from egress_router.dns_proxy.resolver import ResolveError, Resolver
 
 log = logging.getLogger(__name__)
-IPAddress = IPv4Address | IPv6Address
 MAX_BACKOFF = 30.0
 #: Ask again when this share of the TTL has passed, so the answer is refreshed before it expires.
 REFRESH_AT = 0.9

@@ -13,13 +13,13 @@ import secrets
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import ip_address
 
 from dnslib import QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 
+from egress_router.config.addresses import IPAddress
 from egress_router.config.resolv_conf import ResolvConf, candidates
 
-IPAddress = IPv4Address | IPv6Address
 MAX_CNAME_DEPTH = 8
 DEFAULT_NEGATIVE_TTL = 5
 

@@ -7,13 +7,14 @@ import collections
 import logging
 import socket
 import time
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import ip_address
 from typing import Any
 
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser
 
+from egress_router.config.addresses import IPAddress
 from egress_router.config.http_acl import Decision
 from egress_router.config.http_settings import HttpProxySettings
 from egress_router.http_proxy import messages as m
@@ -23,7 +24,6 @@ from egress_router.runtime.deadline import Deadline
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd, abort_with_reset
 
 log = logging.getLogger(__name__)
-IPAddress = IPv4Address | IPv6Address
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 #: Requests that may be sent again when a pooled connection turns out closed (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})

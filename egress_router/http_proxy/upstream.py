@@ -6,18 +6,17 @@ import asyncio
 import collections
 import errno
 from functools import partial
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.http_parser import HttpResponseParser
 
+from egress_router.config.addresses import IPAddress
 from egress_router.http_proxy.messages import error_text
 from egress_router.runtime.deadline import Deadline
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd
 
-IPAddress = IPv4Address | IPv6Address
 EOF_MARK = None
 #: How long an idle upstream connection is kept for reuse; origin servers commonly close at 60 s or more.
 POOL_IDLE = 15.0
