@@ -1,32 +1,50 @@
-"""Client connections: aiohttp's C request parser in a plain asyncio protocol, one request at a time."""
+"""Client connections: aiohttp's C request parser in a plain asyncio protocol, one request at a time.
+
+A connection is in one `State` at a time. Bytes are parsed as they arrive (pipelined requests queue);
+one task per connection answers the queued requests in order. What to do at each step is decided by
+the pure functions of `exchange`; this module only moves bytes, keeps time and writes the access log.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from ipaddress import ip_address
 from typing import Any
 
-from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser
 
 from egress_router.config.addresses import IPAddress
 from egress_router.config.http_acl import Decision
 from egress_router.config.http_settings import HttpProxySettings
+from egress_router.http_proxy import exchange as x
 from egress_router.http_proxy import messages as m
 from egress_router.http_proxy.access_log import AccessLog
-from egress_router.http_proxy.upstream import Upstream, UpstreamError, UpstreamPool
+from egress_router.http_proxy.exchange import Answer
+from egress_router.http_proxy.flow import FlowControl
+from egress_router.http_proxy.upstream import MAX_HEADERS, Upstream, UpstreamError, UpstreamPool
 from egress_router.runtime.deadline import Deadline
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd, abort_with_reset
 
 log = logging.getLogger(__name__)
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
-#: Requests that may be sent again when a pooled connection turns out closed (RFC 9110 9.2.2).
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+#: Host name, port -> getaddrinfo-shaped answers; replaceable so tests need no DNS.
+Lookup = Callable[[str, int], Awaitable[list[Any]]]
+
+
+class State(enum.Enum):
+    IDLE = "idle"  # no request under way and none queued: the idle timeout runs
+    HEAD = "head"  # part of a request head is in: the header timeout runs
+    BUSY = "busy"  # a request is being answered; pipelined ones queue behind it
+    TUNNEL = "tunnel"  # CONNECT was asked: from here on the client's bytes belong to the tunnel
+    CLOSED = "closed"
 
 
 class ClientWentAway(ConnectionResetError):
@@ -36,16 +54,22 @@ class ClientWentAway(ConnectionResetError):
 class Proxy:
     """State shared by a worker's connections: settings, pool, resolver, live connections."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, settings: HttpProxySettings, access_log: AccessLog) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, settings: HttpProxySettings, access_log: AccessLog, lookup: Lookup | None = None
+    ) -> None:
         self.loop = loop
         self.settings = settings
         self.access_log = access_log
         self.pool = UpstreamPool(loop, settings.connect_timeout, settings.max_header_size)
         self.connections: set[ClientConnection] = set()
         self.draining = False
+        self.lookup: Lookup = lookup or self._getaddrinfo
 
-    async def authorize(self, target: m.RequestTarget) -> tuple[list[IPAddress], Decision]:
-        """Resolve once, decide on exactly those addresses; the caller connects to nothing else."""
+    async def _getaddrinfo(self, host: str, port: int) -> list[Any]:
+        return await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+
+    async def authorize(self, target: m.RequestTarget) -> tuple[list[IPAddress], Decision] | Answer:
+        """Resolve once, decide on exactly those addresses (the caller connects to nothing else), or say why not."""
         acl = self.settings.acl
         if target.address is not None:
             return [target.address], acl.decide(None, [target.address])
@@ -53,9 +77,9 @@ class Proxy:
         if early is not None:
             return [], early
         try:
-            infos = await self.loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+            infos = await self.lookup(target.host, target.port)
         except socket.gaierror as error:
-            raise UpstreamError(502, f"cannot resolve {target.host}: {error.strerror}") from error
+            return Answer(502, f"cannot resolve {target.host}: {error.strerror}")
         addresses: list[IPAddress] = []
         for info in infos:
             address = ip_address(str(info[4][0]).split("%", 1)[0])
@@ -63,123 +87,143 @@ class Proxy:
                 addresses.append(address)
         return addresses, acl.decide(target.host, addresses)
 
+    def drain(self) -> None:
+        """SIGTERM: idle connections go now, busy ones after their current response."""
+        self.draining = True
+        for connection in list(self.connections):
+            connection.drain_now()
+
     def protocol(self) -> ClientConnection:
         return ClientConnection(self)
 
 
-class ClientConnection(TunnelEnd, BaseProtocol):
-    """One client connection: requests are parsed as bytes arrive and handled strictly in order."""
+class ClientConnection(TunnelEnd, FlowControl):
+    """One client connection: requests are parsed as bytes arrive and answered strictly in order."""
 
     def __init__(self, proxy: Proxy) -> None:
         super().__init__(proxy.loop)
         self.proxy = proxy
         self.settings = proxy.settings
-        self.parser = self._parser = HttpRequestParser(  # aiohttp's flow control reaches it as _parser
-            self,
+        self.parser = HttpRequestParser(
+            self,  # type: ignore[arg-type]  # the parser's streams need only FlowControl's pause/resume/connected
             proxy.loop,
             2**16,
             max_line_size=self.settings.max_header_size // 2,
             max_field_size=self.settings.max_header_size // 2,
-            max_headers=256,
+            max_headers=MAX_HEADERS,
             auto_decompress=False,
         )
+        self.state = State.IDLE
         self.queue: collections.deque[tuple[Any, Any]] = collections.deque()
         self.body: Any = None  # the body stream of the request last parsed
+        self.head_bytes = 0  # bytes of the request head under way (State.HEAD)
         self.bytes_in = 0  # request body bytes passed to the server, this request
         self.bytes_out = 0  # response body bytes written to the client, this request
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.deadline = Deadline(proxy.loop, self.on_deadline)
-        self.head_bytes = 0
-        self.busy = False
         self.tunnel: Tunnel | None = None
-        self.tunnel_pending: list[bytes] = []
+        self.tunnel_pending: list[bytes] = []  # bytes that came after CONNECT, before the tunnel is up
+        self.tunnel_eof = False  # and whether the client half-closed meanwhile
         self._peer: str | None = None
-        self.closing = False
 
-    # protocol ------------------------------------------------------------------------------
+    # protocol events ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not BaseProtocol's: asyncio and uvloop already set TCP_NODELAY, and asking again costs ~10 µs.
+        # asyncio and uvloop already set TCP_NODELAY; asking again costs ~10 µs.
         self.transport = transport  # type: ignore[assignment]
         if len(self.proxy.connections) >= self.settings.max_connections:
-            self.refuse(503, f"too many connections (EGRESS_HTTP_PROXY_MAX_CONNECTIONS={self.settings.max_connections})")
+            self.answer(Answer(503, f"too many connections (EGRESS_HTTP_PROXY_MAX_CONNECTIONS={self.settings.max_connections})"))
             return
         self.proxy.connections.add(self)
         self.deadline.set(self.settings.header_timeout)
-        self.task = self.proxy.loop.create_task(self.serve())
+        self.task = self.loop.create_task(self.serve())
 
-    def data_received(self, data: bytes) -> None:  # noqa: C901 - split when the exchange becomes a state machine (issue 8)
-        if self.tunnel is not None:
-            self.tunnel.forward(0, data)
+    def data_received(self, data: bytes) -> None:
+        if self.state is State.TUNNEL:
+            self.tunnel_bytes(data)
             return
-        if self._upgraded:  # CONNECT parsed; bytes for the tunnel wait until it is up
-            if data:
-                self.tunnel_pending.append(data)
-            return
-        if not self.busy and not self.queue and data:
-            if self.head_bytes == 0:
-                self.deadline.set(self.settings.header_timeout)
+        if self.state is State.IDLE and data:
+            self.state = State.HEAD
+            self.deadline.set(self.settings.header_timeout)
+        if self.state is State.HEAD:
             self.head_bytes += len(data)
         try:
             messages, upgraded, tail = self.parser.feed_data(data)
-        except LineTooLong as error:
-            self.refuse(431, f"a header line is longer than {self.settings.max_header_size // 2} bytes ({m.error_text(error)})")
+        except (HttpProcessingError, LineTooLong) as error:
+            self.answer(self.parse_failure(error))
             return
-        except HttpProcessingError as error:
-            if "Too many headers" in str(error):
-                self.refuse(431, "too many header fields")
-            else:
-                self.refuse(400, m.error_text(error))
+        problem = self.took(messages)
+        if problem is not None:
+            self.answer(problem)
             return
-        if messages:
-            if any(head_size(message) > self.settings.max_header_size for message, _ in messages):
-                self.refuse(431, f"request head larger than {self.settings.max_header_size} bytes")
-                return
+        if upgraded:  # CONNECT: what follows its head is for the tunnel
+            self.state = State.TUNNEL
+            self.tunnel_bytes(tail)
+
+    def took(self, messages: list[tuple[Any, Any]]) -> Answer | None:
+        """Queue the requests parsed so far; a head over the limit is refused whole or in part."""
+        limit = self.settings.max_header_size
+        if not messages:
+            if self.state is State.HEAD and self.head_bytes > limit:
+                return Answer(431, f"request head larger than {limit} bytes")
+            return None
+        if any(head_size(message) > limit for message, _ in messages):
+            return Answer(431, f"request head larger than {limit} bytes")
+        if self.state is State.HEAD:
+            self.state = State.BUSY
             self.head_bytes = 0
             self.deadline.clear()
-            self.body = messages[-1][1]
-            self.queue.extend(messages)
-            if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_result(None)
-        elif not self.busy and self.head_bytes > self.settings.max_header_size:
-            self.refuse(431, f"request head larger than {self.settings.max_header_size} bytes")
-            return
-        if upgraded:
-            self._upgraded = True
-            if tail:
-                self.tunnel_pending.append(tail)
+        self.body = messages[-1][1]
+        self.queue.extend(messages)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+        return None
+
+    def parse_failure(self, error: Exception) -> Answer:
+        if isinstance(error, LineTooLong):
+            return Answer(431, f"a header line is longer than {self.settings.max_header_size // 2} bytes ({m.error_text(error)})")
+        if "Too many headers" in str(error):
+            return Answer(431, "too many header fields")
+        return Answer(400, m.error_text(error))
+
+    def tunnel_bytes(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.forward(0, data)
+        elif data:
+            self.tunnel_pending.append(data)
 
     def eof_received(self) -> bool:
-        if self.tunnel is not None:
-            self.tunnel.end_of_data(0)
+        if self.state is State.TUNNEL:
+            if self.tunnel is not None:
+                self.tunnel.end_of_data(0)
+            else:
+                self.tunnel_eof = True
             return True
-        try:
-            self.parser.feed_eof()
-        except Exception:  # noqa: BLE001 - the client stopped mid-body
-            self.cut_body()
-        if not self.busy and not self.queue:
+        self.end_of_requests()
+        if self.state in (State.IDLE, State.HEAD):
             self.close()
         return True  # half-closed clients still get their response
 
     def connection_lost(self, exc: BaseException | None) -> None:
         _ = self.peer  # still needed for log lines written after the connection is gone (tunnels)
         super().connection_lost(exc)
+        self.state = State.CLOSED
         self.deadline.cancel()
         self.proxy.connections.discard(self)
         if self.tunnel is not None:
             self.tunnel.lost(0, exc)
         elif self.task is not None and not self.task.done():
             self.task.cancel()
+        self.end_of_requests()
+
+    def end_of_requests(self) -> None:
+        """No more bytes from the client: a request body still under way fails, which ends its exchange (499)."""
         try:
             self.parser.feed_eof()
         except Exception:  # noqa: BLE001 - the client stopped mid-body
-            self.cut_body()
-
-    def cut_body(self) -> None:
-        """The client ended its side mid-body: the upload of that request fails, which ends its exchange (499)."""
-        if self.body is not None and not self.body.is_eof() and self.body.exception() is None:
-            self.body.set_exception(ClientWentAway("client went away mid-body"))
+            if self.body is not None and not self.body.is_eof() and self.body.exception() is None:
+                self.body.set_exception(ClientWentAway("client went away mid-body"))
 
     @property
     def peer(self) -> str:
@@ -190,48 +234,60 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             self._peer = (f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}") if peer else "-"
         return self._peer
 
-    # timers and closing -----------------------------------------------------------------------
+    # timers, answers and closing ---------------------------------------------------------------
 
     def on_deadline(self) -> None:
         """A request head took too long (408), or the connection sat idle (closed quietly)."""
-        if self.head_bytes:
-            self.refuse(408, f"request head not complete within {self.settings.header_timeout:g} s")
-        elif not self.busy:
+        if self.state is State.HEAD:
+            self.answer(Answer(408, f"request head not complete within {self.settings.header_timeout:g} s"))
+        elif self.state is State.IDLE:
             self.close()
 
-    def refuse(self, status: int, reason: str, method: str = "-", target: str = "-") -> None:
-        """Answer an error the connection cannot recover from, log it, close."""
+    def answer(self, answer: Answer, message: Any = None, started: float | None = None) -> None:
+        """The one way the proxy speaks for itself: status and a one-line reason to the client and the log."""
+        http10 = message is not None and message.version < x.HTTP_11
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(m.error_response(status, reason))
-        self.proxy.access_log.write(self.peer, method, target, status, 0, 0, 0.0, reason)
-        self.close()
+            self.transport.write(m.error_response(answer.status, answer.reason, close=answer.close, announce_keep_alive=http10))
+        self.log_exchange(message, answer.status, started, answer.reason)
+        if answer.close:
+            self.close()
+
+    def log_exchange(self, message: Any, status: int, started: float | None, reason: str) -> None:
+        self.proxy.access_log.write(
+            self.peer,
+            message.method if message is not None else "-",
+            message.path if message is not None else "-",
+            status,
+            self.bytes_in,
+            self.bytes_out,
+            time.monotonic() - started if started is not None else 0.0,
+            reason,
+        )
 
     def close(self) -> None:
-        self.closing = True
+        self.state = State.CLOSED
         self.deadline.cancel()
         if self.transport is not None:
             self.transport.close()
 
     def drain_now(self) -> None:
-        """SIGTERM: idle connections go now, busy ones after the current response."""
-        self.closing = True
-        if not self.busy and not self.queue and self.head_bytes == 0 and self.tunnel is None:
+        if self.state is State.IDLE:
             self.close()
 
     async def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("client went away")
         self.transport.write(data)
-        if self._paused:
-            await self._drain_helper()
+        if self.writing_paused:
+            await self.drained()
 
-    # requests ---------------------------------------------------------------------------------
+    # requests ----------------------------------------------------------------------------------
 
     async def next_request(self) -> tuple[Any, Any] | None:
         while not self.queue:
-            if self.transport is None or self.transport.is_closing():
+            if self.state is State.CLOSED or self.transport is None or self.transport.is_closing():
                 return None
-            self.waiter = self.proxy.loop.create_future()
+            self.waiter = self.loop.create_future()
             try:
                 await self.waiter
             finally:
@@ -240,32 +296,12 @@ class ClientConnection(TunnelEnd, BaseProtocol):
 
     async def serve(self) -> None:
         try:
-            while not self.closing:
+            while not self.proxy.draining:
                 request = await self.next_request()
-                if request is None:
-                    return
-                self.busy = True
-                self.bytes_in = self.bytes_out = 0
-                started = time.monotonic()
-                try:
-                    keep = await self.handle(*request)
-                except (ConnectionError, asyncio.CancelledError):
-                    message = request[0]  # the client went away mid-request: 499, as nginx logs it
-                    self.proxy.access_log.write(
-                        self.peer,
-                        message.method,
-                        message.path,
-                        499,
-                        self.bytes_in,
-                        self.bytes_out,
-                        time.monotonic() - started,
-                        "client went away",
-                    )
-                    raise
-                self.busy = False
-                if not keep or self.closing:
+                if request is None or not await self.answer_request(*request):
                     break
-                if not self.queue:
+                if not self.queue and self.state is State.BUSY:
+                    self.state = State.IDLE
                     self.deadline.set(self.settings.idle_timeout)
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -276,152 +312,155 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             if self.tunnel is None:
                 self.close()
 
-    async def handle(self, message: Any, payload: Any) -> bool:
+    async def answer_request(self, message: Any, payload: Any) -> bool:
+        """One request, start to end; whether the connection carries another."""
+        self.state = State.TUNNEL if message.method == "CONNECT" else State.BUSY
+        self.bytes_in = self.bytes_out = 0
         started = time.monotonic()
-        if message.version not in ((1, 1), (1, 0)):
-            self.refuse(
-                505, f"HTTP/{message.version[0]}.{message.version[1]} is not supported (HTTP/1.1 or 1.0 only)", message.method, message.path
-            )
-            return False
-        if message.version == (1, 0) and "Transfer-Encoding" in message.headers:
-            self.refuse(400, "Transfer-Encoding in an HTTP/1.0 request: framing is ambiguous (RFC 9112 6.1)", message.method, message.path)
-            return False
-        if message.method == "CONNECT":
-            return await self.connect(message, started)
-        target = m.parse_absolute_target(message.path)
-        if isinstance(target, str):
-            self.refuse(400, target, message.method, message.path)
-            return False
-        te = message.headers.get("Transfer-Encoding")
-        if te is not None and te.strip().lower() != "chunked":
-            self.refuse(501, f"Transfer-Encoding '{te}' is not supported (only chunked)", message.method, message.path)
-            return False
         try:
-            addresses, decision = await self.proxy.authorize(target)
-        except UpstreamError as error:
-            await self.reply_error(error.status, error.reason, message, started, close=True)
+            return await self.handle(message, payload, started)
+        except (ConnectionError, asyncio.CancelledError):
+            self.log_exchange(message, 499, started, "client went away")  # as nginx logs it
+            raise
+
+    async def handle(self, message: Any, payload: Any, started: float) -> bool:
+        te = message.headers.get("Transfer-Encoding")
+        problem = x.version_problem(message.version, te)
+        if problem is None and message.method == "CONNECT":
+            return await self.connect(message, started)
+        target = problem or request_target(message.path, te)
+        if isinstance(target, Answer):
+            self.answer(target, message, started)
             return False
+        verdict = await self.proxy.authorize(target)
+        if isinstance(verdict, Answer):
+            self.answer(verdict, message, started)
+            return False
+        addresses, decision = verdict
+        has_body = x.request_has_body(message.chunked, message.headers.get("Content-Length"))
         if not decision.allowed:
-            has_body = message.chunked or int(message.headers.get("Content-Length", "0") or 0) > 0
-            await self.reply_error(403, decision.reason, message, started, close=has_body or message.should_close)
-            return not (has_body or message.should_close)
-        return await self.exchange(message, payload, target, addresses, decision, started)
+            answer = x.denied(decision.reason, has_body=has_body, client_asked_close=message.should_close or self.proxy.draining)
+            self.answer(answer, message, started)
+            return not answer.close
+        return await self.forward(message, payload, target, addresses, decision.reason, started)
 
-    async def reply_error(self, status: int, reason: str, message: Any, started: float, *, close: bool) -> None:
-        await self.write(m.error_response(status, reason, close=close, announce_keep_alive=message.version < (1, 1)))
-        self.proxy.access_log.write(self.peer, message.method, message.path, status, 0, 0, time.monotonic() - started, reason)
+    # forwarding --------------------------------------------------------------------------------
 
-    def log_exchange(self, message: Any, code: int, started: float, reason: str) -> None:
-        self.proxy.access_log.write(
-            self.peer, message.method, message.path, code, self.bytes_in, self.bytes_out, time.monotonic() - started, reason
-        )
-
-    async def exchange(  # noqa: C901 - to become small pure decisions and a state machine (issue 8)
-        self, message: Any, payload: Any, target: m.RequestTarget, addresses: list[IPAddress], decision: Decision, started: float
+    async def forward(
+        self, message: Any, payload: Any, target: m.RequestTarget, addresses: list[IPAddress], rule: str, started: float
     ) -> bool:
-        has_body = message.chunked or int(message.headers.get("Content-Length", "0") or 0) > 0
+        sent = await self.send_request(message, payload, target, addresses, started)
+        if sent is None:
+            return False
+        upstream, response, body, upload = sent
+        framing = x.response_framing(
+            message.method, message.version, response.code, chunked=response.chunked, has_length="Content-Length" in response.headers
+        )
+        keep = x.keep_client(
+            client_asked_close=message.should_close,
+            draining=self.proxy.draining,
+            upload_complete=upload is None or upload.done(),
+            framing=framing,
+        )
+        extra = [("Transfer-Encoding", "chunked")] if framing.rechunk else []
+        connection = x.connection_header(keep, message.version)
+        if connection is not None:
+            extra.append(connection)
+        head = m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None), extra)
+        try:
+            cut = await self.relay_response(head, body, upstream, framing)
+        except (ConnectionError, asyncio.CancelledError):
+            self.finish(upload)
+            upstream.abort()
+            raise
+        upload_complete = self.finish(upload)
+        if cut is not None:  # the server broke off mid-body: the client's copy ends there too
+            upstream.abort()
+            self.log_exchange(message, response.code, started, f"{rule}; {cut}")
+            if self.transport is not None:
+                if framing.cut_needs_reset:
+                    abort_with_reset(self.transport)
+                else:
+                    self.close()  # what came is sent; the missing bytes or last chunk tell the client
+            return False
+        if x.reusable(complete=True, upload_complete=upload_complete, server_asked_close=response.should_close, lost=upstream.lost):
+            self.proxy.pool.release(upstream)
+        else:
+            upstream.close()
+        self.log_exchange(message, response.code, started, rule)
+        return keep and not self.proxy.draining  # SIGTERM may have come while the body streamed
+
+    async def send_request(
+        self, message: Any, payload: Any, target: m.RequestTarget, addresses: list[IPAddress], started: float
+    ) -> tuple[Upstream, Any, Any, asyncio.Task[None] | None] | None:
+        """The request to a server and its final response head (1xx passed on), retried once on a stale pooled
+        connection; None when the proxy answered instead."""
+        has_body = x.request_has_body(message.chunked, message.headers.get("Content-Length"))
         framing = [("Transfer-Encoding", "chunked")] if message.chunked else []
         request_head = m.head(
             f"{message.method} {target.path} HTTP/1.1", m.forwarded_headers(message.raw_headers, target.host_header), framing
         )
-        client_keep = not message.should_close and not self.closing
         for attempt in (1, 2):
             try:
                 upstream = await self.proxy.pool.acquire(addresses, target.port, pooled=attempt == 1)
             except UpstreamError as error:
-                await self.reply_error(error.status, error.reason, message, started, close=True)
-                return False
+                self.answer(error.answer, message, started)
+                return None
             upstream.start(message.method)
             upstream.write(request_head)
-            body_task = self.proxy.loop.create_task(self.send_body(payload, upstream, message.chunked)) if has_body else None
+            upload = self.loop.create_task(self.upload(payload, upstream, message.chunked)) if has_body else None
             try:
-                while True:
-                    response, body = await upstream.next_response(self.settings.idle_timeout)
-                    if 100 <= response.code < 200 and response.code != 101:
-                        if message.version >= (1, 1):
-                            await self.write(
-                                m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None))
-                            )
-                        continue
-                    break
+                response, body = await self.final_response(upstream, message.version)
+                return upstream, response, body, upload
             except UpstreamError as error:
-                self.finish(body_task)
+                self.finish(upload)
                 upstream.abort()
-                if (
-                    attempt == 1
-                    and upstream.exchanges
-                    and upstream.lost
-                    and not upstream.answered
-                    and not has_body
-                    and message.method in IDEMPOTENT
-                ):
-                    continue  # a pooled connection the server closed meanwhile: once more on a new one
-                await self.reply_error(error.status, error.reason, message, started, close=True)
-                return False
+                reused, lost, answered = upstream.exchanges > 0, upstream.lost, upstream.answered
+                if x.may_retry(attempt=attempt, reused=reused, lost=lost, answered=answered, has_body=has_body, method=message.method):
+                    continue
+                self.answer(error.answer, message, started)
+                return None
             except (ConnectionError, asyncio.CancelledError):  # the client went away: the server connection goes too
-                self.finish(body_task)
+                self.finish(upload)
                 upstream.abort()
                 raise
-            break
-        no_body = message.method == "HEAD" or response.code in (204, 304)
-        extra: list[tuple[str, str]] = []
-        chunked_out = False
-        if not no_body and (response.chunked or "Content-Length" not in response.headers):
-            if message.version >= (1, 1):
-                extra.append(("Transfer-Encoding", "chunked"))
-                chunked_out = True
-            else:
-                client_keep = False  # HTTP/1.0 has no chunked coding (RFC 9112 7): the body goes as is, ended by the close
-        if body_task is not None and not body_task.done():
-            client_keep = False  # the client's body was not read to its end: its framing is lost
-        client_keep = client_keep and not self.closing  # SIGTERM may have come while the server worked
-        if not client_keep:
-            extra.append(("Connection", "close"))
-        elif message.version < (1, 1):
-            extra.append(("Connection", "keep-alive"))  # an HTTP/1.0 client closes unless told otherwise (RFC 9112 9.3)
-        response_head = m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None), extra)
-        complete = no_body
+        return None  # not reached: the second attempt never retries
+
+    async def final_response(self, upstream: Upstream, client_version: x.Version) -> tuple[Any, Any]:
+        while True:
+            response, body = await upstream.next_response(self.settings.idle_timeout)
+            if not x.is_interim(response.code):
+                return response, body
+            if x.forward_interim(client_version):
+                await self.write(m.head(f"HTTP/1.1 {response.code} {response.reason}", m.forwarded_headers(response.raw_headers, None)))
+
+    async def relay_response(self, head: bytes, body: Any, upstream: Upstream, framing: x.ResponseFraming) -> str | None:
+        """The response to the client; returns why the server broke off mid-body, or None when it is complete."""
+        if not framing.body:
+            await self.write(head)
+            return None
+        # The head leaves with whatever body is already here: one write(2) for a small response.
+        first = body.read_nowait()
+        self.bytes_out += len(first)
+        complete = body.at_eof() and upstream.cut is None
+        data = (m.chunk(first) if framing.rechunk else first) if first else b""
+        await self.write(head + data + (m.LAST_CHUNK if complete and framing.rechunk else b""))
+        if complete or (body.at_eof() and upstream.cut is not None):
+            return upstream.cut
+        upstream.stream_body(self.settings.idle_timeout)
         try:
-            if no_body:
-                await self.write(response_head)
-            else:
-                # The head leaves with whatever body is already here: one write(2) for a small response.
-                first = body.read_nowait()
-                self.bytes_out += len(first)
-                ending = m.LAST_CHUNK if chunked_out and body.at_eof() and upstream.cut is None else b""
-                await self.write(response_head + ((m.chunk(first) if chunked_out else first) if first else b"") + ending)
-                if not ending:
-                    async for data in body.iter_any():
-                        self.bytes_out += len(data)
-                        await self.write(m.chunk(data) if chunked_out else data)
-                    if upstream.cut is not None:
-                        raise UpstreamError(502, upstream.cut)
-                    if chunked_out:
-                        await self.write(m.LAST_CHUNK)
-                complete = True
+            async for data in body.iter_any():
+                self.bytes_out += len(data)
+                await self.write(m.chunk(data) if framing.rechunk else data)
         except (ConnectionError, asyncio.CancelledError):
-            self.finish(body_task)
-            upstream.abort()
             raise
-        except Exception as error:  # noqa: BLE001 - the server broke off mid-body: the client's copy ends there too
-            self.finish(body_task)
-            upstream.abort()
-            why = error.reason if isinstance(error, UpstreamError) else f"server broke off: {error}"
-            self.log_exchange(message, response.code, started, f"{decision.reason}; {why}")
-            if self.transport is not None:
-                if chunked_out or "Content-Length" in response.headers:
-                    self.close()  # what came is sent; then the missing last chunk or bytes tell the client
-                else:
-                    abort_with_reset(self.transport)  # a body that ends with the connection: only a reset says "cut"
-            return False
-        body_done = self.finish(body_task)
-        reusable = complete and body_done and not response.should_close and not upstream.lost
-        if reusable:
-            self.proxy.pool.release(upstream)
-        else:
-            upstream.close()
-        self.log_exchange(message, response.code, started, decision.reason)
-        return client_keep
+        except Exception as error:  # noqa: BLE001 - any failure of the body stream is the server breaking off
+            return f"server broke off: {error}"
+        if upstream.cut is not None:
+            return upstream.cut
+        if framing.rechunk:
+            await self.write(m.LAST_CHUNK)
+        return None
 
     @staticmethod
     def finish(task: asyncio.Task[None] | None) -> bool:
@@ -433,13 +472,13 @@ class ClientConnection(TunnelEnd, BaseProtocol):
             return False
         return not task.cancelled() and task.exception() is None
 
-    async def send_body(self, payload: Any, upstream: Upstream, chunked: bool) -> None:
+    async def upload(self, payload: Any, upstream: Upstream, chunked: bool) -> None:
         try:
             async for data in payload.iter_any():
                 self.bytes_in += len(data)
                 upstream.write(m.chunk(data) if chunked else data)
                 if upstream.writing_paused:
-                    await upstream._drain_helper()
+                    await upstream.drained()
         except ClientWentAway:
             if self.task is not None:
                 self.task.cancel()  # the request can never be complete: end the exchange now, not when the server gives up
@@ -452,42 +491,46 @@ class ClientConnection(TunnelEnd, BaseProtocol):
     async def connect(self, message: Any, started: float) -> bool:
         target = m.parse_connect_target(message.path)
         if isinstance(target, str):
-            self.refuse(400, target, "CONNECT", message.path)
+            self.answer(Answer(400, target), message, started)
             return False
-        if target.port not in self.settings.connect_ports:
-            allowed = ",".join(str(p) for p in sorted(self.settings.connect_ports))
-            self.refuse(
-                403, f"CONNECT to port {target.port} is not allowed (EGRESS_HTTP_PROXY_CONNECT_PORTS={allowed})", "CONNECT", message.path
-            )
+        problem = x.connect_port_problem(target.port, self.settings.connect_ports)
+        if problem is not None:
+            self.answer(problem, message, started)
             return False
-        try:
-            addresses, decision = await self.proxy.authorize(target)
-        except UpstreamError as error:
-            self.refuse(error.status, error.reason, "CONNECT", message.path)
+        verdict = await self.proxy.authorize(target)
+        if isinstance(verdict, Answer) or not verdict[1].allowed:
+            self.answer(verdict if isinstance(verdict, Answer) else Answer(403, verdict[1].reason), message, started)
             return False
-        if not decision.allowed:
-            self.refuse(403, decision.reason, "CONNECT", message.path)
-            return False
+        addresses, decision = verdict
         try:
             upstream = await self.proxy.pool.acquire(addresses, target.port, pooled=False)
         except UpstreamError as error:
-            self.refuse(error.status, error.reason, "CONNECT", message.path)
+            self.answer(error.answer, message, started)
             return False
         if self.transport is None or self.transport.is_closing() or upstream.transport is None:
             upstream.close()
             return False
         self.deadline.cancel()
         self.transport.write(ESTABLISHED)
-        tunnel = Tunnel(self.proxy.loop, (self.transport, upstream.transport), self.settings.tunnel_idle_timeout)
+        tunnel = Tunnel(self.loop, (self.transport, upstream.transport), self.settings.tunnel_idle_timeout)
         self.tunnel = upstream.tunnel = tunnel
         for data in self.tunnel_pending:
             tunnel.forward(0, data)
         self.tunnel_pending.clear()
+        if self.tunnel_eof:
+            tunnel.end_of_data(0)
         why = await tunnel.closed
-        self.proxy.access_log.write(
-            self.peer, "CONNECT", message.path, 200, tunnel.sent[0], tunnel.sent[1], time.monotonic() - started, f"{decision.reason}; {why}"
-        )
+        self.bytes_in, self.bytes_out = tunnel.sent
+        self.log_exchange(message, 200, started, f"{decision.reason}; {why}")
         return False
+
+
+def request_target(path: str, transfer_encoding: str | None) -> m.RequestTarget | Answer:
+    """Where a plain (not CONNECT) request goes, or the answer when it cannot go anywhere."""
+    target = m.parse_absolute_target(path)
+    if isinstance(target, str):
+        return Answer(400, target)
+    return x.framing_problem(transfer_encoding) or target
 
 
 def head_size(message: Any) -> int:

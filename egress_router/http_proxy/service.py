@@ -31,8 +31,7 @@ async def serve_until_stopped(settings: HttpProxySettings, sock: socket.socket, 
     server.close()
     in_flight = len(proxy.connections)
     log.info("stopping: no new connections; draining %d for up to %g s", in_flight, settings.drain_timeout)
-    for connection in list(proxy.connections):
-        connection.drain_now()
+    proxy.drain()
     deadline = loop.time() + settings.drain_timeout
     while proxy.connections and loop.time() < deadline:
         await asyncio.sleep(0.05)

@@ -8,11 +8,12 @@ import errno
 from functools import partial
 from typing import Any
 
-from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.http_parser import HttpResponseParser
 
 from egress_router.config.addresses import IPAddress
+from egress_router.http_proxy.exchange import Answer
+from egress_router.http_proxy.flow import FlowControl
 from egress_router.http_proxy.messages import error_text
 from egress_router.runtime.deadline import Deadline
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd
@@ -21,22 +22,29 @@ EOF_MARK = None
 #: How long an idle upstream connection is kept for reuse; origin servers commonly close at 60 s or more.
 POOL_IDLE = 15.0
 POOL_PER_HOST = 64
+#: Header fields in one head, the same for requests and responses.
+MAX_HEADERS = 256
 
 
 class UpstreamError(Exception):
-    """Could not reach the origin: the proxy answers `status` with `reason`."""
+    """The origin could not be reached or broke the exchange: the proxy answers `status` with `reason`."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
 
+    @property
+    def answer(self) -> Answer:
+        return Answer(self.status, self.reason)
 
-class Upstream(TunnelEnd, BaseProtocol):
+
+class Upstream(TunnelEnd, FlowControl):
     """One connection to an origin server, used for one request at a time or as one end of a tunnel."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: UpstreamPool, key: tuple[str, int], max_field_size: int) -> None:
         super().__init__(loop)
+        self.parser: Any = None  # aiohttp's response parser for the current kind of request (HEAD or not)
         self.pool = pool
         self.key = key
         self.max_field_size = max_field_size
@@ -53,6 +61,7 @@ class Upstream(TunnelEnd, BaseProtocol):
         self.lost = False
         self.idle_since = 0.0
         self.method_kind: bool | None = None  # whether the current parser expects bodies (not HEAD)
+        self.silence: float | None = None  # while a body streams: how long the server may send nothing
         self.deadline = Deadline(loop, self._expire)
 
     # requests ----------------------------------------------------------------------------------
@@ -60,13 +69,14 @@ class Upstream(TunnelEnd, BaseProtocol):
     def start(self, method: str) -> None:
         """A parser for this exchange: whether a body may follow depends on the request method."""
         with_body = method != "HEAD"
-        if self._parser is None or self.method_kind is not with_body:
-            self._parser = HttpResponseParser(
-                self,
-                self._loop,
+        if self.parser is None or self.method_kind is not with_body:
+            self.parser = HttpResponseParser(
+                self,  # type: ignore[arg-type]  # the parser's streams need only FlowControl's pause/resume/connected
+                self.loop,
                 2**16,
                 max_line_size=self.max_field_size,
                 max_field_size=self.max_field_size,
+                max_headers=MAX_HEADERS,
                 response_with_body=with_body,
                 read_until_eof=True,
                 auto_decompress=False,
@@ -77,13 +87,29 @@ class Upstream(TunnelEnd, BaseProtocol):
         self.cut = None
         self.head_bytes = 0
         self.answered = False
+        self.silence = None
+
+    def stream_body(self, silence: float) -> None:
+        """The body is being relayed: cut it if the server sends nothing for `silence` seconds while we read."""
+        self.silence = silence
+        if not self.reading_paused:
+            self.deadline.set(silence)
+
+    def pause_reading(self) -> None:
+        super().pause_reading()
+        self.deadline.clear()  # we stopped reading (a slow client): the server's silence is ours
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        super().resume_reading(resume_parser)
+        if self.silence is not None:
+            self.deadline.set(self.silence)
 
     async def next_response(self, timeout: float) -> Any:
         """(message, payload), or raises UpstreamError when the server closed or said nothing in time."""
         while not self.responses:
             if self.lost:
                 raise UpstreamError(502, "the server closed the connection without a response")
-            self.waiter = self._loop.create_future()
+            self.waiter = self.loop.create_future()
             self.deadline.set(timeout)
             try:
                 await self.waiter
@@ -100,14 +126,17 @@ class Upstream(TunnelEnd, BaseProtocol):
     def _expire(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(TimeoutError())
+        elif self.silence is not None and self.body is not None and not self.body.is_eof():
+            self.fail(f"no bytes from the server for {self.silence:g} s mid-body")
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        """Bytes for the server; dropped once it is gone (waiting for the response then says how it ended)."""
+        if self.transport is not None:
+            self.transport.write(data)
 
     # protocol ----------------------------------------------------------------------------------
 
@@ -122,10 +151,12 @@ class Upstream(TunnelEnd, BaseProtocol):
             if data:  # an idle connection has nothing to say: drop it
                 self.close()
             return
-        parser = self._parser
+        parser = self.parser
         if parser is None:  # broken or gone; a reader draining the last body may still resume reading
             return
         self.answered = True
+        if self.silence is not None:
+            self.deadline.set(self.silence)
         if self.head_bytes >= 0:
             self.head_bytes += len(data)
         try:
@@ -156,9 +187,9 @@ class Upstream(TunnelEnd, BaseProtocol):
         self.deadline.cancel()
         if self.tunnel is not None:
             self.tunnel.lost(1, exc)
-        parser = self._parser
+        parser = self.parser
         if parser is not None:
-            self._parser = None
+            self.parser = None
             if exc is not None and self.body is not None and not self.body.is_eof():
                 self.broke("server reset mid-body")  # even a body that ends with the connection is not complete then
             else:
@@ -172,7 +203,7 @@ class Upstream(TunnelEnd, BaseProtocol):
 
     def fail(self, reason: str) -> None:
         """The server's bytes cannot be parsed any further: end the exchange with `reason` and drop the connection."""
-        self._parser = None
+        self.parser = None
         self.broke(reason)
         self.close()
 
@@ -263,6 +294,8 @@ class UpstreamPool:
         """Back to the pool after a complete exchange; closed once unused for POOL_IDLE seconds."""
         upstream.in_use = False
         upstream.exchanges += 1
+        upstream.silence = None
+        upstream.deadline.clear()
         idle = self.idle.setdefault(upstream.key, [])
         if upstream.lost or len(idle) >= POOL_PER_HOST:
             upstream.close()
