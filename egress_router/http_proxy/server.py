@@ -28,7 +28,7 @@ from egress_router.http_proxy import messages as m
 from egress_router.http_proxy.access_log import AccessLog
 from egress_router.http_proxy.exchange import Answer
 from egress_router.http_proxy.flow import FlowControl
-from egress_router.http_proxy.upstream import MAX_HEADERS, Upstream, UpstreamError, UpstreamPool
+from egress_router.http_proxy.upstream import MAX_HEADERS, OpenConnection, Upstream, UpstreamError, UpstreamPool
 from egress_router.runtime.deadline import Deadline
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd, abort_with_reset
 
@@ -55,12 +55,18 @@ class Proxy:
     """State shared by a worker's connections: settings, pool, resolver, live connections."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, settings: HttpProxySettings, access_log: AccessLog, lookup: Lookup | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: HttpProxySettings,
+        access_log: AccessLog,
+        *,
+        lookup: Lookup | None = None,
+        open_connection: OpenConnection | None = None,
     ) -> None:
         self.loop = loop
         self.settings = settings
         self.access_log = access_log
-        self.pool = UpstreamPool(loop, settings.connect_timeout, settings.max_header_size)
+        self.pool = UpstreamPool(loop, settings.connect_timeout, settings.max_header_size, open_connection)
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.lookup: Lookup = lookup or self._getaddrinfo

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -24,6 +25,8 @@ POOL_IDLE = 15.0
 POOL_PER_HOST = 64
 #: Header fields in one head, the same for requests and responses.
 MAX_HEADERS = 256
+#: loop.create_connection(protocol_factory, host, port), or a stand-in for tests.
+OpenConnection = Callable[[Callable[[], "Upstream"], str, int], Awaitable[tuple[asyncio.BaseTransport, "Upstream"]]]
 
 
 class UpstreamError(Exception):
@@ -100,8 +103,9 @@ class Upstream(TunnelEnd, FlowControl):
         self.deadline.clear()  # we stopped reading (a slow client): the server's silence is ours
 
     def resume_reading(self, resume_parser: bool = True) -> None:
+        paused = self.reading_paused  # aiohttp's stream calls this on every read, paused or not
         super().resume_reading(resume_parser)
-        if self.silence is not None:
+        if paused and self.silence is not None:
             self.deadline.set(self.silence)
 
     async def next_response(self, timeout: float) -> Any:
@@ -243,8 +247,11 @@ def response_head_size(message: Any) -> int:
 class UpstreamPool:
     """Idle keep-alive connections per (address, port), reused newest first."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float, max_field_size: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, connect_timeout: float, max_field_size: int, open_connection: OpenConnection | None = None
+    ) -> None:
         self.loop = loop
+        self.open_connection: OpenConnection = open_connection or loop.create_connection
         self.connect_timeout = connect_timeout
         self.max_field_size = max_field_size
         self.idle: dict[tuple[str, int], list[Upstream]] = {}
@@ -274,7 +281,7 @@ class UpstreamPool:
             key = (str(address), port)
             try:
                 async with asyncio.timeout(self.connect_timeout):  # no extra task, unlike wait_for
-                    _transport, upstream = await self.loop.create_connection(
+                    _transport, upstream = await self.open_connection(
                         partial(Upstream, self.loop, self, key, self.max_field_size), key[0], port
                     )
                 return upstream
