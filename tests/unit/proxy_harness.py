@@ -162,6 +162,13 @@ class Harness:
         connection.connection_made(client)
         return client
 
+    def ask(self, raw: bytes) -> tuple[Peer, bytes]:
+        """A new client sends `raw`; what the proxy answered once everything ready has run."""
+        client = self.client()
+        client.send(raw)
+        self.settle()
+        return client, client.take()
+
     def connection(self, client: Peer) -> ClientConnection:
         assert isinstance(client.protocol, ClientConnection)
         return client.protocol

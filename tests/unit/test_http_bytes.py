@@ -50,10 +50,7 @@ def test_a_request_goes_out_in_origin_form_with_hop_by_hop_headers_dropped(h: Ha
 
 @pytest.mark.parametrize(("name", "raw", "status"), REFUSED, ids=[case[0] for case in REFUSED])
 def test_ambiguous_or_forbidden_requests_are_refused(h: Harness, name: str, raw: bytes, status: int) -> None:
-    client = h.client()
-    client.send(raw)
-    h.settle()
-    response = client.take()
+    client, response = h.ask(raw)
     assert status_of(response) == status, response
     assert b"\nHTTP/" not in response  # nothing smuggled behind it
     body = response.split(b"\r\n\r\n", 1)[1]
@@ -81,10 +78,9 @@ def test_a_head_too_large_in_total_gets_431_even_before_it_ends(h: Harness) -> N
 
 
 def test_too_many_header_fields_get_431(h: Harness) -> None:
-    client = h.client()
-    client.send(b"GET http://origin.test/ HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(300)) + b"\r\n")
-    h.settle()
-    response = client.take()
+    client, response = h.ask(
+        b"GET http://origin.test/ HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(300)) + b"\r\n"
+    )
     assert status_of(response) == 431 and b"too many header fields" in response
 
 
@@ -335,10 +331,7 @@ def test_an_unanswered_connect_gets_504_at_the_connect_timeout() -> None:
 
 
 def test_a_name_that_does_not_resolve_gets_502_and_says_so(h: Harness) -> None:
-    client = h.client()
-    client.send(b"GET http://nowhere.test/ HTTP/1.1\r\nHost: a\r\n\r\n")
-    h.settle()
-    response = client.take()
+    client, response = h.ask(b"GET http://nowhere.test/ HTTP/1.1\r\nHost: a\r\n\r\n")
     assert status_of(response) == 502 and b"cannot resolve nowhere.test: Name or service not known" in response
 
 
@@ -436,10 +429,7 @@ def test_connect_tunnels_bytes_both_ways_and_passes_half_closes(h: Harness) -> N
 
 
 def test_connect_to_a_port_not_allowed_gets_403(h: Harness) -> None:
-    client = h.client()
-    client.send(b"CONNECT origin.test:22 HTTP/1.1\r\nHost: origin.test:22\r\n\r\n")
-    h.settle()
-    response = client.take()
+    client, response = h.ask(b"CONNECT origin.test:22 HTTP/1.1\r\nHost: origin.test:22\r\n\r\n")
     assert status_of(response) == 403 and b"EGRESS_HTTP_PROXY_CONNECT_PORTS=443,8000" in response and client.closed
 
 
