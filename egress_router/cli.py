@@ -13,8 +13,10 @@ from typing import Any, TypeVar
 import click
 
 from egress_router import __version__
+from egress_router.config import dns_settings, http_settings, init_settings
 from egress_router.config.errors import ConfigError
-from egress_router.config.init_settings import Mode, load_init_settings
+from egress_router.config.init_settings import Mode, load_init_settings, load_monitor_settings
+from egress_router.config.options import Option
 from egress_router.errors import ApplyError, Terminated
 from egress_router.runtime import logs
 from egress_router.runtime.watch import ListFile
@@ -23,9 +25,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("egress_router")
 
 
-def env_option(flag: str, envvar: str, help: str) -> Callable[[F], F]:
-    """A text option read from `envvar`; our own parsers validate it, so errors read the same either way."""
-    return click.option(flag, envvar=envvar, show_envvar=True, default=None, metavar="TEXT", help=help)
+def help_text(option: Option) -> str:
+    """The option's sentence and, when it has one, its default as the loader takes it."""
+    shown = option.shown_default
+    return f"{option.help} (default {shown})." if shown is not None else f"{option.help}."
+
+
+def env_options(table: tuple[Option, ...]) -> Callable[[F], F]:
+    """A command's options, in the table's order: text read from each option's variable; our own parsers
+    validate it (with the table's defaults), so errors read the same either way."""
+
+    def decorate(command: F) -> F:
+        for option in reversed(table):
+            flag = click.option(option.flag, envvar=option.variable, show_envvar=True, default=None, metavar="TEXT", help=help_text(option))
+            command = flag(command)
+        return command
+
+    return decorate
 
 
 def fail(command: str, message: str, code: int = 1) -> None:
@@ -39,24 +55,24 @@ def list_file(path: str | None, text: str | None) -> ListFile | None:
     return ListFile(path.strip(), text or "") if path and path.strip() else None
 
 
-def read_list(variable: str, value: str | None, file_variable: str, path: str | None) -> str | None:
+def read_list(option: Option, value: str | None, file_option: Option, path: str | None) -> str | None:
     """A list variable or its *_FILE twin (a mounted ConfigMap), never both."""
     if path is None or not path.strip():
         return value
     if value is not None and value.strip():
-        raise ConfigError.single(file_variable, f"set either {variable} or {file_variable}, not both", path)
+        raise ConfigError.single(file_option.variable, f"set either {option.variable} or {file_option.variable}, not both", path)
     try:
         with open(path.strip(), encoding="utf-8") as f:
             return f.read()
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise ConfigError.single(file_variable, f"cannot read the file: {reason}", path) from error
+        raise ConfigError.single(file_option.variable, f"cannot read the file: {reason}", path) from error
 
 
 #: With no command, the mode the environment names: OpenShift's proxy pod manifests give no arguments.
 MODE_VARIABLES = (
-    ("http-proxy", ("EGRESS_HTTP_PROXY_DESTINATION", "EGRESS_HTTP_PROXY_DESTINATION_FILE")),
-    ("dns-proxy", ("EGRESS_DNS_PROXY_DESTINATION", "EGRESS_DNS_PROXY_DESTINATION_FILE")),
+    ("http-proxy", (http_settings.LIST.variable, http_settings.LIST_FILE.variable)),
+    ("dns-proxy", (dns_settings.LIST.variable, dns_settings.LIST_FILE.variable)),
 )
 
 
@@ -92,37 +108,14 @@ def main() -> None:
 
 
 @main.command()
-@env_option("--source", "EGRESS_SOURCE", "Reserved egress address, A.B.C.D or A.B.C.D/len. Required.")
-@env_option("--gateway", "EGRESS_GATEWAY", "Next hop on the node's network. Required.")
-@env_option(
-    "--destination",
-    "EGRESS_DESTINATION",
-    "Redirect rules, one a line: '<port> <proto> <addr> [<remote-port>]', or a fallback '<addr>' last.",
-)
-@env_option("--destination-file", "EGRESS_DESTINATION_FILE", "File holding the redirect rules instead (a mounted ConfigMap).")
-@env_option(
-    "--mode",
-    "EGRESS_ROUTER_MODE",
-    "init | legacy (default: set up, stay running) | http-proxy | dns-proxy | unit-test (print the plan, change nothing).",
-)
-@env_option("--debug", "EGRESS_ROUTER_DEBUG", "Non-empty: log every step.")
-@env_option("--interface", "EGRESS_INTERFACE", "Egress interface in the pod (default macvlan0; net1 for a Multus attachment).")
-@env_option("--macvlan-master", "EGRESS_MACVLAN_MASTER", "Node interface to create the egress macvlan on when it does not exist yet.")
-@env_option("--macvlan-mode", "EGRESS_MACVLAN_MODE", "bridge (default) | private | vepa | passthru.")
-@env_option("--host-netns", "EGRESS_HOST_NETNS", "The node's network namespace, for creating the macvlan (default /proc/1/ns/net).")
-@env_option(
-    "--cluster-networks",
-    "EGRESS_CLUSTER_NETWORKS",
-    "CIDRs the pod's own connections reach through eth0 (cluster and Service networks), comma-separated.",
-)
+@env_options(init_settings.INIT_OPTIONS)
 def init(destination: str | None, destination_file: str | None, **values: str | None) -> None:
     """Set up the pod's egress interface, routes and NAT (the privileged init container)."""
     from egress_router.init.plan import build_plan, render_plan
 
-    debug = values["debug"]
-    logs.setup(bool(debug and debug.strip()), "init")
+    logs.setup(init_settings.DEBUG.parse(values["debug"]), "init")
     try:
-        rules = read_list("EGRESS_DESTINATION", destination, "EGRESS_DESTINATION_FILE", destination_file)
+        rules = read_list(init_settings.DESTINATION, destination, init_settings.DESTINATION_FILE, destination_file)
         settings = load_init_settings(destination=rules, **values)
     except ConfigError as error:
         fail("init", str(error))
@@ -189,38 +182,15 @@ def demo() -> None:
 
 
 @main.command("http-proxy")
-@env_option(
-    "--destination", "EGRESS_HTTP_PROXY_DESTINATION", "Allow/deny list, one rule a line: address, CIDR, name, *.domain, !rule, and * last."
-)
-@env_option("--destination-file", "EGRESS_HTTP_PROXY_DESTINATION_FILE", "File holding the list instead (a mounted ConfigMap).")
-@env_option("--listen-port", "EGRESS_HTTP_PROXY_LISTEN_PORT", "Port to listen on, IPv4 and IPv6 (default 8080).")
-@env_option("--connect-ports", "EGRESS_HTTP_PROXY_CONNECT_PORTS", "Ports CONNECT tunnels may reach, comma-separated (default 443).")
-@env_option("--max-connections", "EGRESS_HTTP_PROXY_MAX_CONNECTIONS", "Client connections per worker; more get 503 (default 4096).")
-@env_option("--max-header-size", "EGRESS_HTTP_PROXY_MAX_HEADER_SIZE", "Largest request head in bytes; larger gets 431 (default 65536).")
-@env_option("--header-timeout", "EGRESS_HTTP_PROXY_HEADER_TIMEOUT", "Time to send a whole request head; slower gets 408 (default 10s).")
-@env_option(
-    "--idle-timeout", "EGRESS_HTTP_PROXY_IDLE_TIMEOUT", "Idle keep-alive connections and silent servers are cut after this (default 60s)."
-)
-@env_option(
-    "--tunnel-idle-timeout",
-    "EGRESS_HTTP_PROXY_TUNNEL_IDLE_TIMEOUT",
-    "A CONNECT tunnel with no bytes either way is closed after this (default 1h).",
-)
-@env_option(
-    "--connect-timeout", "EGRESS_HTTP_PROXY_CONNECT_TIMEOUT", "Time to connect to a server address before trying the next (default 10s)."
-)
-@env_option("--drain-timeout", "EGRESS_HTTP_PROXY_DRAIN_TIMEOUT", "On SIGTERM, in-flight requests get this long to finish (default 30s).")
-@env_option("--workers", "EGRESS_HTTP_PROXY_WORKERS", "Worker processes sharing the port (default: one per CPU).")
-@env_option("--debug", "EGRESS_ROUTER_DEBUG", "Non-empty: log more.")
+@env_options(http_settings.OPTIONS)
 def http_proxy(destination: str | None, destination_file: str | None, debug: str | None, **values: str | None) -> None:
     """Forward HTTP proxy with an allow/deny list and CONNECT tunnels (unprivileged)."""
-    from egress_router.config.http_settings import load_http_settings
     from egress_router.http_proxy import service
 
-    logs.setup(bool(debug and debug.strip()), "http-proxy")
+    logs.setup(http_settings.DEBUG.parse(debug), "http-proxy")
     try:
-        rules = read_list("EGRESS_HTTP_PROXY_DESTINATION", destination, "EGRESS_HTTP_PROXY_DESTINATION_FILE", destination_file)
-        settings = load_http_settings(destination=rules, **values)
+        rules = read_list(http_settings.LIST, destination, http_settings.LIST_FILE, destination_file)
+        settings = http_settings.load_http_settings(destination=rules, **values)
     except ConfigError as error:
         fail("http-proxy", str(error))
         return
@@ -231,32 +201,15 @@ def http_proxy(destination: str | None, destination_file: str | None, debug: str
 
 
 @main.command("dns-proxy")
-@env_option(
-    "--destination", "EGRESS_DNS_PROXY_DESTINATION", "Ports to forward, one a line: '<local-port> <address-or-name> [<remote-port>]'."
-)
-@env_option("--destination-file", "EGRESS_DNS_PROXY_DESTINATION_FILE", "File holding the relays instead (a mounted ConfigMap).")
-@env_option("--debug", "EGRESS_DNS_PROXY_DEBUG", "Non-empty: one log line per connection.")
-@env_option("--max-connections", "EGRESS_DNS_PROXY_MAX_CONNECTIONS", "Relayed connections in all; more are closed at once (default 4096).")
-@env_option("--idle-timeout", "EGRESS_DNS_PROXY_IDLE_TIMEOUT", "A connection with no bytes either way is closed after this (default 1h).")
-@env_option("--connect-timeout", "EGRESS_DNS_PROXY_CONNECT_TIMEOUT", "Time for one address to accept before trying the next (default 5s).")
-@env_option("--drain-timeout", "EGRESS_DNS_PROXY_DRAIN_TIMEOUT", "On SIGTERM, open connections get this long to finish (default 30s).")
-@env_option("--min-ttl", "EGRESS_DNS_PROXY_MIN_TTL", "Names are not re-resolved more often than this (default 1s).")
-@env_option("--max-ttl", "EGRESS_DNS_PROXY_MAX_TTL", "Names are re-resolved at least this often (default 5m).")
-@env_option("--stale-limit", "EGRESS_DNS_PROXY_STALE_LIMIT", "How long the last good answer is used while DNS fails (default 1h).")
-@env_option(
-    "--splice",
-    "EGRESS_DNS_PROXY_SPLICE",
-    "on: relay bytes with zero-copy splice(2); off (default, measured faster here): copy them through the process.",
-)
-def dns_proxy(destination: str | None, destination_file: str | None, debug: str | None, **values: str | None) -> None:
+@env_options(dns_settings.OPTIONS)
+def dns_proxy(destination: str | None, destination_file: str | None, **values: str | None) -> None:
     """TCP relays to destinations given by address or DNS name, following record changes (unprivileged)."""
-    from egress_router.config.dns_settings import load_dns_settings
     from egress_router.dns_proxy import service
 
     logs.setup(False, "dns-proxy")
     try:
-        rules = read_list("EGRESS_DNS_PROXY_DESTINATION", destination, "EGRESS_DNS_PROXY_DESTINATION_FILE", destination_file)
-        settings = load_dns_settings(destination=rules, debug=debug, **values)
+        rules = read_list(dns_settings.LIST, destination, dns_settings.LIST_FILE, destination_file)
+        settings = dns_settings.load_dns_settings(destination=rules, **values)
     except ConfigError as error:
         fail("dns-proxy", str(error))
         return
@@ -267,29 +220,16 @@ def dns_proxy(destination: str | None, destination_file: str | None, debug: str 
 
 
 @main.command()
-@env_option("--source", "EGRESS_SOURCE", "Reserved egress address, as given to init. Required.")
-@env_option("--gateway", "EGRESS_GATEWAY", "Next hop, as given to init. Required.")
-@env_option("--destination", "EGRESS_DESTINATION", "Redirect rules, as given to init.")
-@env_option("--destination-file", "EGRESS_DESTINATION_FILE", "File holding the rules; re-applied whenever it changes.")
-@env_option("--interface", "EGRESS_INTERFACE", "Egress interface in the pod (default macvlan0).")
-@env_option("--cluster-networks", "EGRESS_CLUSTER_NETWORKS", "CIDRs kept on eth0, as given to init.")
-@env_option(
-    "--check-interval", "EGRESS_ROUTER_MONITOR_INTERVAL", "How often the NAT rules are checked and put back if changed (default 10s)."
-)
-@env_option("--debug", "EGRESS_ROUTER_DEBUG", "Non-empty: log every step.")
-def monitor(
-    destination: str | None, destination_file: str | None, check_interval: str | None, debug: str | None, **values: str | None
-) -> None:
+@env_options(init_settings.MONITOR_OPTIONS)
+def monitor(destination: str | None, destination_file: str | None, debug: str | None, **values: str | None) -> None:
     """Keep a redirect pod's setup true: re-announce, follow the rules file, restore removed rules (NET_ADMIN, NET_RAW)."""
-    from egress_router.config.values import parse_duration
     from egress_router.init import monitor as monitor_module
 
-    logs.setup(bool(debug and debug.strip()), "monitor")
+    logs.setup(init_settings.DEBUG.parse(debug), "monitor")
     try:
-        rules = read_list("EGRESS_DESTINATION", destination, "EGRESS_DESTINATION_FILE", destination_file)
-        settings = load_init_settings(destination=rules, mode="init", debug=debug, **values)
-        interval = parse_duration(check_interval, "EGRESS_ROUTER_MONITOR_INTERVAL", 10.0)
+        rules = read_list(init_settings.DESTINATION, destination, init_settings.DESTINATION_FILE, destination_file)
+        settings = load_monitor_settings(destination=rules, debug=debug, **values)
     except ConfigError as error:
         fail("monitor", str(error))
         return
-    sys.exit(monitor_module.run(settings, pod_nameservers(), list_file(destination_file, rules), interval))
+    sys.exit(monitor_module.run(settings.init, pod_nameservers(), list_file(destination_file, rules), settings.check_interval))

@@ -5,57 +5,62 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from egress_router.config.dns_targets import Target, parse_targets
-from egress_router.config.errors import Collector, ConfigError, Problem
-from egress_router.config.values import parse_count, parse_duration
+from egress_router.config.errors import Collector, ConfigError
+from egress_router.config.options import Count, Duration, Flag, Option, Switch, parse_each
+
+LIST = Option(
+    "destination", "EGRESS_DNS_PROXY_DESTINATION", "Ports to forward, one a line: '<local-port> <address-or-name> [<remote-port>]'"
+)
+LIST_FILE = Option("destination_file", "EGRESS_DNS_PROXY_DESTINATION_FILE", "File holding the relays instead (a mounted ConfigMap)")
+
+#: The settings below the list, one option each, in the order --help shows them.
+TUNING = (
+    Flag("debug", "EGRESS_DNS_PROXY_DEBUG", "Non-empty: one log line per connection"),
+    Count("max_connections", "EGRESS_DNS_PROXY_MAX_CONNECTIONS", "Relayed connections in all; more are closed at once", default=4096),
+    Duration("idle_timeout", "EGRESS_DNS_PROXY_IDLE_TIMEOUT", "A connection with no bytes either way is closed after this", default=3600.0),
+    Duration("connect_timeout", "EGRESS_DNS_PROXY_CONNECT_TIMEOUT", "Time for one address to accept before trying the next", default=5.0),
+    Duration("drain_timeout", "EGRESS_DNS_PROXY_DRAIN_TIMEOUT", "On SIGTERM, open connections get this long to finish", default=30.0),
+    Duration("min_ttl", "EGRESS_DNS_PROXY_MIN_TTL", "Names are not re-resolved more often than this", default=1.0),
+    Duration("max_ttl", "EGRESS_DNS_PROXY_MAX_TTL", "Names are re-resolved at least this often", default=300.0),
+    Duration("stale_limit", "EGRESS_DNS_PROXY_STALE_LIMIT", "How long the last good answer is used while DNS fails", default=3600.0),
+    Switch(
+        "splice",
+        "EGRESS_DNS_PROXY_SPLICE",
+        "on: relay bytes with zero-copy splice(2); off: copy them through the process, measured faster here",
+        default=False,
+    ),
+)
+
+#: Every option of `egress-router dns-proxy`, in the order --help shows them.
+OPTIONS = (LIST, LIST_FILE, *TUNING)
 
 
 @dataclass(frozen=True)
 class DnsProxySettings:
+    """The parsed options; their defaults are in TUNING, nowhere else."""
+
     targets: tuple[Target, ...]
-    debug: bool = False
-    max_connections: int = 4096
-    idle_timeout: float = 3600.0
-    connect_timeout: float = 5.0
-    drain_timeout: float = 30.0
-    min_ttl: float = 1.0
-    max_ttl: float = 300.0
-    stale_limit: float = 3600.0
-    avoid_failed_for: float = 30.0
-    splice: bool = False
+    debug: bool
+    max_connections: int
+    idle_timeout: float
+    connect_timeout: float
+    drain_timeout: float
+    min_ttl: float
+    max_ttl: float
+    stale_limit: float
+    splice: bool
+    avoid_failed_for: float = 30.0  # not an option: how long an address that failed is tried after the others
 
 
-def load_dns_settings(
-    *,
-    destination: str | None,
-    debug: str | None = None,
-    max_connections: str | None = None,
-    idle_timeout: str | None = None,
-    connect_timeout: str | None = None,
-    drain_timeout: str | None = None,
-    min_ttl: str | None = None,
-    max_ttl: str | None = None,
-    stale_limit: str | None = None,
-    splice: str | None = None,
-) -> DnsProxySettings:
+def load_dns_settings(*, destination: str | None, **given: str | None) -> DnsProxySettings:
+    """`given`: the TUNING options by name, as text; unset ones take their defaults."""
     found = Collector()
-    values: dict[str, object] = {"debug": bool(debug and debug.strip())}
-    choice = (splice or "off").strip().lower()
-    if choice not in ("on", "off"):
-        found.add(Problem("EGRESS_DNS_PROXY_SPLICE", "must be on or off", choice))
-    values["splice"] = choice == "on"
-    steps = {
-        "targets": lambda: parse_targets(destination),
-        "max_connections": lambda: parse_count(max_connections, "EGRESS_DNS_PROXY_MAX_CONNECTIONS", 4096),
-        "idle_timeout": lambda: parse_duration(idle_timeout, "EGRESS_DNS_PROXY_IDLE_TIMEOUT", 3600.0),
-        "connect_timeout": lambda: parse_duration(connect_timeout, "EGRESS_DNS_PROXY_CONNECT_TIMEOUT", 5.0),
-        "drain_timeout": lambda: parse_duration(drain_timeout, "EGRESS_DNS_PROXY_DRAIN_TIMEOUT", 30.0),
-        "min_ttl": lambda: parse_duration(min_ttl, "EGRESS_DNS_PROXY_MIN_TTL", 1.0),
-        "max_ttl": lambda: parse_duration(max_ttl, "EGRESS_DNS_PROXY_MAX_TTL", 300.0),
-        "stale_limit": lambda: parse_duration(stale_limit, "EGRESS_DNS_PROXY_STALE_LIMIT", 3600.0),
-    }
-    values.update(found.gather(steps))
+    values = found.gather({"targets": lambda: parse_targets(destination)})
+    values.update(parse_each(found, TUNING, given))
     found.raise_if_any()
-    settings = DnsProxySettings(**values)  # type: ignore[arg-type]
+    settings = DnsProxySettings(**values)
     if settings.min_ttl > settings.max_ttl:
-        raise ConfigError.single("EGRESS_DNS_PROXY_MIN_TTL", f"must not exceed EGRESS_DNS_PROXY_MAX_TTL ({settings.max_ttl:g} s)", min_ttl)
+        raise ConfigError.single(
+            "EGRESS_DNS_PROXY_MIN_TTL", f"must not exceed EGRESS_DNS_PROXY_MAX_TTL ({settings.max_ttl:g} s)", given.get("min_ttl")
+        )
     return settings

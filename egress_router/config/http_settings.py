@@ -2,62 +2,74 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from egress_router.config.errors import Collector
 from egress_router.config.http_acl import Acl, parse_acl
-from egress_router.config.values import parse_count, parse_duration, parse_port_list, parse_port_value
+from egress_router.config.options import PER_CPU, Count, Duration, Flag, Option, Port, Ports, parse_each
+
+LIST = Option(
+    "destination", "EGRESS_HTTP_PROXY_DESTINATION", "Allow/deny list, one rule a line: address, CIDR, name, *.domain, !rule, and * last"
+)
+LIST_FILE = Option("destination_file", "EGRESS_HTTP_PROXY_DESTINATION_FILE", "File holding the list instead (a mounted ConfigMap)")
+
+#: The settings below the list, one option each, in the order --help shows them.
+TUNING = (
+    Port("listen_port", "EGRESS_HTTP_PROXY_LISTEN_PORT", "Port to listen on, IPv4 and IPv6", default=8080),
+    Ports("connect_ports", "EGRESS_HTTP_PROXY_CONNECT_PORTS", "Ports CONNECT tunnels may reach, comma-separated", default=frozenset({443})),
+    Count("max_connections", "EGRESS_HTTP_PROXY_MAX_CONNECTIONS", "Client connections per worker; more get 503", default=4096),
+    Count(
+        "max_header_size",
+        "EGRESS_HTTP_PROXY_MAX_HEADER_SIZE",
+        "Largest request head in bytes; larger gets 431",
+        default=64 * 1024,
+        minimum=1024,
+        maximum=1024 * 1024,
+    ),
+    Duration("header_timeout", "EGRESS_HTTP_PROXY_HEADER_TIMEOUT", "Time to send a whole request head; slower gets 408", default=10.0),
+    Duration(
+        "idle_timeout", "EGRESS_HTTP_PROXY_IDLE_TIMEOUT", "Idle keep-alive connections and silent servers are cut after this", default=60.0
+    ),
+    Duration(
+        "tunnel_idle_timeout",
+        "EGRESS_HTTP_PROXY_TUNNEL_IDLE_TIMEOUT",
+        "A CONNECT tunnel with no bytes either way is closed after this",
+        default=3600.0,
+    ),
+    Duration(
+        "connect_timeout", "EGRESS_HTTP_PROXY_CONNECT_TIMEOUT", "Time to connect to a server address before trying the next", default=10.0
+    ),
+    Duration("drain_timeout", "EGRESS_HTTP_PROXY_DRAIN_TIMEOUT", "On SIGTERM, in-flight requests get this long to finish", default=30.0),
+    Count("workers", "EGRESS_HTTP_PROXY_WORKERS", "Worker processes sharing the port", default=PER_CPU, minimum=1, maximum=256),
+)
+
+DEBUG = Flag("debug", "EGRESS_ROUTER_DEBUG", "Non-empty: log more")
+
+#: Every option of `egress-router http-proxy`, in the order --help shows them.
+OPTIONS = (LIST, LIST_FILE, *TUNING, DEBUG)
 
 
 @dataclass(frozen=True)
 class HttpProxySettings:
+    """The parsed options; their defaults are in TUNING, nowhere else."""
+
     acl: Acl
-    listen_port: int = 8080
-    connect_ports: frozenset[int] = frozenset({443})
-    max_connections: int = 4096
-    max_header_size: int = 64 * 1024
-    header_timeout: float = 10.0
-    idle_timeout: float = 60.0
-    tunnel_idle_timeout: float = 3600.0
-    connect_timeout: float = 10.0
-    drain_timeout: float = 30.0
-    workers: int = 1
+    listen_port: int
+    connect_ports: frozenset[int]
+    max_connections: int
+    max_header_size: int
+    header_timeout: float
+    idle_timeout: float
+    tunnel_idle_timeout: float
+    connect_timeout: float
+    drain_timeout: float
+    workers: int
 
 
-def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)))
-
-
-def load_http_settings(
-    *,
-    destination: str | None,
-    listen_port: str | None = None,
-    connect_ports: str | None = None,
-    max_connections: str | None = None,
-    max_header_size: str | None = None,
-    header_timeout: str | None = None,
-    idle_timeout: str | None = None,
-    tunnel_idle_timeout: str | None = None,
-    connect_timeout: str | None = None,
-    drain_timeout: str | None = None,
-    workers: str | None = None,
-) -> HttpProxySettings:
+def load_http_settings(*, destination: str | None, **given: str | None) -> HttpProxySettings:
+    """`given`: the TUNING options by name, as text; unset ones take their defaults."""
     found = Collector()
-    values: dict[str, object] = {}
-    steps = {
-        "acl": lambda: parse_acl(destination),
-        "listen_port": lambda: parse_port_value(listen_port, "EGRESS_HTTP_PROXY_LISTEN_PORT", 8080),
-        "connect_ports": lambda: parse_port_list(connect_ports, "EGRESS_HTTP_PROXY_CONNECT_PORTS", (443,)),
-        "max_connections": lambda: parse_count(max_connections, "EGRESS_HTTP_PROXY_MAX_CONNECTIONS", 4096),
-        "max_header_size": lambda: parse_count(max_header_size, "EGRESS_HTTP_PROXY_MAX_HEADER_SIZE", 64 * 1024, 1024, 1024 * 1024),
-        "header_timeout": lambda: parse_duration(header_timeout, "EGRESS_HTTP_PROXY_HEADER_TIMEOUT", 10.0),
-        "idle_timeout": lambda: parse_duration(idle_timeout, "EGRESS_HTTP_PROXY_IDLE_TIMEOUT", 60.0),
-        "tunnel_idle_timeout": lambda: parse_duration(tunnel_idle_timeout, "EGRESS_HTTP_PROXY_TUNNEL_IDLE_TIMEOUT", 3600.0),
-        "connect_timeout": lambda: parse_duration(connect_timeout, "EGRESS_HTTP_PROXY_CONNECT_TIMEOUT", 10.0),
-        "drain_timeout": lambda: parse_duration(drain_timeout, "EGRESS_HTTP_PROXY_DRAIN_TIMEOUT", 30.0),
-        "workers": lambda: parse_count(workers, "EGRESS_HTTP_PROXY_WORKERS", default_workers(), 1, 256),
-    }
-    values.update(found.gather(steps))
+    values = found.gather({"acl": lambda: parse_acl(destination)})
+    values.update(parse_each(found, TUNING, given))
     found.raise_if_any()
-    return HttpProxySettings(**values)  # type: ignore[arg-type]
+    return HttpProxySettings(**values)

@@ -1,16 +1,17 @@
-"""Everything `egress-router init` needs, validated together before any change is made."""
+"""Everything `egress-router init` (and `monitor`) needs, validated together before any change is made."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from egress_router.config.addresses import Source, parse_gateway, parse_source
-from egress_router.config.cluster_networks import VARIABLE as CLUSTER_NETWORKS
-from egress_router.config.cluster_networks import parse_cluster_networks
+from egress_router.config.cluster_networks import VARIABLE, parse_cluster_networks
 from egress_router.config.destinations import Destinations, parse_destinations
-from egress_router.config.errors import Collector, ConfigError, Problem
+from egress_router.config.errors import Collector, Problem
+from egress_router.config.options import Choice, Duration, Flag, Option, Text
 
 
 class Mode(enum.Enum):
@@ -27,6 +28,73 @@ class Mode(enum.Enum):
 
 
 MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
+
+SOURCE = Option("source", "EGRESS_SOURCE", "Reserved egress address, A.B.C.D or A.B.C.D/len. Required")
+GATEWAY = Option("gateway", "EGRESS_GATEWAY", "Next hop on the node's network. Required")
+DESTINATION = Option(
+    "destination", "EGRESS_DESTINATION", "Redirect rules, one a line: '<port> <proto> <addr> [<remote-port>]', or a fallback '<addr>' last"
+)
+DESTINATION_FILE = Option("destination_file", "EGRESS_DESTINATION_FILE", "File holding the redirect rules instead (a mounted ConfigMap)")
+MODE = Choice(
+    "mode",
+    "EGRESS_ROUTER_MODE",
+    "init: set up and exit; legacy: set up and stay running; http-proxy, dns-proxy: the network only, no NAT;"
+    " unit-test: print the plan, change nothing",
+    default=Mode.LEGACY.value,
+    choices=tuple(mode.value for mode in Mode),
+    what="mode",
+)
+DEBUG = Flag("debug", "EGRESS_ROUTER_DEBUG", "Non-empty: log every step")
+INTERFACE = Text("interface", "EGRESS_INTERFACE", "Egress interface in the pod; net1 for a Multus attachment", default="macvlan0")
+MACVLAN_MASTER = Option(
+    "macvlan_master", "EGRESS_MACVLAN_MASTER", "Node interface to create the egress macvlan on when it does not exist yet"
+)
+MACVLAN_MODE = Choice(
+    "macvlan_mode",
+    "EGRESS_MACVLAN_MODE",
+    f"Mode of the macvlan created on the master: {' | '.join(MACVLAN_MODES)}",
+    default="bridge",
+    choices=MACVLAN_MODES,
+    what="macvlan mode",
+    fold_case=True,
+)
+HOST_NETNS = Text("host_netns", "EGRESS_HOST_NETNS", "The node's network namespace, for creating the macvlan", default="/proc/1/ns/net")
+CLUSTER_NETWORKS = Option(
+    "cluster_networks",
+    VARIABLE,
+    "CIDRs the pod's own connections reach through eth0 (cluster and Service networks), comma-separated",
+)
+
+#: Every option of `egress-router init`, in the order --help shows them.
+INIT_OPTIONS = (
+    SOURCE,
+    GATEWAY,
+    DESTINATION,
+    DESTINATION_FILE,
+    MODE,
+    DEBUG,
+    INTERFACE,
+    MACVLAN_MASTER,
+    MACVLAN_MODE,
+    HOST_NETNS,
+    CLUSTER_NETWORKS,
+)
+
+CHECK_INTERVAL = Duration(
+    "check_interval", "EGRESS_ROUTER_MONITOR_INTERVAL", "How often the NAT rules are checked and put back if changed", default=10.0
+)
+
+#: Every option of `egress-router monitor`: init's (it keeps init's setup true) and how often it looks.
+MONITOR_OPTIONS = (
+    SOURCE,
+    GATEWAY,
+    DESTINATION,
+    dataclasses.replace(DESTINATION_FILE, help="File holding the redirect rules; re-applied whenever it changes"),
+    INTERFACE,
+    CLUSTER_NETWORKS,
+    CHECK_INTERVAL,
+    DEBUG,
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +115,7 @@ class InitSettings:
     interface: str
     macvlan: MacvlanRequest | None
     debug: bool
-    cluster_networks: tuple[IPv4Network, ...] = ()
+    cluster_networks: tuple[IPv4Network, ...]
 
 
 def interface_name_problem(name: str) -> str | None:
@@ -61,21 +129,12 @@ def interface_name_problem(name: str) -> str | None:
     return None
 
 
-def parse_mode(text: str | None) -> Mode:
-    value = (text or "legacy").strip()
-    for mode in Mode:
-        if mode.value == value:
-            return mode
-    choices = ", ".join(m.value for m in Mode)
-    raise ConfigError.single("EGRESS_ROUTER_MODE", f"unknown mode (must be one of {choices})", value)
-
-
 def load_init_settings(
     *,
     source: str | None,
     gateway: str | None,
     destination: str | None,
-    mode: str | None,
+    mode: str | None = None,
     interface: str | None = None,
     macvlan_master: str | None = None,
     macvlan_mode: str | None = None,
@@ -87,7 +146,7 @@ def load_init_settings(
     found = Collector()
     parsed = found.gather(
         {
-            "mode": lambda: parse_mode(mode),
+            "mode": lambda: Mode(MODE.parse(mode)),
             "source": lambda: parse_source(source),
             "gateway": lambda: parse_gateway(gateway),
             "cluster_networks": lambda: parse_cluster_networks(cluster_networks),
@@ -98,32 +157,32 @@ def load_init_settings(
     parsed_gateway: IPv4Address | None = parsed.get("gateway")
     parsed_destinations: Destinations | None = None
     if parsed_source and parsed_gateway and parsed_source.ip == parsed_gateway:
-        found.add(Problem("EGRESS_GATEWAY", "must differ from EGRESS_SOURCE", str(parsed_gateway)))
+        found.add(Problem(GATEWAY.variable, f"must differ from {SOURCE.variable}", str(parsed_gateway)))
     networks: tuple[IPv4Network, ...] = parsed.get("cluster_networks", ())
     for network in networks:
-        for name, address in (("EGRESS_SOURCE", parsed_source and parsed_source.ip), ("EGRESS_GATEWAY", parsed_gateway)):
+        for name, address in ((SOURCE.variable, parsed_source and parsed_source.ip), (GATEWAY.variable, parsed_gateway)):
             if address and address in network:
-                found.add(Problem(CLUSTER_NETWORKS, f"contains {name} {address}, which must stay on the egress interface", str(network)))
+                found.add(
+                    Problem(CLUSTER_NETWORKS.variable, f"contains {name} {address}, which must stay on the egress interface", str(network))
+                )
     if parsed_mode is None or parsed_mode.installs_nat:
         parsed_destinations = found.gather({"destinations": lambda: parse_destinations(destination)}).get("destinations")
-    ifname = (interface or "macvlan0").strip()
+    ifname = INTERFACE.parse(interface)
     reason = interface_name_problem(ifname)
     if reason:
-        found.add(Problem("EGRESS_INTERFACE", reason, ifname))
+        found.add(Problem(INTERFACE.variable, reason, ifname))
     if ifname == "eth0":
-        found.add(Problem("EGRESS_INTERFACE", "eth0 is the pod's cluster interface; the egress interface must be another one", ifname))
-    kind = (macvlan_mode or "bridge").strip().lower()
-    if kind not in MACVLAN_MODES:
-        found.add(Problem("EGRESS_MACVLAN_MODE", f"unknown macvlan mode (must be one of {', '.join(MACVLAN_MODES)})", kind))
+        found.add(Problem(INTERFACE.variable, "eth0 is the pod's cluster interface; the egress interface must be another one", ifname))
+    kind: str = found.gather({"macvlan_mode": lambda: MACVLAN_MODE.parse(macvlan_mode)}).get("macvlan_mode", "")
     request = None
     if macvlan_master and macvlan_master.strip():
         master = macvlan_master.strip()
         reason = interface_name_problem(master)
         if reason:
-            found.add(Problem("EGRESS_MACVLAN_MASTER", reason, master))
-        netns = (host_netns or "/proc/1/ns/net").strip()
+            found.add(Problem(MACVLAN_MASTER.variable, reason, master))
+        netns = HOST_NETNS.parse(host_netns)
         if not netns.startswith("/"):
-            found.add(Problem("EGRESS_HOST_NETNS", "must be an absolute path to a network namespace file", netns))
+            found.add(Problem(HOST_NETNS.variable, "must be an absolute path to a network namespace file", netns))
         request = MacvlanRequest(master, kind, netns)
     found.raise_if_any()
     assert parsed_mode and parsed_source and parsed_gateway
@@ -134,6 +193,22 @@ def load_init_settings(
         destinations=parsed_destinations,
         interface=ifname,
         macvlan=request,
-        debug=bool(debug and debug.strip()),
+        debug=DEBUG.parse(debug),
         cluster_networks=networks,
     )
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    init: InitSettings
+    check_interval: float
+
+
+def load_monitor_settings(*, check_interval: str | None = None, **given: str | None) -> MonitorSettings:
+    """init's settings in mode `init` (the monitor keeps them true) and the check interval; all problems at once."""
+    found = Collector()
+    values = found.gather(
+        {"init": lambda: load_init_settings(mode="init", **given), "check_interval": lambda: CHECK_INTERVAL.parse(check_interval)}
+    )
+    found.raise_if_any()
+    return MonitorSettings(**values)

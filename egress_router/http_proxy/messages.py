@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from urllib.parse import urlsplit
 
+from egress_router.config.lines import parse_port
+
 #: Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the proxy's own.
 HOP_BY_HOP = frozenset(
     {
@@ -24,6 +26,9 @@ HOP_BY_HOP = frozenset(
 )
 
 HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+
+#: What a Connection option may not remove: without its length the body would be read as the next message.
+FRAMING_BYTES = frozenset({b"content-length"})
 
 REASONS = {
     200: "OK",
@@ -67,15 +72,16 @@ def _host(text: str) -> tuple[str, IPv4Address | IPv6Address | None] | None:
             return text[1:-1], IPv6Address(text[1:-1])
         except ValueError:
             return None
-    if not text or any(ch in text for ch in "[]@/\\ %") or not text.isascii():
+    if not text or any(ch in text for ch in "[]@/\\ %:") or not text.isascii() or not text.isprintable():
         return None
     try:
         return text, IPv4Address(text)
     except ValueError:
         pass
-    if text.replace(".", "").isdigit():
-        return None  # 1.2.3 or 012.1.1.1: ambiguous as an address, not a name either
-    return text.lower().rstrip("."), None
+    name = text.lower().rstrip(".")
+    if not name or name.replace(".", "").isdigit():
+        return None  # "." names nothing; 1.2.3 or 012.1.1.1: ambiguous as an address, not a name either
+    return name, None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -105,13 +111,12 @@ def parse_absolute_target(raw: str) -> RequestTarget | str:
 
 def parse_connect_target(raw: str) -> RequestTarget | str:
     """CONNECT takes exactly host:port (RFC 9110 9.3.6), nothing else."""
-    hostport, colon, port_text = raw.rpartition(":")
-    if not colon or not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) <= 65535 or len(port_text) > 5:
-        return "CONNECT needs host:port"
+    hostport, _, port_text = raw.rpartition(":")
+    port = parse_port(port_text)
     host = _host(hostport)
-    if host is None or (":" in hostport and not hostport.startswith("[")):
+    if port is None or host is None:
         return "CONNECT needs host:port"
-    return RequestTarget(host[0], host[1], int(port_text))
+    return RequestTarget(host[0], host[1], port)
 
 
 def literal_address(host: str) -> IPv4Address | IPv6Address | None:
@@ -122,8 +127,8 @@ def literal_address(host: str) -> IPv4Address | IPv6Address | None:
 
 
 def forwarded_headers(raw_headers: Iterable[tuple[bytes, bytes]], host_header: str | None) -> list[tuple[bytes, bytes]]:
-    """End-to-end headers only; headers listed in Connection go too; Host replaced when given."""
-    kept: list[tuple[bytes, bytes]] = [(b"Host", host_header.encode("ascii"))] if host_header is not None else []
+    """End-to-end headers only; headers listed in Connection go too (but not the message's length); Host replaced when given."""
+    kept: list[tuple[bytes, bytes]] = []
     named: set[bytes] = set()
     for name, value in raw_headers:
         lowered = name.lower()
@@ -134,25 +139,32 @@ def forwarded_headers(raw_headers: Iterable[tuple[bytes, bytes]], host_header: s
         if host_header is not None and lowered == b"host":
             continue
         kept.append((name, value))
+    named -= FRAMING_BYTES
     if named:
         kept = [(name, value) for name, value in kept if name.lower() not in named]
-    return kept
+    return [(b"Host", host_header.encode("ascii")), *kept] if host_header is not None else kept
+
+
+def wire(text: str) -> bytes:
+    """Text as it came off the wire: aiohttp decodes request lines and reasons as UTF-8 with surrogateescape."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def head(first_line: str, headers: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[str, str]] = ()) -> bytes:
     """A message head: first line, headers, extra headers, blank line."""
-    parts = [first_line.encode("latin-1"), b"\r\n"]
+    parts = [wire(first_line), b"\r\n"]
     for name, value in headers:
         parts += [name, b": ", value, b"\r\n"]
     for name_text, value_text in extra:
-        parts += [name_text.encode("latin-1"), b": ", value_text.encode("latin-1"), b"\r\n"]
+        parts += [wire(name_text), b": ", wire(value_text), b"\r\n"]
     parts.append(b"\r\n")
     return b"".join(parts)
 
 
 def error_response(status: int, reason: str, *, close: bool = True, announce_keep_alive: bool = False) -> bytes:
     """A short text reply that says why, in one line; an HTTP/1.0 client kept open is told so (`announce_keep_alive`)."""
-    body = f"egress-router: {REASONS.get(status, 'Error').lower()}: {reason}\n".encode("utf-8", "replace")
+    one_line = " ".join(reason.splitlines())
+    body = f"egress-router: {REASONS.get(status, 'Error').lower()}: {one_line}\n".encode("utf-8", "replace")
     lines = [
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
         "Content-Type: text/plain; charset=utf-8",
@@ -166,7 +178,8 @@ def error_response(status: int, reason: str, *, close: bool = True, announce_kee
 
 
 def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data)
+    """`data` as one chunk; no bytes, no chunk (an empty one would be the last and end the body)."""
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
 
 
 LAST_CHUNK = b"0\r\n\r\n"
@@ -177,4 +190,4 @@ def error_text(error: Exception) -> str:
     text = getattr(error, "message", None) or str(error)
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     lines = [line for line in lines if not line.startswith(("400, message:",))]
-    return lines[0].rstrip(":") if lines else type(error).__name__
+    return (lines[0].rstrip(":") if lines else "") or type(error).__name__

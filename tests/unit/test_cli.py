@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from egress_router.cli import main
+from egress_router.config import dns_settings, http_settings, init_settings
+from egress_router.config.options import Choice, Computed, Count, Duration, Option, Port, Ports, Switch, Text, Valued
 
 ENV = {
     "EGRESS_SOURCE": "192.168.12.99",
@@ -131,8 +136,9 @@ def test_monitor_validates_like_init() -> None:
         ["monitor"], {"EGRESS_GATEWAY": "192.168.12.1", "EGRESS_DESTINATION": "80 tcp 203.0.113.25", "EGRESS_ROUTER_MONITOR_INTERVAL": "0"}
     )
     assert result.exit_code == 1
-    assert result.stderr.splitlines() == [
+    assert result.stderr.splitlines() == [  # every problem at once, init's first
         "egress-router monitor: error: EGRESS_SOURCE: unspecified (set it to the reserved egress IPv4 address, e.g. 192.168.12.99)",
+        'egress-router monitor: error: EGRESS_ROUTER_MONITOR_INTERVAL: must be more than zero: "0"',
     ]
 
 
@@ -157,3 +163,90 @@ def test_an_internal_error_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: 
         err.strip()
         == "egress-router: internal error: RuntimeError: something we did not foresee (set EGRESS_ROUTER_DEBUG=1 for the traceback)"
     )
+
+
+#: Each command: its table of options, its loader, and the least the loader needs (init's macvlan master, so that
+#: the macvlan options reach the settings too).
+REDIRECT = {"source": "192.168.12.99", "gateway": "192.168.12.1", "destination": "80 tcp 203.0.113.25"}
+COMMANDS: dict[str, tuple[tuple[Option, ...], Callable[..., Any], dict[str, str]]] = {
+    "init": (init_settings.INIT_OPTIONS, init_settings.load_init_settings, {**REDIRECT, "macvlan_master": "ens3"}),
+    "monitor": (init_settings.MONITOR_OPTIONS, init_settings.load_monitor_settings, REDIRECT),
+    "http-proxy": (http_settings.OPTIONS, http_settings.load_http_settings, {"destination": "*"}),
+    "dns-proxy": (dns_settings.OPTIONS, dns_settings.load_dns_settings, {"destination": "5432 db.example.com"}),
+}
+WITH_DEFAULTS = [
+    pytest.param(command, option, id=f"{command}{option.flag}")
+    for command, (table, _, _) in COMMANDS.items()
+    for option in table
+    if isinstance(option, Valued) and option.shown_default is not None
+]
+
+
+def help_of(command: str) -> str:
+    """`egress-router <command> --help` on one line (click would break words at hyphens to wrap them)."""
+    result = CliRunner().invoke(main, [command, "--help"], env={}, terminal_width=10_000, max_content_width=10_000)
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+def written(option: Valued[Any]) -> str:
+    """The default as a value the loader reads: what --help shows, or for a computed one what it computes here."""
+    default = option.default
+    return option.render(default.compute()) if isinstance(default, Computed) else str(option.shown_default)
+
+
+def another(option: Valued[Any]) -> str:
+    """A valid value other than the default, to show the loader reads the option at all."""
+    value = option.default_value()
+    if isinstance(option, Choice):
+        return next(choice for choice in option.choices if choice != value)
+    if isinstance(option, Switch):
+        return option.render(not value)
+    if isinstance(option, Ports):
+        return option.render(value | {1})
+    if isinstance(option, Text):
+        return value + "1"
+    if isinstance(option, Duration):
+        return option.render(value * 2)
+    assert isinstance(option, Count | Port), f"{option.flag}: a kind this test does not know yet"
+    return option.render(value - 1 if value == getattr(option, "maximum", 65535) else value + 1)
+
+
+@pytest.mark.parametrize(("command", "option"), WITH_DEFAULTS)
+def test_help_shows_the_default_the_loader_uses(command: str, option: Valued[Any]) -> None:
+    _, load, needed = COMMANDS[command]
+    assert f"{option.flag} TEXT {option.help} (default {option.shown_default}). [env var: {option.variable}]" in help_of(command)
+    assert load(**needed) == load(**needed, **{option.name: written(option)})  # unset means what --help says
+    assert load(**needed) != load(**needed, **{option.name: another(option)})  # and the loader reads it
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_lists_every_variable_of_the_table_and_no_other(command: str) -> None:
+    table, _, _ = COMMANDS[command]
+    text = help_of(command)
+    for option in table:
+        assert f"{option.flag} TEXT {option.help}" in text and f"[env var: {option.variable}]" in text
+    assert sorted(re.findall(r"\[env var: (\w+)\]", text)) == sorted(option.variable for option in table)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_sentences_leave_the_default_to_the_table(command: str) -> None:
+    table, _, _ = COMMANDS[command]
+    for option in table:
+        assert "default" not in option.help.lower(), f"{option.flag}: the table adds the default; the sentence must not say one"
+        if isinstance(option, Choice):
+            assert all(choice in option.help for choice in option.choices), f"{option.flag}: name every choice"
+
+
+def test_durations_in_help_are_written_as_a_user_would() -> None:
+    assert [option.shown_default for option in http_settings.TUNING if isinstance(option, Duration)] == ["10s", "1m", "1h", "10s", "30s"]
+    assert "(default one per CPU)" in help_of("http-proxy")
+
+
+@pytest.mark.parametrize(("command", "option"), WITH_DEFAULTS)
+def test_the_readme_states_the_same_default(command: str, option: Valued[Any]) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    shown = option.shown_default
+    ways = (f"| {shown} |", f"default `{shown}`", f"`{shown}` (default)", f"(default {shown})")
+    lines = [line for line in readme.splitlines() if f"`{option.variable}`" in line]
+    assert any(way in line for line in lines for way in ways), f"README: no line gives {option.variable} the default {shown}"

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from egress_router.config.dns_settings import load_dns_settings
 from egress_router.config.dns_targets import Target, parse_targets
 from egress_router.config.errors import ConfigError
 from egress_router.config.resolv_conf import ResolvConf, candidates, parse_resolv_conf
@@ -83,3 +84,23 @@ def test_candidates_follow_ndots() -> None:
 def test_resolv_conf_parser_is_total(text: str) -> None:
     conf = parse_resolv_conf(text)
     assert conf.nameservers and 1 <= conf.attempts <= 5
+
+
+def test_settings_take_the_tables_defaults() -> None:
+    settings = load_dns_settings(destination="5432 db.example.com")
+    assert (settings.debug, settings.splice, settings.max_ttl, settings.idle_timeout) == (False, False, 300.0, 3600.0)
+    assert load_dns_settings(destination="5432 db.example.com", debug="1", splice=" ON ").splice
+    assert load_dns_settings(destination="5432 db.example.com", splice=" ") == settings  # blank is unset, as for every option
+
+
+def test_settings_problems_come_all_at_once_in_help_order() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_dns_settings(destination="0 db.example.com", splice="maybe", max_ttl="0", max_connections="many")
+    assert [str(p) for p in caught.value.problems] == [
+        'EGRESS_DNS_PROXY_DESTINATION line 1: invalid port 0 (must be 1-65535): "0 db.example.com"',
+        'EGRESS_DNS_PROXY_MAX_CONNECTIONS: must be a whole number from 1 to 10000000: "many"',
+        'EGRESS_DNS_PROXY_MAX_TTL: must be more than zero: "0"',
+        'EGRESS_DNS_PROXY_SPLICE: must be on or off: "maybe"',
+    ]
+    with pytest.raises(ConfigError, match=r'EGRESS_DNS_PROXY_MIN_TTL: must not exceed EGRESS_DNS_PROXY_MAX_TTL \(300 s\): "10m"'):
+        load_dns_settings(destination="5432 db.example.com", min_ttl="10m")

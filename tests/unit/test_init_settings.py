@@ -74,6 +74,10 @@ def test_macvlan_request() -> None:
     ]
 
 
+def test_blank_is_unset_for_every_option_with_a_default() -> None:
+    assert load(mode=" ", interface="", macvlan_master="ens3", macvlan_mode="\t", host_netns=" ") == load(mode=None, macvlan_master="ens3")
+
+
 def test_debug_is_any_non_empty_value() -> None:
     assert load(debug="1").debug and load(debug="false").debug
     assert not load(debug=" ").debug
