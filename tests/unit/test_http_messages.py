@@ -8,6 +8,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from egress_router.http_proxy import messages as m
+from tests.unit.proxy_harness import Harness
 
 
 def test_error_text_is_the_telling_line_not_aiohttps_preamble() -> None:
@@ -256,3 +257,31 @@ def test_error_text_is_one_telling_line(error: Exception) -> None:
     text = m.error_text(error)
     assert text and text == text.strip() and len(text.splitlines()) == 1
     assert not text.startswith("400, message:")
+
+
+# The two bugs above that a client or server could reach, through a whole proxy (tests/unit/proxy_harness.py).
+
+
+def test_a_connection_option_naming_the_length_does_not_smuggle_the_body_as_a_request() -> None:
+    h = Harness()
+    smuggled = b"GET /admin HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+    h.client().send(
+        b"POST http://origin.test/a HTTP/1.1\r\nHost: origin.test\r\nConnection: content-length, host\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(smuggled), smuggled)
+    )
+    h.settle()
+    sent = h.server().take()
+    h.close()
+    assert sent == b"POST /a HTTP/1.1\r\nHost: origin.test\r\nContent-Length: %d\r\n\r\n%b" % (len(smuggled), smuggled)
+
+
+def test_a_reason_phrase_in_any_encoding_is_passed_on_as_it_came() -> None:
+    h = Harness()
+    client = h.client()
+    client.send(b"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+    h.settle()
+    h.server().send(b"HTTP/1.1 404 Non trouv\xe9\r\nContent-Length: 2\r\n\r\nno")
+    h.settle()
+    answer = client.take()
+    h.close()
+    assert answer == b"HTTP/1.1 404 Non trouv\xe9\r\nContent-Length: 2\r\n\r\nno"

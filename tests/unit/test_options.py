@@ -14,7 +14,7 @@ from egress_router.config.options import Choice, Count, Duration, Port, Ports, S
 from egress_router.config.values import parse_duration, render_duration
 
 EVERY_VALUED = {
-    f"{option.variable}": option
+    option.variable: option
     for table in (init_settings.INIT_OPTIONS, init_settings.MONITOR_OPTIONS, http_settings.OPTIONS, dns_settings.OPTIONS)
     for option in table
     if isinstance(option, Valued)
