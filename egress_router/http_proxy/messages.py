@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from urllib.parse import urlsplit
 
+from egress_router.config.hostnames import host_name_problem, normalize_host
 from egress_router.config.lines import parse_port
 
 #: Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the proxy's own.
@@ -78,9 +79,9 @@ def _host(text: str) -> tuple[str, IPv4Address | IPv6Address | None] | None:
         return text, IPv4Address(text)
     except ValueError:
         pass
-    name = text.lower().rstrip(".")
-    if not name or name.replace(".", "").isdigit():
-        return None  # "." names nothing; 1.2.3 or 012.1.1.1: ambiguous as an address, not a name either
+    name = normalize_host(text)
+    if host_name_problem(name) is not None:
+        return None  # "." names nothing; 1.2.3, 012.1.1.1 or 0x7f.1: read as an address by resolvers, not a name either
     return name, None
 
 

@@ -7,6 +7,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong, TransferEncodin
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from egress_router.config.hostnames import host_name_problem
 from egress_router.http_proxy import messages as m
 from tests.unit.proxy_harness import Harness
 
@@ -71,8 +72,11 @@ def well_formed(target: m.RequestTarget) -> None:
     assert target.address == m.literal_address(target.host)
     assert (":" in target.host) == (target.address is not None and target.address.version == 6)  # "a:b:443" is no name
     assert target.host.isascii() and target.host.isprintable() and " " not in target.host
+    if target.address is None:
+        assert host_name_problem(target.host) is None  # a name a resolver reads as a name, never as an address
 
 
+@example("http://0x7f.1/")  # found: a name that resolvers read as 127.0.0.1
 @example("http://./")  # found: "." was taken for a name, the empty one
 @example("http://h\x7f/")  # found: a control character was taken as part of a name
 @given(st.text() | target_ish)
