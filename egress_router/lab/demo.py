@@ -17,7 +17,6 @@ from types import FrameType
 from egress_router.lab import Lab, LabError, Seen
 from egress_router.lab import topology as t
 from egress_router.lab.dns import DNS, DnsServer
-from egress_router.lab.netns import socket_in
 from egress_router.lab.topology import environment
 
 DESTINATION = """\
@@ -107,8 +106,8 @@ def _start_http_proxy(lab: Lab, env: dict[str, str]) -> None:
         "EGRESS_HTTP_PROXY_WORKERS": "1",
     }
     argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "egress_router", "http-proxy"]
-    lab.start_in("proxy", argv, env=proxy_env)
-    _wait_for(lab, PROXY_POD_IP, 8080)
+    proxy = lab.start_in("proxy", argv, env=proxy_env)
+    lab.wait_for_port("client", PROXY_POD_IP, 8080, process=proxy)
 
 
 def _dns_rows(lab: Lab, env: dict[str, str], folder: Path) -> list[tuple[str, str, str]]:
@@ -118,12 +117,12 @@ def _dns_rows(lab: Lab, env: dict[str, str], folder: Path) -> list[tuple[str, st
     lab.add_router("dns", DNS_POD_IP, {"EGRESS_SOURCE": DNS_SOURCE, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_ROUTER_MODE": "dns-proxy"})
     lab.write_etc("dns", "resolv.conf", f"nameserver {DNS}\n")
     proxy_env = {**environment(), "EGRESS_DNS_PROXY_DESTINATION": "5432 db.lab.test"}
-    lab.start_in(
+    proxy = lab.start_in(
         "dns",
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "egress_router", "dns-proxy"],
         env=proxy_env,
     )
-    _wait_for(lab, DNS_POD_IP, 5432)
+    lab.wait_for_port("client", DNS_POD_IP, 5432, process=proxy)
     rows = [("client -> dns-proxy:5432 (db.lab.test is 203.0.113.25)", *_probe(lambda: lab.tcp("client", DNS_POD_IP, 5432)))]
     dns.set("203.0.113.26 db.lab.test\n")
     changed = time.monotonic()
@@ -136,20 +135,6 @@ def _dns_rows(lab: Lab, env: dict[str, str], folder: Path) -> list[tuple[str, st
         time.sleep(0.1)
     rows.append(("client -> dns-proxy:5432 (record changed to .26)", *seen))
     return rows
-
-
-def _wait_for(lab: Lab, host: str, port: int) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket_in(lab.ns("client")) as sock:
-                sock.settimeout(1)
-                sock.connect((host, port))
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise LabError(f"nothing listens on {host}:{port}") from None
-            time.sleep(0.05)
 
 
 def _table(rows: list[tuple[str, str, str]]) -> str:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from typing import TYPE_CHECKING
-
-from egress_router.lab.netns import socket_in
 
 if TYPE_CHECKING:
     from egress_router.lab.topology import Lab, Process
@@ -38,8 +35,6 @@ class DnsServer:
         os.chmod(self.hosts, 0o644)
 
     def start(self) -> DnsServer:
-        from egress_router.lab.topology import LabError
-
         argv = [
             "dnsmasq",
             "--no-daemon",
@@ -55,17 +50,9 @@ class DnsServer:
             "--log-facility=-",
             *self.options,
         ]
-        self.proc = proc = self.lab.start_in(self.role, argv)
-        deadline = time.monotonic() + 10
-        while True:
-            with socket_in(self.lab.ns(self.role)) as sock:
-                try:
-                    sock.connect((self.address, 53))
-                    return self
-                except OSError:
-                    if time.monotonic() > deadline or proc.popen.poll() is not None:
-                        raise LabError(f"dnsmasq did not start: {proc.stderr()[-300:]}") from None
-            time.sleep(0.05)
+        self.proc = self.lab.start_in(self.role, argv)
+        self.lab.wait_for_port(self.role, self.address, 53, process=self.proc)
+        return self
 
     def set(self, text: str) -> None:
         """New records; dnsmasq re-reads its hosts file on SIGHUP."""

@@ -129,6 +129,7 @@ class Process:
     popen: subprocess.Popen[bytes]
     out_path: str
     err_path: str
+    argv: list[str] = field(default_factory=list)  # as given to start_in (without the namespace)
 
     def stdout(self) -> str:
         with open(self.out_path, encoding="utf-8", errors="replace") as f:
@@ -175,7 +176,7 @@ class Lab:
         base = os.path.join(self.workdir(), f"{role}-{len(self.processes)}")
         with open(base + ".out", "wb") as out, open(base + ".err", "wb") as err:
             popen = subprocess.Popen(self.exec_argv(role, argv), stdout=out, stderr=err, env=env, start_new_session=True)
-        proc = Process(popen, base + ".out", base + ".err")
+        proc = Process(popen, base + ".out", base + ".err", argv)
         self.processes.append(proc)
         if ready_line is not None:
             deadline = time.monotonic() + 15
@@ -348,6 +349,27 @@ class Lab:
             if payload:
                 sock.sendall(payload)
             return seen
+
+    def wait_for_port(self, role: str, host: str, port: int, *, timeout: float = 10.0, process: Process | None = None) -> None:
+        """Return once a TCP connection from `role` to `host`:`port` is accepted (then closed). Raises LabError
+        after `timeout` seconds, or as soon as `process` (the one meant to listen there, when given) has exited."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with socket_in(self.ns(role)) as sock:
+                sock.settimeout(min(1.0, timeout))
+                try:
+                    sock.connect((host, port))
+                    return
+                except OSError as error:
+                    last = error
+            if process is not None and (code := process.popen.poll()) is not None:
+                raise LabError(
+                    f"{' '.join(process.argv)} exited with code {code} before {host}:{port} accepted a connection from "
+                    f"{self.ns(role)}: {process.stderr().strip()[-500:]}"
+                )
+            if time.monotonic() > deadline:
+                raise LabError(f"nothing accepted a connection to {host}:{port} from {self.ns(role)} within {timeout:g} s ({last})")
+            time.sleep(0.05)
 
     def udp(self, role: str, host: str, port: int, timeout: float = 2.0, tries: int = 3) -> Seen:
         with socket_in(self.ns(role), kind=socket.SOCK_DGRAM) as sock:

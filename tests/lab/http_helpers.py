@@ -17,22 +17,8 @@ def start_proxy(lab: Lab, role: str, *, user: int | None = None, **env: str) -> 
     if user is not None:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", *argv]
     proc = lab.start_in(role, argv, env=environment(**env))
-    wait_for_port(lab, role, "127.0.0.1", int(env.get("EGRESS_HTTP_PROXY_LISTEN_PORT", "8080")))
+    lab.wait_for_port(role, "127.0.0.1", int(env.get("EGRESS_HTTP_PROXY_LISTEN_PORT", "8080")), process=proc)
     return proc
-
-
-def wait_for_port(lab: Lab, role: str, host: str, port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with socket_in(lab.ns(role)) as sock:
-            sock.settimeout(0.5)
-            try:
-                sock.connect((host, port))
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-        time.sleep(0.05)
 
 
 def open_connection(lab: Lab, role: str, host: str, port: int, timeout: float = 5) -> socket.socket:

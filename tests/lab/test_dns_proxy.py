@@ -21,7 +21,6 @@ from egress_router.lab.dns import DnsServer as Dns
 from egress_router.lab.netns import socket_in
 from egress_router.lab.topology import Process, environment, run
 from tests.lab.conftest import Pod, new_pod
-from tests.lab.http_helpers import wait_for_port
 
 REFUSING = "203.0.113.60"  # on the server, but nothing listens: connections are refused
 TARGETS = """
@@ -100,7 +99,7 @@ def relay(lab: Lab, dns: Dns, resetting_server: None, request: pytest.FixtureReq
         "egress_router",
     ]
     proc = lab.start_in(pod.role, argv, env=env)  # no command: the mode comes from the environment
-    wait_for_port(lab, pod.role, "127.0.0.1", 5432)
+    lab.wait_for_port(pod.role, "127.0.0.1", 5432, process=proc)
     yield pod, proc
     lab.remove_namespace(pod.role)
 
@@ -117,7 +116,7 @@ def dns_pod(lab: Lab, **env: str) -> Iterator[tuple[Pod, Process]]:
         )
         if "EGRESS_DNS_PROXY_DESTINATION" in env:
             port = int(env["EGRESS_DNS_PROXY_DESTINATION"].split()[0])
-            wait_for_port(lab, pod.role, "127.0.0.1", port)
+            lab.wait_for_port(pod.role, "127.0.0.1", port, process=proc)
             eventually(lambda: "closed=" in proc.stderr())  # the readiness probe's own relay has ended
         yield pod, proc
     finally:
@@ -277,7 +276,7 @@ def test_the_list_file_is_followed(lab: Lab, dns: Dns, tmp_path: Path) -> None:
     listing.write_text("9000 203.0.113.26\n")
     tmp_path.chmod(0o755)
     with dns_pod(lab, EGRESS_DNS_PROXY_DESTINATION_FILE=str(listing)) as (pod, proc):
-        wait_for_port(lab, pod.role, "127.0.0.1", 9000)
+        lab.wait_for_port(pod.role, "127.0.0.1", 9000, process=proc)
         assert seen(lab, pod, 9000).server == "203.0.113.26"
         listing.write_text("9000 203.0.113.27   # moved\n5432 db.lab.test\n")
         eventually(lambda: seen(lab, pod, 9000).server == "203.0.113.27")

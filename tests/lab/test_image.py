@@ -17,7 +17,6 @@ from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.dns import DNS
 from egress_router.lab.dns import DnsServer as Dns
-from tests.lab.http_helpers import wait_for_port
 from tests.manifests import EXAMPLES, containers, init_containers
 
 IMAGE = os.environ.get("EGRESS_ROUTER_INIT_IMAGE", "localhost/egress-router-init:latest")
@@ -109,7 +108,7 @@ def test_http_proxy_manifest_works_with_our_images(lab: Lab, image: str, proxy_i
             proxy_image,
         )
         assert done.returncode == 0, done.stderr
-        wait_for_port(lab, "himg", "127.0.0.1", 8080)
+        lab.wait_for_port("himg", "127.0.0.1", 8080)
         response = subprocess.run(
             lab.exec_argv("client", ["curl", "-sS", "--max-time", "5", "-x", "http://10.128.0.61:8080", "http://203.0.113.25:8000/x"]),
             capture_output=True,
@@ -158,7 +157,7 @@ def test_dns_proxy_manifest_works_with_our_images(lab: Lab, image: str, proxy_im
             proxy_image,
         )
         assert done.returncode == 0, done.stderr
-        wait_for_port(lab, "dimg", "127.0.0.1", 80)
+        lab.wait_for_port("dimg", "127.0.0.1", 80)
         for port, server, remote in ((80, "203.0.113.25", 80), (8080, "203.0.113.26", 80), (8443, "203.0.113.25", 443)):
             seen = lab.tcp("client", "10.128.0.62", port)
             assert (seen.server, seen.port, seen.client) == (server, remote, source)

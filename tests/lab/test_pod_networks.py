@@ -14,7 +14,7 @@ from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import environment
 from tests.lab.conftest import Pod, new_pod
-from tests.lab.http_helpers import start_proxy, wait_for_port
+from tests.lab.http_helpers import start_proxy
 
 RULES = """
 80 tcp 203.0.113.25
@@ -117,8 +117,8 @@ def test_dns_proxy_serves_the_other_node_with_a_name_only_the_cluster_dns_knows(
     done = pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="dns-proxy")
     assert done.returncode == 0, done.stderr
     env = {"EGRESS_DNS_PROXY_DESTINATION": "5432 db.partner.test\n9000 203.0.113.25 80"}
-    lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "dns-proxy"], env=environment(**env))
-    wait_for_port(lab, pod.role, "127.0.0.1", 5432)
+    proxy = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "dns-proxy"], env=environment(**env))
+    lab.wait_for_port(pod.role, "127.0.0.1", 5432, process=proxy)
     seen = lab.tcp("client2", pod.ip, 5432)
     assert (seen.server, seen.port, seen.client) == ("203.0.113.26", 5432, pod.source)
     seen = lab.tcp("client2", pod.ip, 9000)
