@@ -1,16 +1,25 @@
-"""What the benchmarks share: the lab namespace, nginx as the origin, CPU pinning, CPU and memory readings."""
+"""What the benchmarks share: the lab namespace, nginx as the origin, CPU pinning, CPU and memory readings, and
+rounds: every contender started afresh once a round, in alternating order, reported as medians with their spread."""
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import os
 import re
+import statistics
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from egress_router.lab import Lab
 from egress_router.lab.netns import socket_in
+from egress_router.lab.topology import environment
 
 ROLE = "bench"
 #: wrk and nginx share one CPU, the proxy under test gets the other: both proxies get exactly one core.
@@ -19,6 +28,7 @@ LOAD_CPU = ["taskset", "-c", str(CPUS[0])] if len(CPUS) > 1 else []
 PROXY_CPUS = ["taskset", "-c", ",".join(str(c) for c in CPUS[1:])] if len(CPUS) > 1 else []
 ORIGIN = "127.0.0.1:8081"
 BIG = 256 * 1024 * 1024
+T = TypeVar("T")
 
 NGINX = """
 worker_processes 1;
@@ -67,19 +77,6 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
-def wait_port(lab: Lab, port: int) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        with socket_in(lab.ns(ROLE)) as sock:
-            try:
-                sock.connect(("127.0.0.1", port))
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-        time.sleep(0.1)
-
-
 def start_nginx(lab: Lab, workdir: str) -> None:
     """nginx on 127.0.0.1:8081: /small (about 100 bytes) and /big.bin (BIG bytes, sparse)."""
     www = Path(workdir, "www")
@@ -87,8 +84,8 @@ def start_nginx(lab: Lab, workdir: str) -> None:
     with open(www / "big.bin", "wb") as f:
         f.truncate(BIG)
     Path(workdir, "nginx.conf").write_text(NGINX.format(dir=workdir))
-    lab.start_in(ROLE, [*LOAD_CPU, "nginx", "-c", f"{workdir}/nginx.conf"])
-    wait_port(lab, 8081)
+    nginx = lab.start_in(ROLE, [*LOAD_CPU, "nginx", "-c", f"{workdir}/nginx.conf"])
+    lab.wait_for_port(ROLE, "127.0.0.1", 8081, process=nginx)
 
 
 def wrk(lab: Lab, argv: list[str], seconds: int) -> tuple[float, int]:
@@ -136,15 +133,165 @@ def idle_memory_kib(lab: Lab, port: int, pids: list[int], first_bytes: bytes, co
             sock.close()
 
 
-def print_table(first_column: str, columns: list[tuple[str, str, str]], results: dict[str, Any], baseline: str) -> None:
-    """A Markdown table; every row but the baseline's shows its ratio to the baseline. `columns` are
-    (attribute, header, number format)."""
-    print(f"| {first_column} | " + " | ".join(header for _, header, _ in columns) + " |")
-    print("|---|" + "---:|" * len(columns))
-    theirs = results[baseline]
-    for name, result in results.items():
-        cells = []
-        for attribute, _, fmt in columns:
-            ours, other = getattr(result, attribute), getattr(theirs, attribute)
-            cells.append(f"{ours:{fmt}}" + ("" if result is theirs else f" ({ours / max(other, 1e-9):.2f}x)"))
-        print(f"| {name} | " + " | ".join(cells) + " |")
+@dataclass(frozen=True)
+class Checkout:
+    """A tree whose `egress_router` a bench runs: this one, or another one (`git worktree add DIR COMMIT`) for --baseline."""
+
+    path: Path
+    label: str
+
+    @classmethod
+    def at(cls, path: str | Path, label: str) -> Checkout:
+        tree = Path(path).resolve()
+        if not (tree / "egress_router" / "__main__.py").is_file():
+            raise SystemExit(f"{tree}: no egress_router package there (make a checkout with: git worktree add DIR COMMIT)")
+        return cls(tree, label)
+
+    def argv(self, *command: str) -> list[str]:
+        """`egress-router COMMAND` from this tree's code, with this interpreter and its packages: the tree is both the
+        working folder and PYTHONPATH, so neither the caller's folder nor the installed package can stand in for it."""
+        return ["env", "-C", str(self.path), f"PYTHONPATH={self.path}", sys.executable, "-m", "egress_router", *command]
+
+    def describe(self) -> str:
+        """Where it is and, in a git tree, at which commit."""
+        done = subprocess.run(["git", "-C", str(self.path), "describe", "--always", "--dirty"], capture_output=True, text=True)
+        return f"{self.path}" + (f" at {done.stdout.strip()}" if done.returncode == 0 else "")
+
+
+THIS = Checkout(Path(__file__).resolve().parents[1], "ours")
+
+
+def add_round_options(parser: argparse.ArgumentParser, *, rounds: int, baseline: str) -> None:
+    parser.add_argument(
+        "--rounds", type=int, default=rounds, help=f"every contender runs once a round, in alternating order (default {rounds})"
+    )
+    parser.add_argument("--baseline", metavar="DIR", help=baseline)
+
+
+def alternating(rounds: int, contenders: Sequence[T]) -> Iterator[tuple[int, T]]:
+    """(round, contender): each contender once a round, first to last in odd rounds and last to first in even ones,
+    so that neither a drift in the machine's load nor going first favours one of them."""
+    for number in range(rounds):
+        for contender in contenders if number % 2 == 0 else contenders[::-1]:
+            yield number, contender
+
+
+@dataclass(frozen=True)
+class Measure:
+    key: str
+    header: str
+    fmt: str  # how its numbers are written, e.g. ",.0f"
+
+
+class Samples:
+    """One value a round for each contender and measure, in round order: the same index is the same round."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, list[float]]] = {}
+
+    def add(self, contender: str, measures: dict[str, float]) -> None:
+        for measure, value in measures.items():
+            self.values.setdefault(contender, {}).setdefault(measure, []).append(value)
+
+    def cell(self, contender: str, measure: Measure) -> str:
+        """The median with the spread of the rounds: `median (min-max)`."""
+        values = self.values[contender][measure.key]
+        fmt = measure.fmt
+        return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+    def ratio(self, contender: str, reference: str, measure: Measure) -> str:
+        """The ratio of the medians, with the spread of the rounds' own ratios (each round's pair ran back to back)."""
+        ours, theirs = self.values[contender][measure.key], self.values[reference][measure.key]
+        per_round = [o / max(t, 1e-9) for o, t in zip(ours, theirs, strict=True)]
+        of_medians = statistics.median(ours) / max(statistics.median(theirs), 1e-9)
+        return f"{of_medians:.2f}x ({min(per_round):.2f}-{max(per_round):.2f})"
+
+    def print_table(self, first_column: str, measures: Sequence[Measure], columns: Sequence[tuple[str, str | None]]) -> None:
+        """A Markdown table, a row per measure; `columns` are (contender, the contender its ratio is to, or None)."""
+        rounds = max(len(values) for measures in self.values.values() for values in measures.values())
+        header = [first_column]
+        for name, reference in columns:
+            header += [name] if reference is None else [name, f"/ {reference}"]
+        rows = [header]
+        for measure in measures:
+            row = [measure.header]
+            for name, reference in columns:
+                row.append(self.cell(name, measure))
+                if reference is not None:
+                    row.append(self.ratio(name, reference, measure))
+            rows.append(row)
+        print(f"Each cell: the median of {rounds} rounds (min-max). `/ X`: that median over X's (min-max of the per-round ratios).\n")
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        for number, row in enumerate(rows):
+            cells = [cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths, strict=True))]
+            print("| " + " | ".join(cells) + " |")
+            if number == 0:
+                print("|" + "|".join("-" * (width + 1) + (":" if i else "-") for i, width in enumerate(widths)) + "|")
+
+
+@dataclass
+class Contender:
+    """A proxy or relay under test: how it starts, where it listens, which processes are its own."""
+
+    name: str
+    argv: list[str]
+    port: int
+    needle: bytes  # in the command line of each of its processes
+    env: dict[str, str] | None = None
+    reference: str | None = None  # the contender its ratios are to
+    logs: tuple[Path, ...] = ()  # its own log files, removed after each run
+
+    def pids(self, lab: Lab) -> list[int]:
+        return pids_of(lab, self.needle)
+
+
+def ours_and_theirs(
+    tool: Contender, baseline: str | None, command: str, variants: Sequence[tuple[str, Callable[[int], dict[str, str]]]]
+) -> tuple[list[Contender], str]:
+    """The other tool, then each of our variants (a name suffix, its environment for a port) compared with it; with
+    `baseline`, each variant of the baseline checkout then the same of ours, compared with it (the other tool does not
+    run). Also a line that says which code is which."""
+    ports = itertools.count(tool.port + 1)
+    theirs = None if baseline is None else Checkout.at(baseline, "baseline")
+
+    def contender(name: str, checkout: Checkout, env: Callable[[int], dict[str, str]], reference: str | None) -> Contender:
+        port = next(ports)
+        return Contender(name, checkout.argv(command), port, command.encode(), environment(**env(port)), reference)
+
+    contenders = [tool] if theirs is None else []
+    for suffix, env in variants:
+        if theirs is None:
+            contenders.append(contender(f"egress-router{suffix}", THIS, env, tool.name))
+        else:
+            contenders += [contender(f"baseline{suffix}", theirs, env, None), contender(f"ours{suffix}", THIS, env, f"baseline{suffix}")]
+    which = f"egress-router: {THIS.describe()}" if theirs is None else f"baseline: {theirs.describe()}; ours: {THIS.describe()}"
+    return contenders, which
+
+
+@contextmanager
+def serving(lab: Lab, contender: Contender) -> Iterator[None]:
+    """The contender running on the proxy CPU, accepting on its port, until the block ends; then stopped, and its
+    logs removed (a round's access logs can be hundreds of megabytes)."""
+    proc = lab.start_in(ROLE, [*PROXY_CPUS, *contender.argv], env=contender.env)
+    try:
+        lab.wait_for_port(ROLE, "127.0.0.1", contender.port, timeout=20, process=proc)
+        yield
+    finally:
+        proc.popen.terminate()
+        proc.popen.wait(30)
+        for log in (Path(proc.out_path), *contender.logs):
+            log.unlink(missing_ok=True)
+
+
+def run_rounds(lab: Lab, contenders: Sequence[Contender], rounds: int, measure: Callable[[Contender], dict[str, float]]) -> Samples:
+    """Every contender measured once a round, started afresh each time, in alternating order."""
+    samples = Samples()
+    for number, contender in alternating(rounds, contenders):
+        print(f"round {number + 1}/{rounds}: {contender.name}", file=sys.stderr, flush=True)
+        with serving(lab, contender):
+            samples.add(contender.name, measure(contender))
+    return samples
+
+
+def columns_of(contenders: Sequence[Contender]) -> list[tuple[str, str | None]]:
+    return [(c.name, c.reference) for c in contenders]

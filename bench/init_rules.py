@@ -1,20 +1,24 @@
 """Time `egress-router init` against the old image's one-iptables-command-per-rule script.
 
-Run as root: .venv/bin/python bench/init_rules.py [--repeat 3] [--sizes 10,100,1000] [--baseline DIR]
-Each trial gets a fresh router pod namespace in the lab; wall-clock time of the whole command,
-median of the repeats. Prints a Markdown table with ratios (baseline time / our time).
---baseline DIR also times the `init` of another checkout (`git worktree add DIR <commit>`), interleaved
-with ours in the same rounds, so a change's cost is measured under the same load.
+Run as root: .venv/bin/python bench/init_rules.py [--rounds 3] [--sizes 10,100,1000] [--baseline DIR]
+Each trial gets a fresh router pod namespace in the lab; wall-clock time of the whole command. Every round runs
+each contender once, the order alternating from round to round. Prints a Markdown table, a row per rule count:
+medians over the rounds with their min-max, and old script / ours, the ratio of the medians with the min-max
+of the per-round ratios (above 1: we are faster).
+--baseline DIR times the `init` of another checkout (`git worktree add DIR COMMIT`) instead of the old script,
+interleaved with ours in the same rounds, and gives ours / baseline (below 1: we are faster).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from common import THIS, Checkout, Measure, Samples, add_round_options, alternating
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
@@ -40,78 +44,75 @@ def init_env(base: dict[str, str], n: int) -> dict[str, str]:
     }
 
 
-def trial(lab: Lab, argv: list[str], env: dict[str, str], *, twice: bool = False) -> tuple[float, float | None]:
+def trial(lab: Lab, argv: list[str], env: dict[str, str], runs: int = 1) -> list[float]:
+    """Wall-clock seconds of each of `runs` runs of `argv` in one fresh router pod (a second run finds its work done)."""
     role = f"b{next(_pods)}"  # a new name each time: a deleted namespace's veth peer goes away asynchronously
     lab.add_pod(role, t.ROUTER_IP)
     lab.add_macvlan(role)
     try:
-        started = time.perf_counter()
-        done = lab.run_in(role, argv, env=env, timeout=600)
-        first = time.perf_counter() - started
-        if done.returncode != 0:
-            raise SystemExit(f"{' '.join(argv)} failed: {done.stderr}")
-        again = None
-        if twice:
+        times = []
+        for _ in range(runs):
             started = time.perf_counter()
-            lab.run_in(role, argv, env=env, timeout=600)
-            again = time.perf_counter() - started
-        return first, again
+            done = lab.run_in(role, argv, env=env, timeout=600)
+            times.append(time.perf_counter() - started)
+            if done.returncode != 0:
+                raise SystemExit(f"{' '.join(argv)} failed: {done.stderr}")
+        return times
     finally:
         lab.remove_namespace(role)
 
 
+Contender = Callable[[Lab, dict[str, str]], dict[str, float]]  # one trial: seconds for each of its columns
+
+
+def old_script_contenders() -> tuple[list[Contender], list[tuple[str, str | None]], str]:
+    """Ours (run twice: again with nothing to change), and the old script with each iptables backend; their columns
+    (name, the column its ratio is to); which code is ours."""
+
+    def ours(lab: Lab, env: dict[str, str]) -> dict[str, float]:
+        first, again = trial(lab, THIS.argv("init"), env, runs=2)
+        return {"egress-router init": first, "init again (no change)": again}
+
+    def old(iptables: str) -> Contender:
+        return lambda lab, env: {
+            f"old script, {iptables}": trial(lab, ["bash", str(HERE / "old_image_init.sh")], {**env, "IPTABLES": iptables})[0]
+        }
+
+    columns: list[tuple[str, str | None]] = [("egress-router init", None), ("init again (no change)", None)]
+    columns += [(f"old script, {iptables}", "egress-router init") for iptables in ("iptables-legacy", "iptables-nft")]
+    return [ours, old("iptables-legacy"), old("iptables-nft")], columns, f"egress-router: {THIS.describe()}"
+
+
+def baseline_contenders(baseline: str) -> tuple[list[Contender], list[tuple[str, str | None]], str]:
+    """The baseline checkout's init and ours, each in a fresh pod; their columns; which code is which."""
+    theirs = Checkout.at(baseline, "baseline")
+
+    def init(checkout: Checkout) -> Contender:
+        return lambda lab, env: {checkout.label: trial(lab, checkout.argv("init"), env)[0]}
+
+    contenders = [init(theirs), init(THIS)]
+    return contenders, [("baseline", None), ("ours", "baseline")], f"baseline: {theirs.describe()}; ours: {THIS.describe()}"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--sizes", default="10,100,1000")
-    parser.add_argument("--baseline", help="another checkout whose init to time alongside ours")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10,100,1000", help="rule counts (default 10,100,1000)")
+    add_round_options(parser, rounds=3, baseline="another checkout whose init runs in place of the old script, compared with ours")
     args = parser.parse_args()
-    if args.baseline:
-        compare(args)
-        return
-    base = environment()
-    rows = []
+    sizes = [int(s) for s in args.sizes.split(",")]
+    contenders, columns, which = baseline_contenders(args.baseline) if args.baseline else old_script_contenders()
+    samples = Samples()
     with Lab().build(router=False) as lab:
-        for n in (int(s) for s in args.sizes.split(",")):
-            env = init_env(base, n)
-            ours, again, legacy, nft = [], [], [], []
-            for _ in range(args.repeat):
-                first, second = trial(lab, [sys.executable, "-m", "egress_router", "init"], env, twice=True)
-                ours.append(first)
-                again.append(second or 0.0)
-                legacy.append(trial(lab, ["bash", str(HERE / "old_image_init.sh")], {**env, "IPTABLES": "iptables-legacy"})[0])
-                nft.append(trial(lab, ["bash", str(HERE / "old_image_init.sh")], {**env, "IPTABLES": "iptables-nft"})[0])
-            rows.append((n, *(statistics.median(x) for x in (ours, again, legacy, nft))))
-    print(
-        "| rules | egress-router init | init again (no change) | old script, iptables-legacy | ratio | old script, iptables-nft | ratio |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for n, ours_s, again_s, legacy_s, nft_s in rows:
-        print(
-            f"| {n} | {ours_s:.3f} s | {again_s:.3f} s | {legacy_s:.3f} s | {legacy_s / ours_s:.1f}x "
-            f"| {nft_s:.3f} s | {nft_s / ours_s:.1f}x |"
-        )
-
-
-def compare(args: argparse.Namespace) -> None:
-    """Ours against another checkout's init, alternating in every round, each in a fresh pod."""
-    base = environment()
-    theirs_argv = ["sh", "-c", f'cd "{args.baseline}" && exec "{sys.executable}" -m egress_router init']
-    ours_argv = ["sh", "-c", f'cd "{HERE.parent}" && exec "{sys.executable}" -m egress_router init']
-    print(f"| rules | this checkout | {args.baseline} | this / that (spread) |")
-    print("|---:|---:|---:|---:|")
-    with Lab().build(router=False) as lab:
-        for n in (int(s) for s in args.sizes.split(",")):
-            env = init_env(base, n)
-            ours, theirs = [], []
-            for _ in range(args.repeat):
-                theirs.append(trial(lab, theirs_argv, env)[0])
-                ours.append(trial(lab, ours_argv, env)[0])
-            ratios = sorted(o / t_ for o, t_ in zip(ours, theirs, strict=False))
-            print(
-                f"| {n} | {statistics.median(ours):.3f} s | {statistics.median(theirs):.3f} s | "
-                f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) |"
-            )
+        for n in sizes:
+            env = init_env(environment(), n)
+            for number, contender in alternating(args.rounds, contenders):
+                times = contender(lab, env)
+                for column, seconds in times.items():
+                    samples.add(column, {str(n): seconds})
+                done = ", ".join(f"{column} {seconds:.3f} s" for column, seconds in times.items())
+                print(f"{n} rules, round {number + 1}/{args.rounds}: {done}", file=sys.stderr, flush=True)
+    print(f"{which}\n")
+    samples.print_table("rules: seconds", [Measure(str(n), str(n), ".3f") for n in sizes], columns)
 
 
 if __name__ == "__main__":
