@@ -1,5 +1,13 @@
-"""What the benchmarks share: the lab namespace, nginx as the origin, CPU pinning, CPU and memory readings, and
-rounds: every contender started afresh once a round, in alternating order, reported as medians with their spread."""
+"""What the benchmarks share: the lab namespace, nginx as the origin, CPU pinning, CPU and memory readings, and the
+way they measure and report.
+
+Rounds: in each of --rounds rounds every contender runs once, started afresh, first to last in odd rounds and last to
+first in even ones, so neither a drift in the machine's load nor going first favours one of them. The table has a row
+per measure: each contender's median over the rounds with the min-max of the rounds, and after a compared contender
+`/ X`: its median over X's median, with the min-max of the per-round ratios (each round's pair ran back to back).
+--baseline DIR: another checkout's egress-router (`git worktree add DIR COMMIT`), run from DIR with PYTHONPATH=DIR and
+this interpreter, takes the other tool's place; each of its variants is followed by the same of ours, compared with it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,11 @@ import argparse
 import itertools
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +39,14 @@ PROXY_CPUS = ["taskset", "-c", ",".join(str(c) for c in CPUS[1:])] if len(CPUS) 
 ORIGIN = "127.0.0.1:8081"
 BIG = 256 * 1024 * 1024
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Measure:
+    key: str
+    header: str
+    fmt: str  # how its numbers are written, e.g. ",.0f"
+
 
 NGINX = """
 worker_processes 1;
@@ -98,6 +116,32 @@ def wrk(lab: Lab, argv: list[str], seconds: int) -> tuple[float, int]:
     return rps, requests
 
 
+def request_rates(
+    lab: Lab, contender: Contender, seconds: int, keepalive: list[str], close: list[str]
+) -> tuple[dict[str, float], list[int]]:
+    """A warm-up, then wrk with `keepalive` arguments (requests/s, and the contender's CPU time per request) and with
+    `close` arguments (requests/s on a new connection each); also the contender's processes, for later readings."""
+    wrk(lab, keepalive, min(seconds, 2))  # warm up (and let every worker start)
+    pids = contender.pids(lab)
+    cpu = cpu_seconds(pids)
+    keepalive_rps, requests = wrk(lab, keepalive, seconds)
+    cpu_us_per_request = (cpu_seconds(pids) - cpu) / requests * 1e6
+    close_rps, _ = wrk(lab, close, seconds)
+    return {"keepalive_rps": keepalive_rps, "cpu_us_per_request": cpu_us_per_request, "close_rps": close_rps}, pids
+
+
+def rate_measures(close: str) -> list[Measure]:
+    """The measures of request_rates(); `close` names the one with a new connection each."""
+    return [
+        Measure("keepalive_rps", "req/s, 50 keep-alive conns", ",.0f"),
+        Measure("close_rps", close, ",.0f"),
+        Measure("cpu_us_per_request", "CPU µs/request", ".0f"),
+    ]
+
+
+IDLE_MEMORY = Measure("kib_per_idle_connection", "KiB per idle conn", ".1f")  # idle_memory_kib()
+
+
 def download_mb_s(lab: Lab, curl_args: list[str], streams: int = 1) -> float:
     """Megabytes per second for `streams` parallel downloads of /big.bin, all bytes over the wall time."""
     argv = [*LOAD_CPU, "curl", "-sS", "-o", "/dev/null", *curl_args]
@@ -161,11 +205,21 @@ class Checkout:
 THIS = Checkout(Path(__file__).resolve().parents[1], "ours")
 
 
-def add_round_options(parser: argparse.ArgumentParser, *, rounds: int, baseline: str) -> None:
+def options(doc: str | None, *, rounds: int, baseline: str) -> argparse.ArgumentParser:
+    """A bench's command line: --rounds and --baseline DIR (`baseline` says what it replaces)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--rounds", type=int, default=rounds, help=f"every contender runs once a round, in alternating order (default {rounds})"
     )
-    parser.add_argument("--baseline", metavar="DIR", help=baseline)
+    parser.add_argument("--baseline", metavar="DIR", help=f"another checkout (git worktree add DIR COMMIT) whose {baseline}")
+    return parser
+
+
+def proxy_options(doc: str | None, command: str, tool: str) -> argparse.ArgumentParser:
+    """The proxy benches' command line: 5 rounds, --seconds of each wrk run, --baseline."""
+    parser = options(doc, rounds=5, baseline=f"{command} runs in place of {tool}, compared with ours")
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run (default 10)")
+    return parser
 
 
 def alternating(rounds: int, contenders: Sequence[T]) -> Iterator[tuple[int, T]]:
@@ -174,13 +228,6 @@ def alternating(rounds: int, contenders: Sequence[T]) -> Iterator[tuple[int, T]]
     for number in range(rounds):
         for contender in contenders if number % 2 == 0 else contenders[::-1]:
             yield number, contender
-
-
-@dataclass(frozen=True)
-class Measure:
-    key: str
-    header: str
-    fmt: str  # how its numbers are written, e.g. ",.0f"
 
 
 class Samples:
@@ -295,3 +342,34 @@ def run_rounds(lab: Lab, contenders: Sequence[Contender], rounds: int, measure: 
 
 def columns_of(contenders: Sequence[Contender]) -> list[tuple[str, str | None]]:
     return [(c.name, c.reference) for c in contenders]
+
+
+@contextmanager
+def bench_folder() -> Iterator[str]:
+    """A folder for configuration, logs and the downloaded file, readable by the tools' own users; removed at the end."""
+    folder = tempfile.mkdtemp(prefix="egress-bench-")
+    Path(folder).chmod(0o777)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def compete(
+    args: argparse.Namespace,
+    folder: str,
+    tool: Contender,
+    command: str,
+    variants: Sequence[tuple[str, Callable[[int], dict[str, str]]]],
+    measures: Sequence[Measure],
+    measure: Callable[[Lab, Contender], dict[str, float]],
+) -> None:
+    """A proxy bench: nginx as the origin, the rounds of `tool` and our variants of `command` (or the baseline's and
+    ours), each measured by `measure`, then the table of `measures`."""
+    contenders, which = ours_and_theirs(tool, args.baseline, command, variants)
+    with Lab() as lab:
+        lab.add_namespace(ROLE)
+        start_nginx(lab, folder)
+        samples = run_rounds(lab, contenders, args.rounds, lambda contender: measure(lab, contender))
+    print(f"{which}; wrk {args.seconds} s\n")
+    samples.print_table("measure", measures, columns_of(contenders))

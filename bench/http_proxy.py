@@ -1,36 +1,28 @@
-"""egress-router http-proxy against Debian's squid, in one namespace with only lo.
+"""egress-router http-proxy against Debian's squid (or, with --baseline DIR, another checkout's http-proxy).
 
 Run as root: bash bench/setup.sh && .venv/bin/python bench/http_proxy.py [--rounds 5] [--seconds 10] [--workers 1,2]
              [--baseline DIR]
-Both proxies log every request to a file and forward to the same nginx. Every round starts each proxy afresh and
-measures it, the order alternating from round to round (squid first, then ours first, ...). Prints a Markdown table,
-a row per measure: each proxy's median over the rounds with its min-max, and ours / squid, the ratio of the medians
-with the min-max of the per-round ratios (higher is better for rates, lower for CPU and memory).
---baseline DIR runs another checkout's http-proxy (`git worktree add DIR COMMIT`) instead of squid, interleaved
-with ours in the same rounds, and gives ours / baseline: a change's cost measured under the same load.
+Both proxies log every request to a file and forward to the same nginx, in one namespace with only lo; rounds,
+medians and ratios as bench/common.py says (ours / squid: higher is better for rates, lower for CPU and memory).
 """
 
 from __future__ import annotations
 
-import argparse
-import subprocess
-import tempfile
+from functools import partial
 from pathlib import Path
 
 from common import (
+    IDLE_MEMORY,
     ORIGIN,
-    ROLE,
     Contender,
     Measure,
-    add_round_options,
-    columns_of,
-    cpu_seconds,
+    bench_folder,
+    compete,
     download_mb_s,
     idle_memory_kib,
-    ours_and_theirs,
-    run_rounds,
-    start_nginx,
-    wrk,
+    proxy_options,
+    rate_measures,
+    request_rates,
 )
 
 from egress_router.lab import Lab
@@ -50,13 +42,7 @@ shutdown_lifetime 1 seconds
 WRK_SCRIPT = 'request = function() return wrk.format("GET", "http://' + ORIGIN + '/small", {{["Host"] = "' + ORIGIN + '"{close}}}) end\n'
 
 
-MEASURES = [
-    Measure("keepalive_rps", "req/s, 50 keep-alive conns", ",.0f"),
-    Measure("close_rps", "req/s, new conn each", ",.0f"),
-    Measure("cpu_us_per_request", "CPU µs/request", ".0f"),
-    Measure("tunnel_mb_s", "CONNECT tunnel MB/s", ",.0f"),
-    Measure("kib_per_idle_connection", "KiB per idle conn", ".1f"),
-]
+MEASURES = [*rate_measures("req/s, new conn each"), Measure("tunnel_mb_s", "CONNECT tunnel MB/s", ",.0f"), IDLE_MEMORY]
 
 
 def measure(lab: Lab, proxy: Contender, seconds: int, workdir: str) -> dict[str, float]:
@@ -65,60 +51,34 @@ def measure(lab: Lab, proxy: Contender, seconds: int, workdir: str) -> dict[str,
         scripts[close] = Path(workdir) / f"wrk-{close}.lua"
         scripts[close].write_text(WRK_SCRIPT.format(close=', ["Connection"] = "close"' if close else ""))
     target = f"http://127.0.0.1:{proxy.port}/"
-    wrk(lab, ["-s", str(scripts[False]), target], min(seconds, 2))  # warm up (and let every worker start)
-    pids = proxy.pids(lab)
-    cpu = cpu_seconds(pids)
-    keepalive_rps, requests = wrk(lab, ["-s", str(scripts[False]), target], seconds)
-    cpu_us_per_request = (cpu_seconds(pids) - cpu) / requests * 1e6
-    close_rps, _ = wrk(lab, ["-s", str(scripts[True]), target], seconds)
+    rates, pids = request_rates(lab, proxy, seconds, ["-s", str(scripts[False]), target], ["-s", str(scripts[True]), target])
     head = f"GET http://{ORIGIN}/small HTTP/1.1\r\nHost: {ORIGIN}\r\n\r\n".encode()
     return {
-        "keepalive_rps": keepalive_rps,
-        "cpu_us_per_request": cpu_us_per_request,
-        "close_rps": close_rps,
+        **rates,
         "tunnel_mb_s": download_mb_s(lab, ["-p", "-x", f"http://127.0.0.1:{proxy.port}", f"http://{ORIGIN}/big.bin"]),
         "kib_per_idle_connection": idle_memory_kib(lab, proxy.port, pids, head),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run (default 10)")
+    parser = proxy_options(__doc__, "http-proxy", "squid")
     parser.add_argument("--workers", default="1,2", help="egress-router worker counts to measure (default 1,2)")
-    add_round_options(parser, rounds=5, baseline="another checkout whose http-proxy runs in place of squid, compared with ours")
     args = parser.parse_args()
-    workdir = tempfile.mkdtemp(prefix="egress-bench-")
-    Path(workdir).chmod(0o777)
-    Path(workdir, "squid.conf").write_text(SQUID.format(dir=workdir))
-    squid = Contender(
-        "squid 5.7",
-        ["squid", "-N", "-f", f"{workdir}/squid.conf"],
-        3128,
-        b"squid",
-        logs=(Path(workdir, "squid-access.log"), Path(workdir, "squid-cache.log")),
-    )
-    variants = [
-        (
-            f", {workers} worker{'s' if workers != '1' else ''}",
-            lambda port, workers=workers: {
-                "EGRESS_HTTP_PROXY_DESTINATION": "127.0.0.1",
-                "EGRESS_HTTP_PROXY_LISTEN_PORT": str(port),
-                "EGRESS_HTTP_PROXY_CONNECT_PORTS": "8081",
-                "EGRESS_HTTP_PROXY_WORKERS": workers,
-            },
-        )
-        for workers in args.workers.split(",")
-    ]
-    contenders, which = ours_and_theirs(squid, args.baseline, "http-proxy", variants)
-    try:
-        with Lab() as lab:
-            lab.add_namespace(ROLE)
-            start_nginx(lab, workdir)
-            samples = run_rounds(lab, contenders, args.rounds, lambda proxy: measure(lab, proxy, args.seconds, workdir))
-    finally:
-        subprocess.run(["rm", "-rf", workdir], check=False)
-    print(f"{which}; wrk {args.seconds} s\n")
-    samples.print_table("measure", MEASURES, columns_of(contenders))
+    variants = [(f", {workers} worker{'s' if workers != '1' else ''}", partial(proxy_env, workers)) for workers in args.workers.split(",")]
+    with bench_folder() as folder:
+        Path(folder, "squid.conf").write_text(SQUID.format(dir=folder))
+        logs = (Path(folder, "squid-access.log"), Path(folder, "squid-cache.log"))
+        squid = Contender("squid 5.7", ["squid", "-N", "-f", f"{folder}/squid.conf"], 3128, b"squid", logs=logs)
+        compete(args, folder, squid, "http-proxy", variants, MEASURES, lambda lab, proxy: measure(lab, proxy, args.seconds, folder))
+
+
+def proxy_env(workers: str, port: int) -> dict[str, str]:
+    return {
+        "EGRESS_HTTP_PROXY_DESTINATION": "127.0.0.1",
+        "EGRESS_HTTP_PROXY_LISTEN_PORT": str(port),
+        "EGRESS_HTTP_PROXY_CONNECT_PORTS": "8081",
+        "EGRESS_HTTP_PROXY_WORKERS": workers,
+    }
 
 
 if __name__ == "__main__":

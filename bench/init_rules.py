@@ -11,14 +11,13 @@ interleaved with ours in the same rounds, and gives ours / baseline (below 1: we
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import THIS, Checkout, Measure, Samples, add_round_options, alternating
+from common import THIS, Checkout, Measure, Samples, alternating, options
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
@@ -95,9 +94,8 @@ def baseline_contenders(baseline: str) -> tuple[list[Contender], list[tuple[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options(__doc__, rounds=3, baseline="init runs in place of the old script, compared with ours")
     parser.add_argument("--sizes", default="10,100,1000", help="rule counts (default 10,100,1000)")
-    add_round_options(parser, rounds=3, baseline="another checkout whose init runs in place of the old script, compared with ours")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     contenders, columns, which = baseline_contenders(args.baseline) if args.baseline else old_script_contenders()
