@@ -9,6 +9,7 @@ import time
 from egress_router.lab import Lab
 from egress_router.lab.netns import socket_in
 from egress_router.lab.topology import Process, environment
+from tests.lab.waiting import eventually
 
 
 def start_proxy(lab: Lab, role: str, *, user: int | None = None, **env: str) -> Process:
@@ -74,13 +75,11 @@ def status_of(response: bytes) -> int:
 
 def log_line(proxy: Process, needle: str, timeout: float = 5) -> str:
     """The first access-log line containing `needle`, waiting for the proxy's periodic flush."""
-    deadline = time.monotonic() + timeout
-    while True:
-        line = next((line for line in proxy.stdout().splitlines() if needle in line), None)
-        if line is not None:
-            return line
-        assert time.monotonic() < deadline, f"no log line with {needle!r} in:\n{proxy.stdout()}"
-        time.sleep(0.05)
+    return eventually(
+        lambda: next((line for line in proxy.stdout().splitlines() if needle in line), ""),
+        timeout,
+        lambda: f"no log line with {needle!r} in:\n{proxy.stdout()}",
+    )
 
 
 def start_scripted_server(lab: Lab, role: str, port: int, handle: str) -> Process:

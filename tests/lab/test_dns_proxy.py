@@ -21,6 +21,7 @@ from egress_router.lab.dns import DnsServer as Dns
 from egress_router.lab.netns import socket_in
 from egress_router.lab.topology import Process, environment, run
 from tests.lab.conftest import Pod, new_pod
+from tests.lab.waiting import eventually
 
 REFUSING = "203.0.113.60"  # on the server, but nothing listens: connections are refused
 TARGETS = """
@@ -135,19 +136,6 @@ def relayed(lab: Lab, pod: Pod, port: int, timeout: float = 5) -> Iterator[tuple
 
 def seen(lab: Lab, pod: Pod, port: int) -> Seen:
     return lab.tcp("client", pod.ip, port, timeout=5)
-
-
-def eventually(check, seconds: float = 6):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "did not happen in time"
-        time.sleep(0.1)
 
 
 def test_names_and_addresses_default_and_other_remote_ports(lab: Lab, relay: tuple[Pod, Process]) -> None:

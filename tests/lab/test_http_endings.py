@@ -25,6 +25,7 @@ from tests.lab.http_helpers import (
     start_scripted_server,
     status_of,
 )
+from tests.lab.waiting import eventually
 
 ROLE = "lo"
 LIMIT = 3  # EGRESS_HTTP_PROXY_MAX_CONNECTIONS: a leaked connection soon shows as 503s
@@ -204,10 +205,7 @@ def test_a_client_that_goes_away_mid_upload_is_logged_as_499_at_once(lab: Lab, p
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     line = log_line(proxy, f"target=http://127.0.0.1:8004/upload?{how} ")
     assert "status=499" in line and 'rule="client went away"' in line and "in=1000 " in line, line
-    deadline = time.monotonic() + 3
-    while origin.stdout().count("upload connection ended") == ended:  # the server connection is not kept
-        assert time.monotonic() < deadline, origin.stdout()
-        time.sleep(0.05)
+    eventually(lambda: origin.stdout().count("upload connection ended") > ended, 3, origin.stdout)  # the server connection is not kept
     assert time.monotonic() - started < 3
 
 

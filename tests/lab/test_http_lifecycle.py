@@ -15,6 +15,7 @@ import pytest
 
 from egress_router.lab import Lab
 from tests.lab.http_helpers import open_connection, read_all, read_head, start_proxy, start_scripted_server, status_of
+from tests.lab.waiting import eventually
 
 ROLE = "lo"
 
@@ -80,16 +81,11 @@ def test_list_file_is_followed_and_a_bad_version_is_ignored(lab: Lab, tmp_path: 
     replacement = tmp_path / "destination.new"
     replacement.write_text("# now allowed\n127.0.0.1\n")
     replacement.rename(rules)  # an atomic swap, as Kubernetes does for ConfigMap volumes
-    deadline = time.monotonic() + 5
-    while not all(status_of(get(lab, "/")) == 200 for _ in range(6)):  # every worker has it (each checks every second)
-        assert time.monotonic() < deadline, "the new list was not picked up"
-        time.sleep(0.1)
+    # every worker has it (each checks every second)
+    eventually(lambda: all(status_of(get(lab, "/")) == 200 for _ in range(6)), 5, "the new list was not picked up")
     time.sleep(2.5)  # every worker polls each second; connections are spread by hash, so wait rather than probe
     rules.write_text("*\nexample.com\n")
-    deadline = time.monotonic() + 5
-    while "keeping the previous list" not in proxy.stderr():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    eventually(lambda: "keeping the previous list" in proxy.stderr(), 5, proxy.stderr)
     assert "EGRESS_HTTP_PROXY_DESTINATION line 2: Wildcard must be last rule" in proxy.stderr()
     assert status_of(get(lab, "/")) == 200
 
@@ -166,9 +162,6 @@ def test_a_client_that_goes_away_is_logged_as_499(lab: Lab) -> None:
         sock.sendall(b"GET http://127.0.0.1:8000/slow/1 HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.2)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # gone: a reset, not a half-close
-    deadline = time.monotonic() + 5
-    while "status=499" not in proxy.stdout():
-        assert time.monotonic() < deadline, proxy.stdout()
-        time.sleep(0.1)
+    eventually(lambda: "status=499" in proxy.stdout(), 5, proxy.stdout)
     line = next(line for line in proxy.stdout().splitlines() if "status=499" in line)
     assert "target=http://127.0.0.1:8000/slow/1" in line and 'rule="client went away"' in line

@@ -5,25 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import environment, run
 from tests.lab.conftest import Pod
-
-
-def eventually(check, seconds: float = 6):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "did not happen in time"
-        time.sleep(0.1)
+from tests.lab.waiting import eventually
 
 
 def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_path: Path) -> None:

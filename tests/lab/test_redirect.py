@@ -13,6 +13,7 @@ from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import environment
 from tests.lab.conftest import Pod, new_pod
+from tests.lab.waiting import eventually
 
 GATEWAY = t.GATEWAY_IP
 RULES = """
@@ -182,10 +183,7 @@ def test_gratuitous_arp_moves_the_address_to_the_new_pod(lab: Lab) -> None:
         redirect(new)
         new_mac = lab.link_mac(new.role, "macvlan0")
         assert new_mac != old_mac
-        deadline = time.monotonic() + 3
-        while lab.neighbour_mac("gw", new.source) != new_mac:
-            assert time.monotonic() < deadline, "the gateway never learned the new MAC"
-            time.sleep(0.05)
+        eventually(lambda: lab.neighbour_mac("gw", new.source) == new_mac, 3, "the gateway never learned the new MAC")
     finally:
         lab.remove_namespace(old.role)
         lab.remove_namespace(new.role)
