@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from egress_router.config.dns_targets import Target, parse_targets
 from egress_router.config.errors import Collector, ConfigError
-from egress_router.config.options import Count, Duration, Flag, Option, Switch, parse_each
+from egress_router.config.options import METRICS_PORT, Count, Duration, Flag, Option, Switch, parse_each
 
 LIST = Option(
     "destination", "EGRESS_DNS_PROXY_DESTINATION", "Ports to forward, one a line: '<local-port> <address-or-name> [<remote-port>]'"
@@ -16,6 +16,7 @@ LIST_FILE = Option("destination_file", "EGRESS_DNS_PROXY_DESTINATION_FILE", "Fil
 #: The settings below the list, one option each, in the order --help shows them.
 TUNING = (
     Flag("debug", "EGRESS_DNS_PROXY_DEBUG", "Non-empty: one log line per connection"),
+    METRICS_PORT,
     Count("max_connections", "EGRESS_DNS_PROXY_MAX_CONNECTIONS", "Relayed connections in all; more are closed at once", default=4096),
     Duration("idle_timeout", "EGRESS_DNS_PROXY_IDLE_TIMEOUT", "A connection with no bytes either way is closed after this", default=3600.0),
     Duration("connect_timeout", "EGRESS_DNS_PROXY_CONNECT_TIMEOUT", "Time for one address to accept before trying the next", default=5.0),
@@ -41,6 +42,7 @@ class DnsProxySettings:
 
     targets: tuple[Target, ...]
     debug: bool
+    metrics_port: int | None
     max_connections: int
     idle_timeout: float
     connect_timeout: float
@@ -59,6 +61,14 @@ def load_dns_settings(*, destination: str | None, **given: str | None) -> DnsPro
     values.update(parse_each(found, TUNING, given))
     found.raise_if_any()
     settings = DnsProxySettings(**values)
+    clash = next((target for target in settings.targets if target.local_port == settings.metrics_port), None)
+    if clash is not None:
+        raise ConfigError.single(
+            METRICS_PORT.variable,
+            f"port {clash.local_port} is forwarded by EGRESS_DNS_PROXY_DESTINATION line {clash.line_no} too"
+            f" (move one of them, or set {METRICS_PORT.variable}=off)",
+            given.get("metrics_port"),
+        )
     if settings.min_ttl > settings.max_ttl:
         raise ConfigError.single(
             "EGRESS_DNS_PROXY_MIN_TTL", f"must not exceed EGRESS_DNS_PROXY_MAX_TTL ({settings.max_ttl:g} s)", given.get("min_ttl")

@@ -47,6 +47,7 @@ class Rule:
 class Decision:
     allowed: bool
     reason: str  # the rule that decided, or why nothing allowed it
+    line: int | None = None  # the list line that decided; None when none did (default deny, a special address)
 
 
 def is_special(address: IPAddress) -> bool:
@@ -64,15 +65,15 @@ class Acl:
     def _decide_one(self, host: str | None, address: IPAddress) -> Decision:
         for rule in self.rules:
             if rule.matches_address(address):
-                return Decision(not rule.deny, str(rule))
+                return Decision(not rule.deny, str(rule), rule.line_no)
             if host is not None and rule.matches_name(host):
                 if not rule.deny and is_special(address):
                     return Decision(False, f"{address} is loopback, link-local or unspecified; only an address rule can allow it")
-                return Decision(not rule.deny, str(rule))
+                return Decision(not rule.deny, str(rule), rule.line_no)
         if self.wildcard is not None:
             if is_special(address):
                 return Decision(False, f"{address} is loopback, link-local or unspecified; only an address rule can allow it")
-            return Decision(True, str(self.wildcard))
+            return Decision(True, str(self.wildcard), self.wildcard.line_no)
         return Decision(False, "no rule allows it (default deny)")
 
     def decide(self, host: str | None, addresses: list[IPAddress]) -> Decision:
@@ -85,7 +86,7 @@ class Acl:
             decision = self._decide_one(name, address)
             if not decision.allowed:
                 shown = f"{address}" if name is None else f"{name} resolves to {address}"
-                return Decision(False, f"{shown}: {decision.reason}")
+                return Decision(False, f"{shown}: {decision.reason}", decision.line)
             first = first or decision
         assert first is not None
         return first
@@ -97,7 +98,7 @@ class Acl:
             if rule.network is not None:
                 return None  # an address rule might decide: resolve and look
             if rule.matches_name(name):
-                return None if not rule.deny else Decision(False, f"{name}: {rule}")
+                return None if not rule.deny else Decision(False, f"{name}: {rule}", rule.line_no)
         return None if self.wildcard is not None else Decision(False, f"{name}: no rule allows it (default deny)")
 
 

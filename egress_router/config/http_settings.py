@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from egress_router.config.errors import Collector
+from egress_router.config.errors import Collector, ConfigError
 from egress_router.config.http_acl import Acl, parse_acl
-from egress_router.config.options import PER_CPU, Count, Duration, Flag, Option, Port, Ports, parse_each
+from egress_router.config.options import METRICS_PORT, PER_CPU, Count, Duration, Flag, Option, Port, Ports, parse_each
 
 LIST = Option(
     "destination", "EGRESS_HTTP_PROXY_DESTINATION", "Allow/deny list, one rule a line: address, CIDR, name, *.domain, !rule, and * last"
@@ -16,6 +16,7 @@ LIST_FILE = Option("destination_file", "EGRESS_HTTP_PROXY_DESTINATION_FILE", "Fi
 #: The settings below the list, one option each, in the order --help shows them.
 TUNING = (
     Port("listen_port", "EGRESS_HTTP_PROXY_LISTEN_PORT", "Port to listen on, IPv4 and IPv6", default=8080),
+    METRICS_PORT,
     Ports("connect_ports", "EGRESS_HTTP_PROXY_CONNECT_PORTS", "Ports CONNECT tunnels may reach, comma-separated", default=frozenset({443})),
     Count("max_connections", "EGRESS_HTTP_PROXY_MAX_CONNECTIONS", "Client connections per worker; more get 503", default=4096),
     Count(
@@ -55,6 +56,7 @@ class HttpProxySettings:
 
     acl: Acl
     listen_port: int
+    metrics_port: int | None
     connect_ports: frozenset[int]
     max_connections: int
     max_header_size: int
@@ -72,4 +74,11 @@ def load_http_settings(*, destination: str | None, **given: str | None) -> HttpP
     values = found.gather({"acl": lambda: parse_acl(destination)})
     values.update(parse_each(found, TUNING, given))
     found.raise_if_any()
-    return HttpProxySettings(**values)
+    settings = HttpProxySettings(**values)
+    if settings.metrics_port == settings.listen_port:
+        raise ConfigError.single(
+            METRICS_PORT.variable,
+            f"port {settings.listen_port} is EGRESS_HTTP_PROXY_LISTEN_PORT too (move one of them, or set {METRICS_PORT.variable}=off)",
+            given.get("metrics_port"),
+        )
+    return settings

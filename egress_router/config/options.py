@@ -100,6 +100,17 @@ class Port(Valued[int]):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PortOrOff(Valued[int | None]):
+    """A port, or `off` (None): something that may be switched off."""
+
+    def convert(self, text: str) -> int | None:
+        return None if text.lower() == "off" else parse_port_value(text, self.variable)
+
+    def render(self, value: int | None) -> str:
+        return "off" if value is None else str(value)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Ports(Valued[frozenset[int]]):
     """Ports separated by commas or spaces."""
 
@@ -176,3 +187,9 @@ def parse_each(found: Collector, options: Iterable[Valued[Any]], given: Mapping[
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
     return found.gather({name: functools.partial(option.parse, given.get(name)) for name, option in table.items()})
+
+
+#: Every long-running command's /healthz, /readyz and /metrics (one option, in each command's table).
+METRICS_PORT = PortOrOff(
+    "metrics_port", "EGRESS_METRICS_PORT", "Port of /healthz, /readyz and /metrics on every pod address; off: none", default=9191
+)

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 
 from egress_router.config.dns_settings import DnsProxySettings
-from egress_router.dns_proxy import splice
+from egress_router.dns_proxy import metrics, splice
 from egress_router.dns_proxy.names import FollowedName
+from egress_router.observe.stats import Stats, count
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,15 @@ class _Handoff(asyncio.Protocol):
 class Forwarder:
     """Connections to one local port; `destination` may be swapped when the list file changes."""
 
-    def __init__(self, destination: FollowedName, settings: DnsProxySettings, active: set[asyncio.Task[None]]) -> None:
+    def __init__(self, destination: FollowedName, settings: DnsProxySettings, active: set[asyncio.Task[None]], stats: Stats) -> None:
         self.destination = destination
         self.settings = settings
         self.active = active
+        self.port = str(destination.target.local_port)
+        self.open = 0  # relayed connections open now (a gauge)
+        self.connections = stats.counter(metrics.CONNECTIONS)
+        self.bytes = stats.counter(metrics.BYTES)
+        self.connect_failures = stats.counter(metrics.CONNECT_FAILURES)
         self.use_splice = settings.splice and splice.available()
 
     def protocol(self) -> asyncio.Protocol:
@@ -108,11 +114,19 @@ class Forwarder:
             )
             _close(client)
             return
+        count(self.connections, self.port)
         task = asyncio.get_running_loop().create_task(self.relay(client, peer))
         self.active.add(task)
         task.add_done_callback(self.active.discard)
 
     async def relay(self, client: socket.socket | _Side, peer: tuple[str, int] | None) -> None:
+        self.open += 1
+        try:
+            await self._relay(client, peer)
+        finally:
+            self.open -= 1
+
+    async def _relay(self, client: socket.socket | _Side, peer: tuple[str, int] | None) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         destination = self.destination
@@ -132,6 +146,7 @@ class Forwarder:
                     server = await self._connect(loop, client, str(address), target.remote_port)
             except (OSError, TimeoutError) as error:
                 destination.failed(address)
+                count(self.connect_failures, str(address))
                 failures.append(f"{address}: {'timeout' if isinstance(error, TimeoutError) else error.strerror or error}")
                 continue
             except asyncio.CancelledError:
@@ -158,6 +173,9 @@ class Forwarder:
         except asyncio.CancelledError:  # the drain deadline after SIGTERM
             finish("drain deadline")
             raise
+        finally:
+            count(self.bytes, self.port, "in", amount=counts[0])
+            count(self.bytes, self.port, "out", amount=counts[1])
         self._log(peer, str(address), counts[0], counts[1], started, why)
 
     @staticmethod

@@ -13,6 +13,7 @@ from egress_router.config.addresses import IPAddress
 from egress_router.config.dns_settings import DnsProxySettings
 from egress_router.config.dns_targets import Target
 from egress_router.dns_proxy.resolver import ResolveError, Resolver
+from egress_router.observe.stats import Counter, count
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -21,8 +22,13 @@ REFRESH_AT = 0.9
 
 
 class FollowedName:
-    def __init__(self, target: Target, settings: DnsProxySettings, resolver: Resolver | None, ipv6: bool = False) -> None:
+    def __init__(
+        self, target: Target, settings: DnsProxySettings, resolver: Resolver | None, ipv6: bool = False, lookups: Counter | None = None
+    ) -> None:
         self.target = target
+        self.lookups: Counter = lookups if lookups is not None else {}  # by result, for the metrics
+        self.answered_at: float | None = None  # loop time of the last good answer
+        self.stale = False  # the last lookup failed and the last good answer is still in use
         self.ipv6 = ipv6
         self.settings = settings
         self.resolver = resolver
@@ -51,6 +57,7 @@ class FollowedName:
             try:
                 answer = await self.resolver.addresses(self.target.host, ipv6=self.ipv6)
             except ResolveError as error:
+                count(self.lookups, "negative" if error.negative else "failed")
                 now = loop.time()
                 if self.addresses and now > self.good_until:
                     log.warning(
@@ -58,7 +65,9 @@ class FollowedName:
                     )
                     self.addresses = ()
                     self.ready.clear()
+                    self.stale = False
                 elif self.addresses:
+                    self.stale = True
                     log.warning("%s: %s; keeping %s", self.target.host, error, ", ".join(map(str, self.addresses)))
                 else:
                     log.warning("%s: %s; port %d waits for it", self.target.host, error, self.target.local_port)
@@ -67,7 +76,10 @@ class FollowedName:
             else:
                 if answer.addresses != self.addresses:
                     log.info("%s: %s (ttl %d s)", self.target.host, ", ".join(map(str, answer.addresses)), answer.ttl)
+                count(self.lookups, "ok")
                 self.addresses = answer.addresses
+                self.answered_at = loop.time()
+                self.stale = False
                 self.good_until = loop.time() + self.settings.stale_limit
                 self.ready.set()
                 backoff = 1.0

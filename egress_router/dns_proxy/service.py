@@ -10,10 +10,13 @@ from pathlib import Path
 from egress_router.config.dns_settings import DnsProxySettings
 from egress_router.config.dns_targets import Target, parse_targets
 from egress_router.config.resolv_conf import parse_resolv_conf
+from egress_router.dns_proxy import metrics
 from egress_router.dns_proxy.forwarder import Forwarder
 from egress_router.dns_proxy.names import FollowedName
 from egress_router.dns_proxy.resolver import Resolver, can_send_ipv6
 from egress_router.errors import ApplyError
+from egress_router.observe.endpoints import local_probes, serving
+from egress_router.observe.stats import CONFIG_RELOADS, Stats, count
 from egress_router.runtime.sockets import listen
 from egress_router.runtime.watch import ListFile, SerialApply, following
 from egress_router.runtime.workers import run_loop
@@ -31,10 +34,32 @@ class ForwardedPorts:
         self.ipv6 = can_send_ipv6()
         self.active: set[asyncio.Task[None]] = set()
         self.ports: dict[int, tuple[asyncio.Server, Forwarder]] = {}
+        self.missing: set[int] = set()  # ports of the list that could not be had (readiness says which)
+        self.stopping = False
+        self.stats = Stats(metrics.METRICS)
+        self.lookups = self.stats.counter(metrics.LOOKUPS)
+        self.stats.gauge(metrics.OPEN, lambda: {(str(port),): fw.open for port, (_, fw) in self.ports.items()})
+        self.stats.gauge(metrics.ANSWER_AGE, self.answer_ages)
+        self.stats.gauge(metrics.STALE, lambda: {(name.target.host,): float(name.stale) for name in self.names()})
+
+    def names(self) -> list[FollowedName]:
+        return [fw.destination for _, fw in self.ports.values() if fw.destination.target.address is None]
+
+    def answer_ages(self) -> dict[tuple[str, ...], float]:
+        now = asyncio.get_running_loop().time()
+        return {(name.target.host,): now - name.answered_at for name in self.names() if name.answered_at is not None}
+
+    def ready(self) -> str | None:
+        if self.stopping:
+            return "draining: stopping on SIGTERM"
+        if self.missing:
+            return f"port(s) {', '.join(map(str, sorted(self.missing)))} of EGRESS_DNS_PROXY_DESTINATION not listening"
+        return None
 
     async def apply(self, targets: tuple[Target, ...]) -> None:
         loop = asyncio.get_running_loop()
         wanted = {target.local_port: target for target in targets}
+        self.missing &= set(wanted)
         for port in [p for p in self.ports if p not in wanted]:
             server, forwarder = self.ports.pop(port)
             server.close()  # open connections on it run on
@@ -47,7 +72,7 @@ class ForwardedPorts:
                 target.remote_port,
             ):
                 continue
-            destination = FollowedName(target, self.settings, self.resolver, self.ipv6)
+            destination = FollowedName(target, self.settings, self.resolver, self.ipv6, self.lookups)
             if current is not None:
                 current[1].destination.stop()
                 current[1].destination = destination  # new connections go to the new destination
@@ -56,8 +81,10 @@ class ForwardedPorts:
                     sock = listen(port, reuse_port=False)
                 except ApplyError as error:
                     log.error("EGRESS_DNS_PROXY_DESTINATION line %d: %s", target.line_no, error)
+                    self.missing.add(port)
                     continue
-                forwarder = Forwarder(destination, self.settings, self.active)
+                self.missing.discard(port)
+                forwarder = Forwarder(destination, self.settings, self.active, self.stats)
                 self.ports[port] = (await loop.create_server(forwarder.protocol, sock=sock), forwarder)
             destination.start()
             log.info("port %d -> %s", port, target.describe)
@@ -76,15 +103,23 @@ async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, l
     forwarded = ForwardedPorts(settings, Resolver(resolv))
     await forwarded.apply(settings.targets)
     reloads = SerialApply("EGRESS_DNS_PROXY_DESTINATION_FILE", forwarded.apply)
+    reloaded = forwarded.stats.counter(CONFIG_RELOADS.name)
 
     def use(targets: tuple[Target, ...]) -> None:
         forwarded.settings = replace(forwarded.settings, targets=targets)
         reloads.submit(targets)
 
-    with following(list_file, "EGRESS_DNS_PROXY_DESTINATION_FILE", parse_targets, use):
-        await stop.wait()
-    await reloads.settle()
-    forwarded.stop()
+    async with serving(settings.metrics_port, local_probes("dns-proxy", forwarded.stats, forwarded.ready)):
+        with following(list_file, "EGRESS_DNS_PROXY_DESTINATION_FILE", parse_targets, use, lambda result: count(reloaded, result)):
+            await stop.wait()
+        await reloads.settle()
+        forwarded.stopping = True
+        forwarded.stop()
+        await drain(forwarded)
+
+
+async def drain(forwarded: ForwardedPorts) -> None:
+    settings = forwarded.settings
     log.info("stopping: no new connections; %d relayed connection(s) get up to %g s", len(forwarded.active), settings.drain_timeout)
     cut = 0
     if forwarded.active:
@@ -98,7 +133,8 @@ async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, l
 
 
 def run(settings: DnsProxySettings, list_file: ListFile | None = None) -> int:
-    for target in settings.targets:  # every port must be ours before anything starts
-        listen(target.local_port, reuse_port=False, backlog=None).close()
+    ports = [target.local_port for target in settings.targets]
+    for port in [*ports, settings.metrics_port] if settings.metrics_port is not None else ports:  # every port ours before we start
+        listen(port, reuse_port=False, backlog=None).close()
     run_loop(lambda stop: serve_until_stopped(settings, stop, list_file))
     return 0

@@ -25,15 +25,18 @@ from egress_router.config.http_acl import Decision
 from egress_router.config.http_settings import HttpProxySettings
 from egress_router.http_proxy import exchange as x
 from egress_router.http_proxy import messages as m
+from egress_router.http_proxy import metrics
 from egress_router.http_proxy.access_log import AccessLog
 from egress_router.http_proxy.exchange import Answer
 from egress_router.http_proxy.flow import FlowControl
 from egress_router.http_proxy.upstream import MAX_HEADERS, OpenConnection, Upstream, UpstreamError, UpstreamPool
+from egress_router.observe.stats import Stats
 from egress_router.runtime.deadline import Deadline
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd, abort_with_reset
 
 log = logging.getLogger(__name__)
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+IN, OUT = ("in",), ("out",)
 
 #: Host name, port -> getaddrinfo-shaped answers; replaceable so tests need no DNS.
 Lookup = Callable[[str, int], Awaitable[list[Any]]]
@@ -69,6 +72,13 @@ class Proxy:
         self.pool = UpstreamPool(loop, settings.connect_timeout, settings.max_header_size, open_connection)
         self.connections: set[ClientConnection] = set()
         self.draining = False
+        self.stats = Stats(metrics.METRICS)
+        self.requests = self.stats.counter(metrics.REQUESTS)  # the hot path adds to these dicts directly
+        self.list_decisions = self.stats.counter(metrics.LIST_DECISIONS)
+        self.bytes = self.stats.counter(metrics.BYTES)
+        self.pool.errors = self.stats.counter(metrics.CONNECT_ERRORS)
+        self.stats.gauge(metrics.CONNECTIONS, lambda: {(): len(self.connections)})
+        self.stats.gauge(metrics.TUNNELS, lambda: {(): sum(1 for c in self.connections if c.tunnel is not None)})
         self.lookup: Lookup = lookup or self._getaddrinfo
 
     async def _getaddrinfo(self, host: str, port: int) -> list[Any]:
@@ -78,10 +88,10 @@ class Proxy:
         """Resolve once, decide on exactly those addresses (the caller connects to nothing else), or say why not."""
         acl = self.settings.acl
         if target.address is not None:
-            return [target.address], acl.decide(None, [target.address])
+            return [target.address], self.decided(acl.decide(None, [target.address]))
         early = acl.decide_before_lookup(target.host)
         if early is not None:
-            return [], early
+            return [], self.decided(early)
         try:
             infos = await self.lookup(target.host, target.port)
         except socket.gaierror as error:
@@ -91,7 +101,12 @@ class Proxy:
             address = ip_address(str(info[4][0]).split("%", 1)[0])
             if address not in addresses:
                 addresses.append(address)
-        return addresses, acl.decide(target.host, addresses)
+        return addresses, self.decided(acl.decide(target.host, addresses))
+
+    def decided(self, decision: Decision) -> Decision:
+        key = (str(decision.line) if decision.line is not None else "none", "allow" if decision.allowed else "deny")
+        self.list_decisions[key] = self.list_decisions.get(key, 0) + 1
+        return decision
 
     def drain(self) -> None:
         """SIGTERM: idle connections go now, busy ones after their current response."""
@@ -125,6 +140,7 @@ class ClientConnection(TunnelEnd, FlowControl):
         self.head_bytes = 0  # bytes of the request head under way (State.HEAD)
         self.bytes_in = 0  # request body bytes passed to the server, this request
         self.bytes_out = 0  # response body bytes written to the client, this request
+        self.allowed = False  # whether the list allowed this request (the metrics' decision label)
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.deadline = Deadline(proxy.loop, self.on_deadline)
@@ -259,6 +275,15 @@ class ClientConnection(TunnelEnd, FlowControl):
             self.close()
 
     def log_exchange(self, message: Any, status: int, started: float | None, reason: str) -> None:
+        """Once per request, whatever its end: the access-log line and the request's metrics."""
+        proxy = self.proxy
+        method = message.method if message is not None and message.method in metrics.METHODS else "other"
+        key = (method, str(status), "allow" if self.allowed else "deny")
+        proxy.requests[key] = proxy.requests.get(key, 0) + 1
+        proxy.bytes[IN] = proxy.bytes.get(IN, 0) + self.bytes_in
+        proxy.bytes[OUT] = proxy.bytes.get(OUT, 0) + self.bytes_out
+        if started is not None:
+            proxy.stats.observe(metrics.DURATION, (), time.monotonic() - started)
         self.proxy.access_log.write(
             self.peer,
             message.method if message is not None else "-",
@@ -322,6 +347,7 @@ class ClientConnection(TunnelEnd, FlowControl):
         """One request, start to end; whether the connection carries another."""
         self.state = State.TUNNEL if message.method == "CONNECT" else State.BUSY
         self.bytes_in = self.bytes_out = 0
+        self.allowed = False
         started = time.monotonic()
         try:
             return await self.handle(message, payload, started)
@@ -343,6 +369,7 @@ class ClientConnection(TunnelEnd, FlowControl):
             self.answer(verdict, message, started)
             return False
         addresses, decision = verdict
+        self.allowed = decision.allowed
         has_body = x.request_has_body(message.chunked, message.headers.get("Content-Length"))
         if not decision.allowed:
             answer = x.denied(decision.reason, has_body=has_body, client_asked_close=message.should_close or self.proxy.draining)
@@ -508,6 +535,7 @@ class ClientConnection(TunnelEnd, FlowControl):
             self.answer(verdict if isinstance(verdict, Answer) else Answer(403, verdict[1].reason), message, started)
             return False
         addresses, decision = verdict
+        self.allowed = True
         try:
             upstream = await self.proxy.pool.acquire(addresses, target.port, pooled=False)
         except UpstreamError as error:

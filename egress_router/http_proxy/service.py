@@ -10,7 +10,11 @@ from dataclasses import replace
 from egress_router.config.http_acl import Acl, parse_acl
 from egress_router.config.http_settings import HttpProxySettings
 from egress_router.http_proxy.access_log import AccessLog
+from egress_router.http_proxy.metrics import METRICS
 from egress_router.http_proxy.server import Proxy
+from egress_router.observe.endpoints import local_probes, serving
+from egress_router.observe.reports import SupervisorEndpoints, report_forever, send_report
+from egress_router.observe.stats import CONFIG_RELOADS, Stats, count
 from egress_router.runtime.sockets import listen
 from egress_router.runtime.watch import ListFile, following
 from egress_router.runtime.workers import run_loop, run_workers
@@ -18,16 +22,34 @@ from egress_router.runtime.workers import run_loop, run_workers
 log = logging.getLogger(__name__)
 
 
-async def serve_until_stopped(settings: HttpProxySettings, sock: socket.socket, stop: asyncio.Event, acl_file: ListFile | None) -> None:
+async def serve_until_stopped(
+    settings: HttpProxySettings, sock: socket.socket, stop: asyncio.Event, acl_file: ListFile | None, reports: socket.socket | None
+) -> None:
+    """One worker. Its endpoints: on this loop when it is the only worker, else its reports to the supervisor."""
     loop = asyncio.get_running_loop()
     proxy = Proxy(loop, settings, AccessLog())
     server = await loop.create_server(proxy.protocol, sock=sock, backlog=1024)
 
+    def ready() -> str | None:
+        return "draining: stopping on SIGTERM" if proxy.draining else None
+
     def use(acl: Acl) -> None:
         proxy.settings = replace(proxy.settings, acl=acl)
 
-    with following(acl_file, "EGRESS_HTTP_PROXY_DESTINATION_FILE", parse_acl, use):
-        await stop.wait()
+    reloads = proxy.stats.counter(CONFIG_RELOADS.name)
+    local = settings.metrics_port if reports is None else None
+    reporter = loop.create_task(report_forever(reports, proxy.stats, ready)) if reports is not None else None
+    async with serving(local, local_probes("http-proxy", proxy.stats, ready)):
+        with following(acl_file, "EGRESS_HTTP_PROXY_DESTINATION_FILE", parse_acl, use, lambda result: count(reloads, result)):
+            await stop.wait()
+        await drain(proxy, server)
+    if reporter is not None and reports is not None:
+        reporter.cancel()
+        send_report(reports, proxy.stats, ready)  # the last second's counts too
+
+
+async def drain(proxy: Proxy, server: asyncio.Server) -> None:
+    loop, settings = proxy.loop, proxy.settings
     server.close()
     in_flight = len(proxy.connections)
     log.info("stopping: no new connections; draining %d for up to %g s", in_flight, settings.drain_timeout)
@@ -58,8 +80,15 @@ def run(settings: HttpProxySettings, acl_file: ListFile | None = None) -> int:
     if reuse:
         first.close()
 
+    supervisor = None
+    if reuse and settings.metrics_port is not None:
+        supervisor = SupervisorEndpoints(settings.metrics_port, "http-proxy", Stats(METRICS).metrics, settings.workers)
+    elif settings.metrics_port is not None:
+        listen(settings.metrics_port, reuse_port=False, backlog=None).close()  # taken? say so before serving
+    reports = supervisor.reports.sender if supervisor is not None else None
+
     def worker() -> None:
         sock = first if not reuse else listen(settings.listen_port, reuse_port=True)
-        run_loop(lambda stop: serve_until_stopped(settings, sock, stop, acl_file))
+        run_loop(lambda stop: serve_until_stopped(settings, sock, stop, acl_file, reports))
 
-    return run_workers(settings.workers, worker, settings.drain_timeout)
+    return run_workers(settings.workers, worker, settings.drain_timeout, watcher=supervisor)

@@ -23,6 +23,12 @@ EOF_MARK = None
 #: How long an idle upstream connection is kept for reuse; origin servers commonly close at 60 s or more.
 POOL_IDLE = 15.0
 POOL_PER_HOST = 64
+#: errno -> (metrics kind, the access log's words)
+CONNECT_FAILURES = {
+    errno.ECONNREFUSED: ("refused", "connection refused"),
+    errno.ENETUNREACH: ("unreachable", "network unreachable"),
+    errno.EHOSTUNREACH: ("unreachable", "host unreachable"),
+}
 #: Header fields in one head, the same for requests and responses.
 MAX_HEADERS = 256
 #: loop.create_connection(protocol_factory, host, port), or a stand-in for tests.
@@ -256,6 +262,7 @@ class UpstreamPool:
         self.max_field_size = max_field_size
         self.idle: dict[tuple[str, int], list[Upstream]] = {}
         self.sweeper: asyncio.TimerHandle | None = None
+        self.errors: dict[tuple[str, ...], float] = {}  # failed connects by kind (the proxy's metrics)
 
     def _reuse(self, addresses: list[IPAddress], port: int) -> Upstream | None:
         now = self.loop.time()
@@ -286,16 +293,17 @@ class UpstreamPool:
                     )
                 return upstream
             except TimeoutError:
+                self.count_error("timeout")
                 failures.append((504, f"{address} port {port}: no answer within {self.connect_timeout:g} s"))
             except OSError as error:
-                reason = {
-                    errno.ECONNREFUSED: "connection refused",
-                    errno.ENETUNREACH: "network unreachable",
-                    errno.EHOSTUNREACH: "host unreachable",
-                }.get(error.errno or 0, error.strerror or str(error))
+                kind, reason = CONNECT_FAILURES.get(error.errno or 0, ("other", error.strerror or str(error)))
+                self.count_error(kind)
                 failures.append((502, f"{address} port {port}: {reason}"))
         status = 504 if all(code == 504 for code, _ in failures) else 502
         raise UpstreamError(status, "; ".join(reason for _, reason in failures) or "no address to connect to")
+
+    def count_error(self, kind: str) -> None:
+        self.errors[(kind,)] = self.errors.get((kind,), 0) + 1
 
     def release(self, upstream: Upstream) -> None:
         """Back to the pool after a complete exchange; closed once unused for POOL_IDLE seconds."""

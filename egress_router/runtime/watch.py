@@ -36,9 +36,17 @@ def _identity(path: str) -> tuple[int, int, int] | None:
 
 class FileWatcher(Generic[T]):
     def __init__(
-        self, path: str, variable: str, parse: Callable[[str], T], apply: Callable[[T], None], text: str, interval: float = INTERVAL
+        self,
+        path: str,
+        variable: str,
+        parse: Callable[[str], T],
+        apply: Callable[[T], None],
+        text: str,
+        interval: float = INTERVAL,
+        outcome: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
+        self.outcome = outcome  # told "applied" or "rejected" for each new version (the reloads metric)
         # The content in force, not the file's identity when this watcher started: a worker that starts after
         # the file changed must still see the change (the text came from the parent, before it forked).
         self.text = text
@@ -72,6 +80,7 @@ class FileWatcher(Generic[T]):
                 text = f.read()
         except (OSError, UnicodeDecodeError) as error:
             log.error("%s: cannot read %s (%s); keeping the previous list", self.variable, self.path, error)
+            self._tell("rejected")
             return False
         if text == self.text:
             return False
@@ -81,19 +90,31 @@ class FileWatcher(Generic[T]):
         except ConfigError as error:
             for problem in error.problems:
                 log.error("%s; keeping the previous list", problem)
+            self._tell("rejected")
             return False
         self.apply(value)
         log.info("%s: reloaded %s", self.variable, self.path)
+        self._tell("applied")
         return True
+
+    def _tell(self, result: str) -> None:
+        if self.outcome is not None:
+            self.outcome(result)
 
 
 @contextlib.contextmanager
-def following(list_file: ListFile | None, variable: str, parse: Callable[[str], T], apply: Callable[[T], None]) -> Iterator[None]:
+def following(
+    list_file: ListFile | None,
+    variable: str,
+    parse: Callable[[str], T],
+    apply: Callable[[T], None],
+    outcome: Callable[[str], None] | None = None,
+) -> Iterator[None]:
     """Follow `list_file` while the block runs (inside a running loop); no file given, nothing to follow."""
     if list_file is None:
         yield
         return
-    watcher = FileWatcher(list_file.path, variable, parse, apply, list_file.text)
+    watcher = FileWatcher(list_file.path, variable, parse, apply, list_file.text, outcome=outcome)
     watcher.start()
     try:
         yield

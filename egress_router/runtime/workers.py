@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -46,12 +46,25 @@ def run_loop(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None
 KILL_AFTER = 5.0
 
 
-def run_workers(count: int, worker: Callable[[], None], grace: float, kill_after: float = KILL_AFTER) -> int:
+class Watcher(Protocol):
+    """Told what the supervisor does (the endpoints' view of the workers)."""
+
+    def start(self) -> None:
+        """Called once, before the first fork, with the stop signals blocked (so a thread started here inherits that)."""
+
+    def exited(self, pid: int) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def run_workers(
+    count: int, worker: Callable[[], None], grace: float, kill_after: float = KILL_AFTER, watcher: Watcher | None = None
+) -> int:
     """Fork `count` workers running `worker()`; restart one that dies; stop all on a signal."""
     if count == 1:
         worker()
         return 0
-    return Supervisor(worker, grace + kill_after).run(count)
+    return Supervisor(worker, grace + kill_after, watcher).run(count)
 
 
 RESTART_EVERY = 1.0
@@ -63,8 +76,9 @@ class Supervisor:
     never in a blocking waitpid, so a signal always wakes it: workers that ignore SIGTERM are killed
     `kill_within` seconds after it, on time."""
 
-    def __init__(self, worker: Callable[[], None], kill_within: float) -> None:
+    def __init__(self, worker: Callable[[], None], kill_within: float, watcher: Watcher | None = None) -> None:
         self.worker = worker
+        self.watcher = watcher
         self.kill_within = kill_within
         self.children: dict[int, int] = {}  # pid -> slot
         self.deadline: float | None = None  # set by the first stop signal
@@ -75,6 +89,8 @@ class Supervisor:
     def run(self, count: int) -> int:
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
         try:
+            if self.watcher is not None:
+                self.watcher.start()
             for slot in range(count):
                 self.start(slot)
             while self.children or self.restarts:
@@ -127,6 +143,8 @@ class Supervisor:
                 return None
             slot = self.children.pop(pid)
             code = os.waitstatus_to_exitcode(status)
+            if self.watcher is not None:
+                self.watcher.exited(pid)
             if self.deadline is not None:
                 continue
             if time.monotonic() - self.started < 2 and code != 0:
@@ -151,6 +169,8 @@ class Supervisor:
         if info is not None and info.si_signo in STOP_SIGNALS and self.deadline is None:
             self.deadline = time.monotonic() + self.kill_within
             self.restarts.clear()
+            if self.watcher is not None:
+                self.watcher.stop()
             self.stop_all(signal.SIGTERM)
 
     def stop_all(self, sig: int) -> None:

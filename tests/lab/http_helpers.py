@@ -6,6 +6,8 @@ import socket
 import sys
 import time
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from egress_router.lab import Lab
 from egress_router.lab.netns import socket_in
 from egress_router.lab.topology import Process, environment
@@ -91,3 +93,23 @@ def start_scripted_server(lab: Lab, role: str, port: int, handle: str) -> Proces
         "    print('ready', flush=True)\n    await asyncio.Event().wait()\n\nasyncio.run(main())\n"
     )
     return lab.start_in(role, ["python3", "-c", script], ready_line="ready")
+
+
+def http_get(lab: Lab, role: str, host: str, port: int, path: str) -> tuple[int, str]:
+    """A probe's GET from `role`: the status and the body."""
+    with open_connection(lab, role, host, port) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n".encode())
+        response = read_all(sock)
+    return status_of(response), response.partition(b"\r\n\r\n")[2].decode()
+
+
+Sample = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def samples(text: str) -> dict[Sample, float]:
+    """Every sample of a scrape by (name, sorted labels); the text must parse as Prometheus' format."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

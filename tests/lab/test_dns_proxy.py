@@ -21,6 +21,7 @@ from egress_router.lab.dns import DnsServer as Dns
 from egress_router.lab.netns import socket_in
 from egress_router.lab.topology import Process, environment, run
 from tests.lab.conftest import Pod, new_pod
+from tests.lab.http_helpers import http_get, samples
 from tests.lab.waiting import eventually
 
 REFUSING = "203.0.113.60"  # on the server, but nothing listens: connections are refused
@@ -285,3 +286,33 @@ def test_connection_limit(lab: Lab, dns: Dns) -> None:
                 seen(lab, pod, 9000)  # the third is closed at once
             assert "connection limit (2) reached" in proc.stderr()
         eventually(lambda: seen(lab, pod, 9000))  # room again
+
+
+def test_probes_and_metrics_from_the_node(lab: Lab, dns: Dns) -> None:
+    """The kubelet probes from the node's address, Prometheus scrapes the pod address: both reach port 9191."""
+    with dns_pod(lab, EGRESS_DNS_PROXY_DESTINATION="5432 db.lab.test\n6000 multi.lab.test 5432\n9000 203.0.113.26") as (pod, proc):
+        assert http_get(lab, "node", pod.ip, 9191, "/healthz") == (200, "ok\n")
+        assert http_get(lab, "node", pod.ip, 9191, "/readyz") == (200, "ok\n")
+        for _ in range(3):
+            assert seen(lab, pod, 6000).server == "203.0.113.25"  # the refusing address fails once, then goes last
+        assert seen(lab, pod, 5432).server == "203.0.113.25"
+        scrape = samples(http_get(lab, "client", pod.ip, 9191, "/metrics")[1])
+        assert scrape[("egress_router_tcp_connections_total", (("port", "6000"),))] == 3
+        assert scrape[("egress_router_tcp_connections_total", (("port", "5432"),))] >= 1  # and the readiness check's own
+        assert scrape[("egress_router_tcp_connect_failures_total", (("address", REFUSING),))] >= 1
+        assert scrape[("egress_router_tcp_bytes_total", (("direction", "out"), ("port", "6000")))] > 0
+        assert scrape[("egress_router_dns_lookups_total", (("result", "ok"),))] >= 2
+        assert scrape[("egress_router_dns_answer_stale", (("name", "db.lab.test"),))] == 0
+        assert 0 <= scrape[("egress_router_dns_answer_age_seconds", (("name", "multi.lab.test"),))] < 60
+        assert ("egress_router_dns_answer_age_seconds", (("name", "203.0.113.26"),)) not in scrape  # no DNS for addresses
+        assert scrape[("egress_router_build_info", (("mode", "dns-proxy"), ("version", "0.1.0")))] == 1
+
+
+def test_a_metrics_port_on_a_forwarded_port_is_a_clear_error(lab: Lab) -> None:
+    done = lab.run_in(
+        "client",
+        [sys.executable, "-m", "egress_router", "dns-proxy"],
+        env=environment(EGRESS_DNS_PROXY_DESTINATION="80 203.0.113.26\n9191 203.0.113.26"),
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "EGRESS_METRICS_PORT: port 9191 is forwarded by EGRESS_DNS_PROXY_DESTINATION line 2 too" in done.stderr

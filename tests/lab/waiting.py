@@ -9,7 +9,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def eventually(check: Callable[[], T], seconds: float = 6, what: str | Callable[[], str] = "did not happen in time") -> T:
+def eventually(check: Callable[[], T | None], seconds: float = 6, what: str | Callable[[], str] = "did not happen in time") -> T:
     """Poll `check` every 0.1 s until it returns something true (returned) or `seconds` pass (an AssertionError with
     `what`, called when it is a function so it can show the state at the end). OSError counts as not yet."""
     deadline = time.monotonic() + seconds

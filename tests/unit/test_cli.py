@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from egress_router.cli import main
 from egress_router.config import dns_settings, http_settings, init_settings
-from egress_router.config.options import Choice, Computed, Count, Duration, Option, Port, Ports, Switch, Text, Valued
+from egress_router.config.options import Choice, Computed, Count, Duration, Option, Port, PortOrOff, Ports, Switch, Text, Valued
 
 ENV = {
     "EGRESS_SOURCE": "192.168.12.99",
@@ -208,6 +208,8 @@ def another(option: Valued[Any]) -> str:
         return value + "1"
     if isinstance(option, Duration):
         return option.render(value * 2)
+    if isinstance(option, PortOrOff):
+        return "off"
     assert isinstance(option, Count | Port), f"{option.flag}: a kind this test does not know yet"
     return option.render(value - 1 if value == getattr(option, "maximum", 65535) else value + 1)
 

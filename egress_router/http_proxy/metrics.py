@@ -1,0 +1,32 @@
+"""The HTTP proxy's metrics: labels of bounded cardinality only (never a client address, a name or a URL)."""
+
+from __future__ import annotations
+
+from egress_router.observe.stats import CONFIG_RELOADS, DURATION_BUCKETS, Metric
+
+REQUESTS = "egress_router_http_requests_total"
+LIST_DECISIONS = "egress_router_http_list_decisions_total"
+BYTES = "egress_router_http_bytes_total"
+CONNECT_ERRORS = "egress_router_http_upstream_connect_errors_total"
+DURATION = "egress_router_http_request_duration_seconds"
+CONNECTIONS = "egress_router_http_client_connections"
+TUNNELS = "egress_router_http_tunnels"
+
+METRICS = (
+    Metric(
+        REQUESTS,
+        "counter",
+        "Requests answered, a CONNECT counted as one, by method, status and the list's decision",
+        ("method", "code", "decision"),
+    ),
+    Metric(LIST_DECISIONS, "counter", "The list's decisions by the line that made them (none: no line did)", ("line", "decision")),
+    Metric(BYTES, "counter", "Body and tunnel bytes passed on: in from clients to servers, out from servers to clients", ("direction",)),
+    Metric(CONNECT_ERRORS, "counter", "Connections to servers that failed, by kind", ("kind",)),
+    Metric(DURATION, "histogram", "From a request's head to the end of its answer, seconds", (), DURATION_BUCKETS),
+    Metric(CONNECTIONS, "gauge", "Open client connections"),
+    Metric(TUNNELS, "gauge", "Open CONNECT tunnels"),
+    CONFIG_RELOADS,
+)
+
+#: Methods counted by name; anything else (or no parsable request at all) is "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"})

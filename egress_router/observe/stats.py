@@ -1,0 +1,102 @@
+"""Metrics kept as plain Python numbers on the hot path, made Prometheus families only when scraped.
+
+A proxy adds to a dict per request (no lock, no library call: a prometheus-client counter per request
+would cost more than the budget of 5 % of a request). A snapshot is plain data, so the snapshots of
+several workers add up, and travel to the process that serves /metrics as one JSON datagram.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Labels = tuple[str, ...]
+#: The series of one counter: labels -> value.
+Counter = dict[Labels, float]
+Kind = Literal["counter", "gauge", "histogram"]
+
+#: Request and connection durations, seconds.
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric family: its name (Prometheus style, counters ending in _total), kind, help and label names."""
+
+    name: str
+    kind: Kind
+    help: str
+    labels: Labels = ()
+    buckets: tuple[float, ...] = ()
+
+
+class Stats:
+    """The metrics of one process. Counters and histograms only grow; gauges are read when a snapshot is taken."""
+
+    def __init__(self, metrics: Iterable[Metric]) -> None:
+        self.metrics = {metric.name: metric for metric in metrics}
+        self.series: dict[str, dict[Labels, float]] = {m.name: {} for m in self.metrics.values() if m.kind == "counter"}
+        self.histograms: dict[str, dict[Labels, list[float]]] = {m.name: {} for m in self.metrics.values() if m.kind == "histogram"}
+        self.gauges: dict[str, Callable[[], Mapping[Labels, float]]] = {}
+
+    def counter(self, name: str) -> dict[Labels, float]:
+        """The series of a counter, for a hot path to add to directly: `series[labels] = series.get(labels, 0) + n`."""
+        return self.series[name]
+
+    def add(self, name: str, labels: Labels = (), amount: float = 1) -> None:
+        series = self.series[name]
+        series[labels] = series.get(labels, 0) + amount
+
+    def observe(self, name: str, labels: Labels, value: float) -> None:
+        series = self.histograms[name]
+        counts = series.get(labels)
+        if counts is None:
+            counts = series[labels] = [0.0] * (len(self.metrics[name].buckets) + 2)  # buckets, +Inf, then the sum
+        counts[bisect.bisect_left(self.metrics[name].buckets, value)] += 1
+        counts[-1] += value
+
+    def gauge(self, name: str, read: Callable[[], Mapping[Labels, float]]) -> None:
+        """A gauge is read from the process's state when a snapshot is taken: nothing to keep up to date."""
+        self.gauges[name] = read
+
+    def snapshot(self) -> dict[str, list[list[Any]]]:
+        """Every series as [labels, value] (histograms: [labels, bucket counts..., sum]); JSON as it stands."""
+        taken: dict[str, list[list[Any]]] = {}
+        for name, series in self.series.items():
+            taken[name] = [[list(labels), value] for labels, value in series.items()]
+        for name, hseries in self.histograms.items():
+            taken[name] = [[list(labels), list(counts)] for labels, counts in hseries.items()]
+        for name, read in self.gauges.items():
+            taken[name] = [[list(labels), value] for labels, value in read().items()]
+        return taken
+
+
+def merge(snapshots: Iterable[Mapping[str, list[list[Any]]]]) -> dict[str, dict[Labels, Any]]:
+    """The sum of several processes' snapshots, series by series (bucket by bucket for histograms)."""
+    total: dict[str, dict[Labels, Any]] = {}
+    for snapshot in snapshots:
+        for name, rows in snapshot.items():
+            series = total.setdefault(name, {})
+            for labels, value in rows:
+                key = tuple(labels)
+                if isinstance(value, list):
+                    known = series.get(key)
+                    series[key] = [a + b for a, b in zip(known, value, strict=True)] if known else list(value)
+                else:
+                    series[key] = series.get(key, 0) + value
+    return total
+
+
+def without_gauges(snapshot: Mapping[str, list[list[Any]]], metrics: Mapping[str, Metric]) -> dict[str, list[list[Any]]]:
+    """What of a finished process still counts: its counters and histograms (its gauges ended with it)."""
+    return {name: rows for name, rows in snapshot.items() if name in metrics and metrics[name].kind != "gauge"}
+
+
+#: Every mode that follows a list file counts its reloads (result: applied or rejected).
+CONFIG_RELOADS = Metric("egress_router_config_reloads_total", "counter", "List file changes applied or rejected", ("result",))
+
+
+def count(series: Counter, *labels: str, amount: float = 1) -> None:
+    series[labels] = series.get(labels, 0) + amount
