@@ -120,7 +120,8 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
     except ConfigError as error:
         fail("init", str(error))
         return
-    plan = build_plan(settings, pod_nameservers())
+    nameservers = pod_nameservers()
+    plan = build_plan(settings, nameservers)
     if settings.mode is Mode.UNIT_TEST:
         click.echo(render_plan(plan))
         return
@@ -135,8 +136,12 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
         fail("init", "stopped by SIGTERM before the setup was complete; every change was rolled back", 143)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if settings.mode is Mode.LEGACY:
-        wait_for_termination()
+    if settings.mode is Mode.LEGACY:  # stay running, as the old image did, and keep the setup true as monitor does
+        from egress_router.init import monitor as monitor_module
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # held until the loop's handlers are in
+        log.info("set up; waiting for SIGTERM")
+        sys.exit(monitor_module.run(settings, nameservers, None, init_settings.CHECK_INTERVAL.default_value()))
 
 
 def pod_nameservers(path: str = "/etc/resolv.conf") -> tuple[IPv4Address, ...]:
@@ -161,15 +166,6 @@ def _terminate(signum: int, frame: object) -> None:
     if os.getpid() != _MAIN_PID:
         os._exit(128 + signum)
     raise Terminated
-
-
-def wait_for_termination() -> None:
-    """`legacy` mode keeps the container alive, as the old image did, until the pod stops."""
-    signals = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    log.info("set up; waiting for SIGTERM")
-    received = signal.sigwait(signals)
-    log.info("received %s, exiting", signal.Signals(received).name)
 
 
 @main.command()

@@ -28,6 +28,7 @@ class PortRule:
 class Destinations:
     rules: tuple[PortRule, ...]
     fallback: IPv4Address | None
+    fallback_line: int = 0
 
 
 def _address(text: str) -> IPv4Address:
@@ -87,4 +88,4 @@ def parse_destinations(value: str | None, variable: str = VARIABLE) -> Destinati
         problems.append(Problem(variable, "no destination given (only blank lines and comments)"))
     if problems:
         raise ConfigError(problems)
-    return Destinations(tuple(rules), fallback)
+    return Destinations(tuple(rules), fallback, fallback_line)

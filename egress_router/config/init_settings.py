@@ -11,7 +11,7 @@ from egress_router.config.addresses import Source, parse_gateway, parse_source
 from egress_router.config.cluster_networks import VARIABLE, parse_cluster_networks
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.errors import Collector, Problem
-from egress_router.config.options import Choice, Duration, Flag, Option, Text
+from egress_router.config.options import METRICS_PORT, Choice, Duration, Flag, Option, Text
 
 
 class Mode(enum.Enum):
@@ -78,6 +78,7 @@ INIT_OPTIONS = (
     MACVLAN_MODE,
     HOST_NETNS,
     CLUSTER_NETWORKS,
+    METRICS_PORT,
 )
 
 CHECK_INTERVAL = Duration(
@@ -93,6 +94,7 @@ MONITOR_OPTIONS = (
     INTERFACE,
     CLUSTER_NETWORKS,
     CHECK_INTERVAL,
+    METRICS_PORT,
     DEBUG,
 )
 
@@ -116,6 +118,7 @@ class InitSettings:
     macvlan: MacvlanRequest | None
     debug: bool
     cluster_networks: tuple[IPv4Network, ...]
+    metrics_port: int | None = None  # legacy init and monitor serve /healthz, /readyz, /metrics; never DNATed
 
 
 def interface_name_problem(name: str) -> str | None:
@@ -127,6 +130,20 @@ def interface_name_problem(name: str) -> str | None:
     if name in (".", "..") or any(ch in name for ch in "/:") or any(ch.isspace() for ch in name):
         return "is not a valid interface name (no '/', ':' or spaces)"
     return None
+
+
+def metrics_port_problems(port: int | None, destinations: Destinations | None) -> list[Problem]:
+    """The metrics port must stay the pod's own: no redirect rule may take it."""
+    rules = destinations.rules if destinations is not None and port is not None else ()
+    return [
+        Problem(
+            METRICS_PORT.variable,
+            f"port {port} is redirected by {DESTINATION.variable} line {rule.line_no} too (move one of them, or set it to off)",
+            str(port),
+        )
+        for rule in rules
+        if rule.protocol == "tcp" and rule.local_port == port
+    ]
 
 
 def load_init_settings(
@@ -141,6 +158,7 @@ def load_init_settings(
     host_netns: str | None = None,
     debug: str | None = None,
     cluster_networks: str | None = None,
+    metrics_port: str | None = None,
 ) -> InitSettings:
     """Validate every variable and raise one ConfigError listing all problems."""
     found = Collector()
@@ -150,6 +168,7 @@ def load_init_settings(
             "source": lambda: parse_source(source),
             "gateway": lambda: parse_gateway(gateway),
             "cluster_networks": lambda: parse_cluster_networks(cluster_networks),
+            "metrics_port": lambda: METRICS_PORT.parse(metrics_port),
         }
     )
     parsed_mode: Mode | None = parsed.get("mode")
@@ -167,6 +186,8 @@ def load_init_settings(
                 )
     if parsed_mode is None or parsed_mode.installs_nat:
         parsed_destinations = found.gather({"destinations": lambda: parse_destinations(destination)}).get("destinations")
+    for problem in metrics_port_problems(parsed.get("metrics_port"), parsed_destinations):
+        found.add(problem)
     ifname = INTERFACE.parse(interface)
     reason = interface_name_problem(ifname)
     if reason:
@@ -195,6 +216,7 @@ def load_init_settings(
         macvlan=request,
         debug=DEBUG.parse(debug),
         cluster_networks=networks,
+        metrics_port=parsed.get("metrics_port"),
     )
 
 

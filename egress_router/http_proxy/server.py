@@ -30,7 +30,7 @@ from egress_router.http_proxy.access_log import AccessLog
 from egress_router.http_proxy.exchange import Answer
 from egress_router.http_proxy.flow import FlowControl
 from egress_router.http_proxy.upstream import MAX_HEADERS, OpenConnection, Upstream, UpstreamError, UpstreamPool
-from egress_router.observe.stats import Stats
+from egress_router.observe.stats import DURATION_BUCKETS, Stats, observe
 from egress_router.runtime.deadline import Deadline
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd, abort_with_reset
 
@@ -76,6 +76,7 @@ class Proxy:
         self.requests = self.stats.counter(metrics.REQUESTS)  # the hot path adds to these dicts directly
         self.list_decisions = self.stats.counter(metrics.LIST_DECISIONS)
         self.bytes = self.stats.counter(metrics.BYTES)
+        self.durations = self.stats.histogram(metrics.DURATION)
         self.pool.errors = self.stats.counter(metrics.CONNECT_ERRORS)
         self.stats.gauge(metrics.CONNECTIONS, lambda: {(): len(self.connections)})
         self.stats.gauge(metrics.TUNNELS, lambda: {(): sum(1 for c in self.connections if c.tunnel is not None)})
@@ -283,7 +284,7 @@ class ClientConnection(TunnelEnd, FlowControl):
         proxy.bytes[IN] = proxy.bytes.get(IN, 0) + self.bytes_in
         proxy.bytes[OUT] = proxy.bytes.get(OUT, 0) + self.bytes_out
         if started is not None:
-            proxy.stats.observe(metrics.DURATION, (), time.monotonic() - started)
+            observe(proxy.durations, DURATION_BUCKETS, time.monotonic() - started)
         self.proxy.access_log.write(
             self.peer,
             message.method if message is not None else "-",

@@ -39,7 +39,7 @@ def announce(interface: str, address: IPv4Address) -> None:
     log.debug("gratuitous ARP for %s sent on %s", address, interface)
 
 
-def announce_now_and_later(interface: str, address: IPv4Address) -> None:
+def announce_now_and_later(interface: str, address: IPv4Address) -> bool:
     """Announce now, and again REPEAT_AFTER seconds later from a detached grandchild.
 
     The caller never waits (init exits at once) and no zombie is left behind (the child is reaped here).
@@ -48,7 +48,7 @@ def announce_now_and_later(interface: str, address: IPv4Address) -> None:
         announce(interface, address)
     except OSError as error:
         log.warning("could not send gratuitous ARP on %s: %s (neighbours will learn the address when they ask)", interface, error.strerror)
-        return
+        return False
     log.info("announced %s on %s with gratuitous ARP", address, interface)
     pid = os.fork()
     if pid == 0:
@@ -65,3 +65,4 @@ def announce_now_and_later(interface: str, address: IPv4Address) -> None:
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
+    return True

@@ -151,3 +151,18 @@ def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
     _write(iptc, table, chains, previous)
     table.commit()
     table.autocommit = True
+
+
+def counters(chains: ChainSet) -> list[tuple[int, int]] | None:
+    """Packets and bytes of each of our rules, in the order of `chains.rules`; None when our chains do not hold them."""
+    iptc = _iptc()
+    found: list[tuple[int, int]] = []
+    try:
+        table = _open(iptc, chains.table)
+        for chain, _ in chains.chains:
+            if not table.is_chain(chain):
+                return None
+            found += [tuple(rule.get_counters()) for rule in iptc.Chain(table, chain).rules]
+    except iptc.IPTCError:
+        return None
+    return found if len(found) == len(chains.rules) else None

@@ -157,15 +157,30 @@ def _dnat(to: str, protocol: str | None = None, port: int | None = None) -> XtRu
 
 
 def nat_rules_for(settings: InitSettings) -> tuple[XtRule, ...]:
-    """One DNAT per port rule in list order, the fallback last, then SNAT of all egress traffic."""
+    """One DNAT per port rule in list order; before the fallback, the metrics port returns untouched (probes
+    and scrapes reach the pod itself); the fallback; then SNAT of all egress traffic."""
+    return tuple(rule for rule, _ in labelled_nat_rules(settings))
+
+
+def labelled_nat_rules(settings: InitSettings) -> tuple[tuple[XtRule, str], ...]:
+    """The NAT rules, each with what it stands for in the metrics: its destination line, `metrics-port`, `snat`."""
     assert settings.destinations is not None
-    rules: list[XtRule] = []
+    rules: list[tuple[XtRule, str]] = []
     for rule in settings.destinations.rules:
         to = f"{rule.address}:{rule.remote_port}" if rule.remote_port else str(rule.address)
-        rules.append(_dnat(to, rule.protocol, rule.local_port))
+        rules.append((_dnat(to, rule.protocol, rule.local_port), str(rule.line_no)))
     if settings.destinations.fallback is not None:
-        rules.append(_dnat(str(settings.destinations.fallback)))
-    rules.append(XtRule(SNAT_CHAIN, "SNAT", (("to-source", str(settings.source.ip)),), out_interface=settings.interface))
+        if settings.metrics_port is not None:
+            keep = XtRule(
+                DNAT_CHAIN,
+                "RETURN",
+                in_interface=CLUSTER_INTERFACE,
+                protocol="tcp",
+                matches=(("tcp", (("dport", str(settings.metrics_port)),)),),
+            )
+            rules.append((keep, "metrics-port"))
+        rules.append((_dnat(str(settings.destinations.fallback)), str(settings.destinations.fallback_line)))
+    rules.append((XtRule(SNAT_CHAIN, "SNAT", (("to-source", str(settings.source.ip)),), out_interface=settings.interface), "snat"))
     return tuple(rules)
 
 

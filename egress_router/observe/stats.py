@@ -49,13 +49,16 @@ class Stats:
         series = self.series[name]
         series[labels] = series.get(labels, 0) + amount
 
-    def observe(self, name: str, labels: Labels, value: float) -> None:
+    def histogram(self, name: str, labels: Labels = ()) -> list[float]:
+        """One histogram series: a count per bucket, +Inf, then the sum (see `observe`, or add to it directly)."""
         series = self.histograms[name]
         counts = series.get(labels)
         if counts is None:
-            counts = series[labels] = [0.0] * (len(self.metrics[name].buckets) + 2)  # buckets, +Inf, then the sum
-        counts[bisect.bisect_left(self.metrics[name].buckets, value)] += 1
-        counts[-1] += value
+            counts = series[labels] = [0.0] * (len(self.metrics[name].buckets) + 2)
+        return counts
+
+    def observe(self, name: str, labels: Labels, value: float) -> None:
+        observe(self.histogram(name, labels), self.metrics[name].buckets, value)
 
     def gauge(self, name: str, read: Callable[[], Mapping[Labels, float]]) -> None:
         """A gauge is read from the process's state when a snapshot is taken: nothing to keep up to date."""
@@ -100,3 +103,8 @@ CONFIG_RELOADS = Metric("egress_router_config_reloads_total", "counter", "List f
 
 def count(series: Counter, *labels: str, amount: float = 1) -> None:
     series[labels] = series.get(labels, 0) + amount
+
+
+def observe(counts: list[float], buckets: tuple[float, ...], value: float) -> None:
+    counts[bisect.bisect_left(buckets, value)] += 1
+    counts[-1] += value

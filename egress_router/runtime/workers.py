@@ -35,6 +35,11 @@ def run_loop(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None
     stop = asyncio.Event()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    # A caller may hold the stop signals blocked until here (legacy init, between its setup and this loop). One
+    # that came meanwhile is taken here: uvloop loses a signal delivered before it runs.
+    if signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
+        stop.set()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         loop.run_until_complete(main(stop))
     finally:

@@ -11,6 +11,7 @@ from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import environment, run
 from tests.lab.conftest import Pod
+from tests.lab.http_helpers import http_get, samples
 from tests.lab.waiting import eventually
 
 
@@ -51,3 +52,53 @@ def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_pat
     os.killpg(monitor.popen.pid, signal.SIGTERM)
     assert monitor.popen.wait(5) == 0
     assert "Traceback" not in monitor.stderr()
+
+
+def metric(lab: Lab, pod: Pod, name: str, **labels: str) -> float | None:
+    scrape = samples(http_get(lab, "node", pod.ip, 9191, "/metrics")[1])
+    return scrape.get((name, tuple(sorted(labels.items()))))
+
+
+def test_monitor_probes_and_nat_counters(lab: Lab, pod: Pod) -> None:
+    """Probes from the node reach the pod itself, even with a fallback that DNATs every other port."""
+    env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n203.0.113.26"}
+    assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0
+    monitor = lab.start_in(
+        pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment(**env, EGRESS_ROUTER_MONITOR_INTERVAL="300ms")
+    )
+    lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
+    assert http_get(lab, "node", pod.ip, 9191, "/healthz") == (200, "ok\n")
+    eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz") == (200, "ok\n"))
+    for _ in range(3):
+        assert lab.tcp("client", pod.ip, 80).server == "203.0.113.25"
+    assert lab.tcp("client", pod.ip, 9000).server == "203.0.113.26"  # the fallback (line 2) still takes other ports
+    eventually(lambda: (metric(lab, pod, "egress_router_nat_packets_total", rule="1") or 0) >= 3)
+    assert (metric(lab, pod, "egress_router_nat_packets_total", rule="2") or 0) >= 1
+    assert (metric(lab, pod, "egress_router_nat_bytes_total", rule="1") or 0) > 0
+    assert metric(lab, pod, "egress_router_egress_address_present") == 1
+    assert (metric(lab, pod, "egress_router_arp_last_announce_timestamp_seconds") or 0) > 1.7e9
+    assert metric(lab, pod, "egress_router_build_info", mode="monitor", version="0.1.0") == 1
+
+    run(lab.exec_argv(pod.role, ["iptables-legacy", "-t", "nat", "-F", "EGRESS-ROUTER-DNAT"]))
+    eventually(lambda: metric(lab, pod, "egress_router_restores_total", what="nat") == 1)
+
+    lab.ip(pod.role, "addr", "flush", "dev", "macvlan0")  # the egress address is gone: not ready, and says why
+    eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz")[0] == 503)
+    assert http_get(lab, "node", pod.ip, 9191, "/readyz") == (503, f"{pod.source} is not on macvlan0 (run init again)\n")
+    assert metric(lab, pod, "egress_router_egress_address_present") == 0
+
+    os.killpg(monitor.popen.pid, signal.SIGTERM)
+    assert monitor.popen.wait(5) == 0
+
+
+def test_a_metrics_port_that_a_rule_redirects_is_refused(lab: Lab, pod: Pod) -> None:
+    before = pod.snapshot()
+    done = pod.init(
+        EGRESS_ROUTER_MODE="init",
+        EGRESS_SOURCE=pod.source,
+        EGRESS_GATEWAY=t.GATEWAY_IP,
+        EGRESS_DESTINATION="80 tcp 203.0.113.25\n9191 tcp 203.0.113.25",
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 2 too" in done.stderr
+    assert pod.snapshot() == before

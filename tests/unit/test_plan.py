@@ -1,5 +1,8 @@
+import pytest
+
+from egress_router.config.errors import ConfigError
 from egress_router.config.init_settings import load_init_settings
-from egress_router.init.plan import build_plan, render_plan
+from egress_router.init.plan import build_plan, labelled_nat_rules, render_plan
 
 SETTINGS = {
     "source": "192.168.12.99",
@@ -35,6 +38,7 @@ def test_redirect_plan_in_iptables_save_form() -> None:
         "-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 80 -j DNAT --to-destination 203.0.113.25",
         "-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 203.0.113.26:80",
         "-A EGRESS-ROUTER-DNAT -i eth0 -p udp -m udp --dport 53 -j DNAT --to-destination 203.0.113.27",
+        "-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 9191 -j RETURN",  # probes reach the pod, not the fallback
         "-A EGRESS-ROUTER-DNAT -i eth0 -j DNAT --to-destination 203.0.113.50",
         "-A EGRESS-ROUTER-SNAT -o macvlan0 -j SNAT --to-source 192.168.12.99",
         "COMMIT",
@@ -69,3 +73,20 @@ def test_cluster_networks_and_nameservers_are_shown() -> None:
 def test_proxy_modes_mark_replies_too() -> None:
     plan = build_plan(load_init_settings(**{**SETTINGS, "destination": None}, mode="dns-proxy"))
     assert "-A EGRESS-ROUTER-MARK -i eth0 -m conntrack --ctstate NEW" in render_plan(plan)
+
+
+def test_the_metrics_port_is_returned_before_the_fallback_only() -> None:
+    labelled = labelled_nat_rules(load_init_settings(**SETTINGS, mode="init"))
+    assert [label for _, label in labelled] == ["1", "2", "3", "metrics-port", "4", "snat"]  # rule -> its destination line
+    without = labelled_nat_rules(load_init_settings(**SETTINGS, mode="init", metrics_port="off"))
+    assert "metrics-port" not in [label for _, label in without]
+    no_fallback = {**SETTINGS, "destination": "80 tcp 203.0.113.25"}
+    assert [label for _, label in labelled_nat_rules(load_init_settings(**no_fallback, mode="init"))] == ["1", "snat"]
+
+
+def test_a_redirect_rule_on_the_metrics_port_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_init_settings(**{**SETTINGS, "destination": "9191 tcp 203.0.113.25"}, mode="init")
+    assert "EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 1 too" in str(caught.value)
+    load_init_settings(**{**SETTINGS, "destination": "9191 udp 203.0.113.25"}, mode="init")  # UDP is not the probes' port
+    load_init_settings(**{**SETTINGS, "destination": "9191 tcp 203.0.113.25"}, mode="init", metrics_port="9292")

@@ -97,3 +97,20 @@ def test_a_worker_that_dies_is_replaced() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def test_a_stop_signal_held_blocked_before_the_loop_is_not_lost() -> None:
+    """Legacy init blocks SIGTERM between its setup and the loop: one sent then must still stop the loop (uvloop alone loses it)."""
+    script = (
+        "import asyncio, os, signal\n"
+        "from egress_router.runtime.workers import run_loop\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "async def main(stop):\n"
+        "    async with asyncio.timeout(5):\n"
+        "        await stop.wait()\n"
+        "run_loop(main)\n"
+        "print('stopped')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0 and done.stdout == "stopped\n", done.stderr

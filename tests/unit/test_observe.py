@@ -1,0 +1,90 @@
+"""The metrics' plain counters, their merging across workers, the Prometheus text and the supervisor's probes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from egress_router.observe.exposition import SnapshotCollector, registry_of, render
+from egress_router.observe.reports import SILENT_LIMIT, Reports
+from egress_router.observe.stats import Metric, Stats, merge, without_gauges
+
+METRICS = (
+    Metric("t_requests_total", "counter", "requests", ("code",)),
+    Metric("t_open", "gauge", "open now"),
+    Metric("t_seconds", "histogram", "durations", (), (0.1, 1.0)),
+)
+
+
+def stats(requests: dict[str, int], open_now: int, durations: list[float]) -> Stats:
+    made = Stats(METRICS)
+    for code, n in requests.items():
+        made.add("t_requests_total", (code,), n)
+    made.gauge("t_open", lambda: {(): open_now})
+    for value in durations:
+        made.observe("t_seconds", (), value)
+    return made
+
+
+def scrape(read: dict[str, dict[tuple[str, ...], object]]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = render(registry_of(SnapshotCollector("test", {m.name: m for m in METRICS}, lambda: read))).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_a_snapshot_is_json_and_renders_as_prometheus_text() -> None:
+    snapshot = stats({"200": 3, "403": 1}, 2, [0.05, 0.5, 5.0]).snapshot()
+    assert json.loads(json.dumps(snapshot)) == snapshot
+    found = scrape(merge([snapshot]))
+    assert found[("t_requests_total", (("code", "200"),))] == 3
+    assert found[("t_open", ())] == 2
+    assert found[("t_seconds_bucket", (("le", "0.1"),))] == 1  # cumulative buckets
+    assert found[("t_seconds_bucket", (("le", "1.0"),))] == 2
+    assert found[("t_seconds_bucket", (("le", "+Inf"),))] == 3
+    assert found[("t_seconds_count", ())] == 3 and found[("t_seconds_sum", ())] == 5.55
+    assert found[("egress_router_build_info", (("mode", "test"), ("version", "0.1.0")))] == 1
+
+
+counts = st.dictionaries(st.sampled_from(["200", "404", "502"]), st.integers(0, 1000), max_size=3)
+
+
+@given(st.lists(st.tuples(counts, st.integers(0, 50), st.lists(st.floats(0, 100), max_size=5)), max_size=4))
+def test_merging_workers_adds_every_series(workers: list[tuple[dict[str, int], int, list[float]]]) -> None:
+    merged = merge([stats(*worker).snapshot() for worker in workers])
+    for code in ("200", "404", "502"):
+        total = sum(requests.get(code, 0) for requests, _, _ in workers)
+        assert merged.get("t_requests_total", {}).get((code,), 0) == total
+    assert merged.get("t_open", {}).get((), 0) == sum(open_now for _, open_now, _ in workers)
+    observed = sum(len(durations) for _, _, durations in workers)
+    assert sum(merged.get("t_seconds", {}).get((), [0])[:-1]) == observed
+
+
+def test_an_exited_workers_counts_stay_but_not_its_gauges() -> None:
+    reports = Reports({m.name: m for m in METRICS}, workers=2)
+    for pid, requests in ((11, 5), (12, 7)):
+        reports.latest[pid] = (time.monotonic(), stats({"200": requests}, 1, []).snapshot(), None)
+    reports.exited(11)
+    reports.latest[13] = (time.monotonic(), stats({"200": 2}, 1, []).snapshot(), None)  # its replacement
+    merged = reports.merged()
+    assert merged["t_requests_total"][("200",)] == 14
+    assert merged["t_open"][()] == 2
+    assert without_gauges(stats({}, 1, []).snapshot(), {m.name: m for m in METRICS}).keys() == {"t_requests_total", "t_seconds"}
+
+
+def test_the_supervisors_probes() -> None:
+    reports = Reports({m.name: m for m in METRICS}, workers=2)
+    assert reports.ready() == "0 of 2 workers ready"
+    reports.latest[11] = (time.monotonic(), {}, None)
+    assert reports.ready() == "1 of 2 workers ready"
+    reports.latest[12] = (time.monotonic() - SILENT_LIMIT - 1, {}, None)
+    assert reports.health() == f"worker(s) 12 silent for over {SILENT_LIMIT:g} s (event loop stuck)"
+    assert reports.ready() == reports.health()
+    reports.latest[12] = (time.monotonic(), {}, "port 5432 not listening")
+    assert reports.health() is None and reports.ready() == "port 5432 not listening"
+    reports.latest[12] = (time.monotonic(), {}, None)
+    assert reports.ready() is None
+    reports.stop()
+    assert reports.ready() == "draining: stopping on SIGTERM"
