@@ -61,16 +61,22 @@ def load_dns_settings(*, destination: str | None, **given: str | None) -> DnsPro
     values.update(parse_each(found, TUNING, given))
     found.raise_if_any()
     settings = DnsProxySettings(**values)
-    clash = next((target for target in settings.targets if target.local_port == settings.metrics_port), None)
-    if clash is not None:
-        raise ConfigError.single(
-            METRICS_PORT.variable,
-            f"port {clash.local_port} is forwarded by EGRESS_DNS_PROXY_DESTINATION line {clash.line_no} too"
-            f" (move one of them, or set {METRICS_PORT.variable}=off)",
-            given.get("metrics_port"),
-        )
+    check_metrics_port(settings.targets, settings.metrics_port)
     if settings.min_ttl > settings.max_ttl:
         raise ConfigError.single(
             "EGRESS_DNS_PROXY_MIN_TTL", f"must not exceed EGRESS_DNS_PROXY_MAX_TTL ({settings.max_ttl:g} s)", given.get("min_ttl")
         )
     return settings
+
+
+def check_metrics_port(targets: tuple[Target, ...], port: int | None) -> tuple[Target, ...]:
+    """The metrics port is not a port to forward (at start, and in every new version of the list file)."""
+    clash = next((target for target in targets if target.local_port == port), None)
+    if clash is not None:
+        raise ConfigError.single(
+            METRICS_PORT.variable,
+            f"port {clash.local_port} is forwarded by EGRESS_DNS_PROXY_DESTINATION line {clash.line_no} too"
+            f" (move one of them, or set {METRICS_PORT.variable}=off)",
+            str(port),
+        )
+    return targets

@@ -7,7 +7,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from egress_router.config.dns_settings import DnsProxySettings
+from egress_router.config.dns_settings import DnsProxySettings, check_metrics_port
 from egress_router.config.dns_targets import Target, parse_targets
 from egress_router.config.resolv_conf import parse_resolv_conf
 from egress_router.dns_proxy import metrics
@@ -105,12 +105,15 @@ async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, l
     reloads = SerialApply("EGRESS_DNS_PROXY_DESTINATION_FILE", forwarded.apply)
     reloaded = forwarded.stats.counter(CONFIG_RELOADS.name)
 
+    def parse(text: str) -> tuple[Target, ...]:
+        return check_metrics_port(parse_targets(text), settings.metrics_port)
+
     def use(targets: tuple[Target, ...]) -> None:
         forwarded.settings = replace(forwarded.settings, targets=targets)
         reloads.submit(targets)
 
     async with serving(settings.metrics_port, local_probes("dns-proxy", forwarded.stats, forwarded.ready)):
-        with following(list_file, "EGRESS_DNS_PROXY_DESTINATION_FILE", parse_targets, use, lambda result: count(reloaded, result)):
+        with following(list_file, "EGRESS_DNS_PROXY_DESTINATION_FILE", parse, use, lambda result: count(reloaded, result)):
             await stop.wait()
         await reloads.settle()
         forwarded.stopping = True

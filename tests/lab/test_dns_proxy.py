@@ -272,6 +272,11 @@ def test_the_list_file_is_followed(lab: Lab, dns: Dns, tmp_path: Path) -> None:
         assert eventually(lambda: seen(lab, pod, 5432)).server == "203.0.113.25"  # a new port
         listing.write_text("5432 db.lab.test\n9000 nonsense..name\n")
         eventually(lambda: "keeping the previous list" in proc.stderr())
+        listing.write_text("5432 db.lab.test\n9191 203.0.113.26\n")  # the metrics port: refused in a reload too
+        eventually(lambda: "EGRESS_METRICS_PORT: port 9191 is forwarded by EGRESS_DNS_PROXY_DESTINATION line 2 too" in proc.stderr())
+        scrape = samples(http_get(lab, "node", pod.ip, 9191, "/metrics")[1])
+        assert scrape[("egress_router_config_reloads_total", (("result", "rejected"),))] == 2
+        assert scrape[("egress_router_config_reloads_total", (("result", "applied"),))] == 1
         listing.write_text("5432 db.lab.test\n")
         eventually(lambda: "port 9000 closed" in proc.stderr())
         with pytest.raises(ConnectionRefusedError):
