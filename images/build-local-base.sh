@@ -15,5 +15,9 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,ca-certificates bookworm "$root" >/dev/null
 ln -sf python3 "$root/usr/bin/python"
+# as Debian's slim images are: no package caches or lists, documentation, manual pages or translations
+rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/* \
+  "$root"/usr/share/locale/* "$root"/usr/share/info/* "$root"/var/log/*.log "$root"/var/log/apt
+mkdir -p "$root"/var/lib/apt/lists/partial "$root"/var/cache/apt/archives/partial
 tar -C "$root" -c . | podman import - "$name" >/dev/null
 echo "built $name"

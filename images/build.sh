@@ -12,3 +12,4 @@ ca=/etc/ssl/certs/ca-certificates.crt
 for image in init proxy; do
   podman build --pull=never --network host --volume "$ca:$ca:ro" -f "Containerfile.$image" -t "egress-router-$image" .
 done
+podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '/egress-router-(init|proxy):latest '

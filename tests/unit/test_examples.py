@@ -1,9 +1,13 @@
-"""The manifests in examples/ configure a pod our parser accepts."""
+"""The manifests in examples/: valid against the Kubernetes schemas, configuring pods our parsers accept, with
+probes, resources and least privilege for every long-running container."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 
 from egress_router.cli import command_from_environment
@@ -11,7 +15,27 @@ from egress_router.config.dns_settings import load_dns_settings
 from egress_router.config.http_settings import load_http_settings
 from egress_router.config.init_settings import load_init_settings
 from egress_router.init.plan import build_plan
-from tests.manifests import EXAMPLES, containers, init_containers
+from tests.manifests import (
+    COMPONENTS,
+    EXAMPLES,
+    containers,
+    containers_of,
+    documents,
+    init_containers,
+    kustomize,
+    manifest_files,
+    parse,
+    pod_labels,
+    pod_spec,
+)
+
+#: OpenShift 4.16 (the last with openshift-sdn) is Kubernetes 1.29; the newest the validator knows is checked too
+KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+#: Custom resources are not in the Kubernetes schemas: their operators' CRDs define them. They are checked below
+#: against what they select (PodMonitor) and what the pods name (NetworkAttachmentDefinition) instead.
+CUSTOM_KINDS = {"PodMonitor", "NetworkAttachmentDefinition"}
+ROUTER_LABEL = ("app.kubernetes.io/name", "egress-router")
+METRICS_PORT = 9191
 
 OPTION_FOR = {
     "EGRESS_SOURCE": "source",
@@ -24,28 +48,157 @@ OPTION_FOR = {
     "EGRESS_HOST_NETNS": "host_netns",
     "EGRESS_ROUTER_DEBUG": "debug",
 }
-CASES = [(path.name, container) for path in sorted(EXAMPLES.glob("*.yaml")) for container in init_containers(path)]
+FILES = manifest_files()
+#: the base alone, and with each of its components
+KUSTOMIZED = [("base", kustomize()), *((component, kustomize(component)) for component in COMPONENTS)]
 
 
-@pytest.mark.parametrize(("name", "container"), CASES, ids=[c[0] for c in CASES])
+def all_documents() -> list[tuple[str, dict[str, Any]]]:
+    found = [(f"{path.name}:{i}", d) for path in FILES for i, d in enumerate(documents(path))]
+    for variant, built in KUSTOMIZED:
+        found += [(f"kustomize {variant}:{i}", d) for i, d in enumerate(parse(built or ""))]
+    return found
+
+
+DOCUMENTS = all_documents()
+
+
+def test_every_example_file_is_known() -> None:
+    assert [p.name for p in FILES] == [
+        "dns-proxy-pod.yaml",
+        "http-proxy-pod.yaml",
+        "network-policy.yaml",
+        "pod-monitor.yaml",
+        "redirect-pod-configmap.yaml",
+        "redirect-pod-multus.yaml",
+        "redirect-pod.yaml",
+    ]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize(("name", "document"), DOCUMENTS, ids=[d[0] for d in DOCUMENTS])
+def test_manifest_is_valid_against_the_kubernetes_schema(name: str, document: dict[str, Any], version: str) -> None:
+    if document["kind"] in CUSTOM_KINDS:
+        pytest.skip(f"{document['kind']} is a custom resource: its CRD, not the Kubernetes schema, defines it (checked below)")
+    kubernetes_validate.validate(document, version, strict=True)  # strict: an unknown or misspelt field is an error
+
+
+def test_kustomize_builds_the_base_and_each_component() -> None:
+    for variant, built in KUSTOMIZED:
+        if built is None:
+            pytest.skip("kubectl is not installed: `kubectl kustomize` builds examples/kustomization.yaml")
+        kinds = sorted(d["kind"] for d in parse(built))
+        assert kinds == ["ConfigMap", "Deployment", "NetworkPolicy", "Service"], variant
+
+
+def test_least_privilege_component_gives_the_init_container_capabilities_and_the_pod_its_sysctls() -> None:
+    built = KUSTOMIZED[1][1]
+    if built is None:
+        pytest.skip("kubectl is not installed")
+    (deployment,) = [d for d in parse(built) if d["kind"] == "Deployment"]
+    spec = pod_spec(deployment) or {}
+    (init,) = spec["initContainers"]
+    assert "privileged" not in init["securityContext"]
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+    sysctls = {s["name"]: s["value"] for s in spec["securityContext"]["sysctls"]}
+    plan = build_plan(
+        load_init_settings(**{OPTION_FOR[k]: v for k, v in containers_of(parse(built), "initContainers")[0]["resolved_env"].items()})
+    )
+    assert sysctls == dict(plan.sysctls)  # exactly what init would write, so it finds them set and writes nothing
+
+
+INITS = [(path.name, container) for path in FILES for container in init_containers(path)]
+
+
+@pytest.mark.parametrize(("name", "container"), INITS, ids=[c[0] for c in INITS])
 def test_example_init_container_is_valid(name: str, container: dict[str, Any]) -> None:
     env = container["resolved_env"]
     assert set(env) <= set(OPTION_FOR), f"{name} uses a variable we do not know"
-    assert container["securityContext"]["privileged"] is True
+    assert container["securityContext"] == {"privileged": True}
     plan = build_plan(load_init_settings(**{"destination": None, **{OPTION_FOR[k]: v for k, v in env.items()}}))
     assert (plan.nat_rules is None) == name.startswith(("http-proxy", "dns-proxy"))
+    assert set(container["resources"]["requests"]) == {"cpu", "memory"} and "memory" in container["resources"]["limits"]
 
 
-PROXIES = [(path.name, c) for path in sorted(EXAMPLES.glob("*proxy*.yaml")) for c in containers(path)]
+LONG_RUNNING = [(path.name, c) for path in FILES for c in containers(path)]
+
+
+@pytest.mark.parametrize(("name", "container"), LONG_RUNNING, ids=[c[0] for c in LONG_RUNNING])
+def test_long_running_container_has_probes_on_the_metrics_port_and_resources(name: str, container: dict[str, Any]) -> None:
+    assert {"name": "metrics", "containerPort": METRICS_PORT} in container["ports"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert set(container["resources"]["requests"]) == {"cpu", "memory"} and "memory" in container["resources"]["limits"]
+    context = container["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"]["drop"] == ["ALL"] and context["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+PROXIES = [(path.name, c) for path in FILES if "proxy" in path.name for c in containers(path)]
 
 
 @pytest.mark.parametrize(("name", "container"), PROXIES, ids=[c[0] for c in PROXIES])
-def test_example_proxy_container_is_valid(name: str, container: dict[str, Any]) -> None:
+def test_example_proxy_container_is_valid_and_unprivileged(name: str, container: dict[str, Any]) -> None:
     env = container["resolved_env"]
-    assert "securityContext" not in container  # unprivileged
+    context = container["securityContext"]
+    assert context["runAsNonRoot"] is True and isinstance(context["runAsUser"], int) and context["runAsUser"] > 0
+    assert "add" not in context["capabilities"] and "privileged" not in context
+    assert "command" not in container and "args" not in container  # the mode comes from the environment, as on OpenShift
     assert command_from_environment(env) == name.split("-pod")[0]
     if "EGRESS_HTTP_PROXY_DESTINATION" in env:
         assert load_http_settings(destination=env["EGRESS_HTTP_PROXY_DESTINATION"]).acl.wildcard is not None
     else:
         settings = load_dns_settings(destination=env["EGRESS_DNS_PROXY_DESTINATION"], debug=env.get("EGRESS_DNS_PROXY_DEBUG"))
         assert settings.debug and [t.local_port for t in settings.targets] == [80, 100, 8080, 8443]
+
+
+REDIRECTS = [path for path in FILES if path.name.startswith("redirect")]
+
+
+@pytest.mark.parametrize("path", REDIRECTS, ids=[p.name for p in REDIRECTS])
+def test_redirect_monitor_keeps_what_init_set_up(path: Path) -> None:
+    """The monitor is given the init container's address, gateway, interface and rules (one ConfigMap for both)."""
+    (init,) = init_containers(path)
+    (monitor,) = containers(path)
+    assert monitor["command"] == ["egress-router", "monitor"] and monitor["image"] == init["image"]
+    assert monitor["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "NET_RAW"]
+    env = monitor["resolved_env"]
+    for variable in ("EGRESS_SOURCE", "EGRESS_GATEWAY", "EGRESS_INTERFACE"):
+        assert env.get(variable) == init["resolved_env"].get(variable), variable
+    assert monitor["mounted_files"][env["EGRESS_DESTINATION_FILE"]] == init["resolved_env"]["EGRESS_DESTINATION"]
+    settings = load_init_settings(**{OPTION_FOR[k]: v for k, v in init["resolved_env"].items()})
+    assert settings.destinations is not None and settings.destinations.rules
+
+
+def workloads() -> list[tuple[str, dict[str, Any]]]:
+    return [(path.name, d) for path in FILES for d in documents(path) if pod_spec(d) is not None]
+
+
+@pytest.mark.parametrize(("name", "workload"), workloads(), ids=[w[0] for w in workloads()])
+def test_router_pods_are_labelled_for_the_policy_and_the_pod_monitor(name: str, workload: dict[str, Any]) -> None:
+    key, value = ROUTER_LABEL
+    assert pod_labels(workload)[key] == value
+    if workload["kind"] == "Deployment":  # two pods must never hold one address, not even during a rollout
+        assert workload["spec"]["strategy"] == {"type": "Recreate"} and workload["spec"]["replicas"] == 1
+
+
+def test_pod_monitor_and_network_policy_select_every_router_pod_and_its_metrics_port() -> None:
+    (monitor,) = documents(EXAMPLES / "pod-monitor.yaml")
+    (policy,) = documents(EXAMPLES / "network-policy.yaml")
+    key, value = ROUTER_LABEL
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["spec"]["selector"]["matchLabels"] == {key: value}
+    assert policy["spec"]["podSelector"]["matchLabels"] == {key: value}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert {"protocol": "TCP", "port": "metrics"} in policy["spec"]["ingress"][1]["ports"]
+
+
+def test_network_attachment_is_a_macvlan_without_addresses_that_the_pod_names() -> None:
+    path = EXAMPLES / "redirect-pod-multus.yaml"
+    (attachment,) = [d for d in documents(path) if d["kind"] == "NetworkAttachmentDefinition"]
+    (pod,) = [d for d in documents(path) if d["kind"] == "Pod"]
+    config = json.loads(attachment["spec"]["config"])
+    assert config["type"] == "macvlan" and config["ipam"] == {} and "master" in config
+    assert pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == attachment["metadata"]["name"]
+    (init,) = init_containers(path)
+    assert init["resolved_env"]["EGRESS_INTERFACE"] == "net1"
