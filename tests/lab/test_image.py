@@ -61,6 +61,13 @@ def proxy_image(tmp_path: Path) -> str:
     return built(tmp_path, PROXY_IMAGE)
 
 
+@pytest.fixture(scope="module")
+def web_server(lab: Lab) -> str:
+    """An HTTP server on the protected server 203.0.113.25:8000 that answers with the client address it saw."""
+    lab.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", ready_line="ready")
+    return "http://203.0.113.25:8000/x"
+
+
 def env_args(env: dict[str, str]) -> list[str]:
     return [arg for name, value in env.items() for arg in ("-e", f"{name}={value}")]
 
@@ -82,7 +89,7 @@ def run_in_image(tmp_path: Path, image: str, script: str, *flags: str) -> subpro
 
 
 def test_images_hold_no_compiler_and_the_proxy_image_no_init_libraries(image: str, proxy_image: str, tmp_path: Path) -> None:
-    script = "import shutil; print([c for c in ('gcc', 'cc', 'x86_64-linux-gnu-gcc-12') if shutil.which(c)])"
+    script = "import shutil; print([c for c in ('gcc', 'cc', 'x86_64-linux-gnu-gcc-12', 'ld', 'strip') if shutil.which(c)])"
     for name in (image, proxy_image):
         done = run_in_image(tmp_path, name, script)
         assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
@@ -142,14 +149,13 @@ def proxy_container(
         podman(tmp_path, "rm", "-f", "-t", "2", name)
 
 
-def test_http_proxy_manifest_works_with_our_images(lab: Lab, image: str, proxy_image: str, tmp_path: Path) -> None:
+def test_http_proxy_manifest_works_with_our_images(lab: Lab, image: str, proxy_image: str, web_server: str, tmp_path: Path) -> None:
     lab.add_pod("himg", "10.128.0.61")
     lab.add_macvlan("himg")
-    lab.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", ready_line="ready")
     try:
         with proxy_container(lab, tmp_path, "himg", image, proxy_image, "http-proxy-pod.yaml") as init:
             lab.wait_for_port("himg", "127.0.0.1", 8080)
-            response = curl_via(lab, "http://10.128.0.61:8080", "http://203.0.113.25:8000/x")
+            response = curl_via(lab, "http://10.128.0.61:8080", web_server)
             assert json.loads(response)["client"] == source_of(init)
             assert "line 1: !*.example.com" in curl_via(lab, "http://10.128.0.61:8080", "http://api.example.com:8000/")
             assert eventually(lambda: http_get(lab, "client", "10.128.0.61", 9191, "/readyz")) == (200, "ok\n")
@@ -179,7 +185,7 @@ def test_dns_proxy_manifest_works_with_our_images(lab: Lab, image: str, proxy_im
 
 def for_the_lab(found: list[dict[str, Any]], env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """A copy of the manifest's objects as a node of the lab runs them: our local images (never pulled), `env` given
-    to every container that has the variable (where the lab's node differs from the example's), and no `ports`
+    to the init containers (where the lab's node differs from the example's), and no `ports`
     (informational in Kubernetes, but podman 4.3 publishes them, which a pod sharing its network cannot), so probes
     name their port by number; and restartPolicy OnFailure (podman 4.3 applies the pod's Always to its init
     containers too, restarting them for ever, where Kubernetes runs each once)."""
@@ -198,10 +204,9 @@ def for_the_lab(found: list[dict[str, Any]], env: dict[str, str] | None = None) 
                 if probe in container:
                     get = container[probe]["httpGet"]
                     get["port"] = numbers.get(get["port"], get["port"])
-            for item in container.get("env", []):
-                if item["name"] in (env or {}):
-                    item.pop("valueFrom", None)
-                    item["value"] = (env or {})[item["name"]]
+        for container in spec.get("initContainers", []):
+            given = {**{item["name"]: item for item in container["env"]}, **{k: {"name": k, "value": v} for k, v in (env or {}).items()}}
+            container["env"] = list(given.values())
     return found
 
 
@@ -235,6 +240,28 @@ def assert_probes_answer(lab: Lab, tmp_path: Path, found: list[dict[str, Any]], 
             )
         status, metrics = http_get(lab, "client", address, port, "/metrics")
         assert status == 200 and "egress_router_build_info{" in metrics
+
+
+#: what the kernel shows a long-running container: its UID, its effective capabilities, whether / is writable
+SHOW_PRIVILEGE = (
+    "import os\n"
+    "caps = [int(l.split()[1], 16) for l in open('/proc/self/status') if l.startswith('CapEff')][0]\n"
+    "try:\n    open('/written', 'w')\n    writable = True\nexcept OSError:\n    writable = False\n"
+    "print(os.getuid(), caps, writable)\n"
+)
+CAPABILITY_BITS = {"NET_ADMIN": 12, "NET_RAW": 13}
+
+
+def assert_privileges_as_written(tmp_path: Path, found: list[dict[str, Any]]) -> None:
+    """Each long-running container runs with exactly the UID and capabilities its securityContext gives, read-only."""
+    for document in found:
+        spec = pod_spec(document)
+        pod = document["metadata"]["name"] + ("-pod-0" if document["kind"] == "Deployment" else "")
+        for container in (spec or {}).get("containers", []):
+            context = container["securityContext"]
+            caps = sum(1 << CAPABILITY_BITS[c] for c in context["capabilities"].get("add", []))
+            done = podman(tmp_path, "exec", f"{pod}-{container['name']}", "python3", "-c", SHOW_PRIVILEGE)
+            assert done.stdout.split() == [str(context.get("runAsUser", 0)), str(caps), "False"], done.stderr
 
 
 def assert_redirected(lab: Lab, address: str, source: str, expected: dict[int, tuple[str, int]]) -> None:
@@ -273,29 +300,30 @@ def test_redirect_manifest_runs_as_written(lab: Lab, image: str, tmp_path: Path,
         with played(lab, tmp_path, role, for_the_lab(found, env)):
             assert_redirected(lab, address, source_of(containers_of(found, "initContainers")[0]), expected)
             assert_probes_answer(lab, tmp_path, found, address)
+            assert_privileges_as_written(tmp_path, found)
     finally:
         lab.remove_namespace(role)
 
 
 @pytest.mark.parametrize("manifest", ["http-proxy-pod.yaml", "dns-proxy-pod.yaml"])
-def test_proxy_manifest_runs_as_written(lab: Lab, image: str, proxy_image: str, tmp_path: Path, manifest: str) -> None:
+def test_proxy_manifest_runs_as_written(lab: Lab, image: str, proxy_image: str, web_server: str, tmp_path: Path, manifest: str) -> None:
     """Both containers as the manifest has them: the proxy as UID 1001 with no capabilities, a read-only root
     filesystem and no arguments (its mode from its environment); the traffic and the probes."""
     address = "10.128.0.66" if manifest.startswith("http") else "10.128.0.67"
     role = f"k{address.rsplit('.', 1)[1]}"
     lab.add_pod(role, address)
     lab.add_macvlan(role)
-    lab.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", ready_line="ready")
     found = documents(EXAMPLES / manifest)
     source = source_of(containers_of(found, "initContainers")[0])
     try:
         with played(lab, tmp_path, role, for_the_lab(found)):
             if manifest.startswith("http"):
                 lab.wait_for_port("client", address, 8080)
-                assert json.loads(curl_via(lab, f"http://{address}:8080", "http://203.0.113.25:8000/x"))["client"] == source
+                assert json.loads(curl_via(lab, f"http://{address}:8080", web_server))["client"] == source
             else:
                 assert_redirected(lab, address, source, {80: ("203.0.113.25", 80), 8080: ("203.0.113.26", 80)})
             assert_probes_answer(lab, tmp_path, found, address)
+            assert_privileges_as_written(tmp_path, found)
     finally:
         lab.remove_namespace(role)
 
@@ -321,5 +349,6 @@ def test_least_privilege_component_runs_with_capabilities_only(lab: Lab, image: 
         with played(lab, tmp_path, role, for_the_lab(found)):
             assert_redirected(lab, address, source_of(containers_of(found, "initContainers")[0]), {80: ("203.0.113.25", 80)})
             assert_probes_answer(lab, tmp_path, found, address)
+            assert_privileges_as_written(tmp_path, found)
     finally:
         lab.remove_namespace(role)
