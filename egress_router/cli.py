@@ -83,6 +83,10 @@ def command_from_environment(environ: dict[str, str]) -> str | None:
     return None
 
 
+#: What only init and monitor need: the `[init]` extra, absent from the proxy image.
+INIT_ONLY_MODULES = frozenset({"pyroute2", "iptc"})
+
+
 def run() -> None:
     """The console entry point: `egress-router` alone runs the mode the environment names."""
     args = sys.argv[1:]
@@ -93,6 +97,14 @@ def run() -> None:
     try:
         main(args=args, prog_name="egress-router")
     except Exception as error:
+        missing = (error.name or "").split(".")[0] if isinstance(error, ModuleNotFoundError) else ""
+        if missing in INIT_ONLY_MODULES:
+            click.echo(
+                f"egress-router {args[0] if args else ''}: error: {missing} is not installed here: init and monitor run from"
+                " the init image (or pip install 'egress-router[init]'); the proxy image has only the proxies",
+                err=True,
+            )
+            sys.exit(70)
         if os.environ.get("EGRESS_ROUTER_DEBUG", "").strip():
             raise
         click.echo(

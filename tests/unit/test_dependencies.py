@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,17 @@ def test_proxy_commands_start_without_the_init_extra() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_init_and_monitor_without_the_init_extra_say_which_image_to_use() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['pyroute2'] = sys.modules['iptc'] = None\n"
+        "sys.argv = ['egress-router', 'monitor']\n"
+        "from egress_router.cli import run\n"
+        "run()\n"
+    )
+    env = {**os.environ, "EGRESS_SOURCE": "192.168.12.99", "EGRESS_GATEWAY": "192.168.12.1", "EGRESS_DESTINATION": "80 tcp 203.0.113.25"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 70 and "Traceback" not in done.stderr
+    assert "egress-router monitor: error: pyroute2 is not installed here: init and monitor run from the init image" in done.stderr
