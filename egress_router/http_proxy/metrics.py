@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from egress_router.observe.stats import CONFIG_RELOADS, DURATION_BUCKETS, Metric
 
 REQUESTS = "egress_router_http_requests_total"
@@ -30,3 +32,6 @@ METRICS = (
 
 #: Methods counted by name; anything else (or no parsable request at all) is "other".
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"})
+
+#: Statuses counted by number (the standard ones); anything a server makes up is "other", so labels stay bounded.
+CODES = frozenset(str(status.value) for status in HTTPStatus)

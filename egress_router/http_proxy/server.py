@@ -279,7 +279,8 @@ class ClientConnection(TunnelEnd, FlowControl):
         """Once per request, whatever its end: the access-log line and the request's metrics."""
         proxy = self.proxy
         method = message.method if message is not None and message.method in metrics.METHODS else "other"
-        key = (method, str(status), "allow" if self.allowed else "deny")
+        code = str(status)
+        key = (method, code if code in metrics.CODES else "other", "allow" if self.allowed else "deny")
         proxy.requests[key] = proxy.requests.get(key, 0) + 1
         proxy.bytes[IN] = proxy.bytes.get(IN, 0) + self.bytes_in
         proxy.bytes[OUT] = proxy.bytes.get(OUT, 0) + self.bytes_out
@@ -295,6 +296,8 @@ class ClientConnection(TunnelEnd, FlowControl):
             time.monotonic() - started if started is not None else 0.0,
             reason,
         )
+        self.bytes_in = self.bytes_out = 0  # counted: a refusal logged next (no request) must not count them again
+        self.allowed = False
 
     def close(self) -> None:
         self.state = State.CLOSED
@@ -346,7 +349,8 @@ class ClientConnection(TunnelEnd, FlowControl):
 
     async def answer_request(self, message: Any, payload: Any) -> bool:
         """One request, start to end; whether the connection carries another."""
-        self.state = State.TUNNEL if message.method == "CONNECT" else State.BUSY
+        # the parser stops at a CONNECT: once one is queued, what follows is tunnel bytes, whatever is answered first
+        self.state = State.TUNNEL if message.method == "CONNECT" or self.state is State.TUNNEL else State.BUSY
         self.bytes_in = self.bytes_out = 0
         self.allowed = False
         started = time.monotonic()

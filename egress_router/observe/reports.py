@@ -9,8 +9,8 @@ reports: a worker that has not reported for a while has an unresponsive loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -22,6 +22,7 @@ from egress_router.observe.endpoints import Check, Probes, start_in_thread
 from egress_router.observe.exposition import SnapshotCollector, registry_of, render
 from egress_router.observe.stats import Labels, Metric, Stats, merge, without_gauges
 
+log = logging.getLogger(__name__)
 EVERY = 1.0
 #: A worker silent this long is not live: its event loop is stuck.
 SILENT_LIMIT = 10.0
@@ -44,6 +45,7 @@ class Reports:
         self.receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MAX_DATAGRAM)
         self.latest: dict[int, tuple[float, dict[str, list[list[Any]]], str | None]] = {}  # pid -> (when, snapshot, not ready why)
         self.retired: dict[str, list[list[Any]]] = {}
+        self.gone: set[int] = set()  # reaped workers: a report of theirs read late must not bring them back
         self.lock = threading.Lock()
         self.stopping = False
 
@@ -51,6 +53,7 @@ class Reports:
 
     def exited(self, pid: int) -> None:
         with self.lock:
+            self.gone.add(pid)
             entry = self.latest.pop(pid, None)
             if entry is not None:
                 self.retired = rows(merge([self.retired, without_gauges(entry[1], self.metrics)]))
@@ -72,7 +75,8 @@ class Reports:
                 return
             report = json.loads(data)
             with self.lock:
-                self.latest[report["pid"]] = (time.monotonic(), report["snapshot"], report["ready"])
+                if report["pid"] not in self.gone:
+                    self.latest[report["pid"]] = (time.monotonic(), report["snapshot"], report["ready"])
 
     def merged(self) -> dict[str, dict[Labels, Any]]:
         with self.lock:
@@ -101,8 +105,12 @@ class Reports:
 
 def send_report(sender: socket.socket, stats: Stats, ready: Check) -> None:
     report = json.dumps({"pid": os.getpid(), "snapshot": stats.snapshot(), "ready": ready()}).encode()
-    with contextlib.suppress(BlockingIOError):  # the supervisor is behind: the next report replaces this one
+    try:
         sender.send(report)
+    except BlockingIOError:
+        pass  # the supervisor is behind: the next report replaces this one
+    except OSError as error:  # a report larger than a datagram may be: say so, keep serving (and trying)
+        log.error("cannot send this worker's metrics to the supervisor (%d bytes): %s", len(report), error.strerror)
 
 
 async def report_forever(sender: socket.socket, stats: Stats, ready: Check) -> None:

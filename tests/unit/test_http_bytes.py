@@ -444,3 +444,41 @@ def test_sigterm_closes_idle_connections_now_and_busy_ones_after_their_response(
     h.settle()
     response = busy.take()
     assert status_of(response) == 200 and b"Connection: close" in response and busy.closed
+
+
+# found in review ------------------------------------------------------------------------------------
+
+
+def test_a_refusal_after_a_request_does_not_count_that_request_again(h: Harness) -> None:
+    client = h.client()
+    client.send(GET)
+    h.server().send(ok(b"x" * 100))
+    h.settle()
+    assert status_of(client.take()) == 200
+    client.send(b"GET http://origin.test/ HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n")
+    h.settle()
+    assert status_of(client.take()) == 400
+    assert "in=0 out=0" in h.log_lines()[-1]
+    assert h.proxy.bytes[("out",)] == 100
+    assert ("other", "400", "deny") in h.proxy.requests
+
+
+def test_bytes_for_a_connect_pipelined_behind_a_request_go_to_the_tunnel(h: Harness) -> None:
+    client = h.client()
+    client.send(GET + b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+    server = h.server()
+    client.send(b"\x16\x03\x01 a TLS hello")
+    h.settle()
+    server.send(ok())
+    h.settle()
+    assert client.take() == ok() + b"HTTP/1.1 200 Connection established\r\n\r\n"
+    assert h.server().take() == b"\x16\x03\x01 a TLS hello"
+
+
+def test_a_status_a_server_makes_up_is_counted_as_other(h: Harness) -> None:
+    client = h.client()
+    for code in (200, 777):
+        client.send(GET)
+        h.server().send(f"HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n".encode())
+        h.settle()
+    assert ("GET", "200", "allow") in h.proxy.requests and ("GET", "other", "allow") in h.proxy.requests

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.observe.exposition import SnapshotCollector, registry_of, render
-from egress_router.observe.reports import SILENT_LIMIT, Reports
+from egress_router.observe.reports import SILENT_LIMIT, Reports, send_report
 from egress_router.observe.stats import Metric, Stats, merge, without_gauges
 
 METRICS = (
@@ -88,3 +91,29 @@ def test_the_supervisors_probes() -> None:
     assert reports.ready() is None
     reports.stop()
     assert reports.ready() == "draining: stopping on SIGTERM"
+
+
+def test_a_report_read_after_its_worker_was_reaped_is_dropped() -> None:
+    reports = Reports({m.name: m for m in METRICS}, workers=1)
+    reports.receiver.setblocking(False)
+    worker = stats({"200": 5}, 0, [])
+    send_report(reports.sender, worker, lambda: None)
+    reports.receive()
+    worker.add("t_requests_total", ("200",), 2)
+    send_report(reports.sender, worker, lambda: None)  # its last report, still in the socket when it is reaped
+    reports.exited(os.getpid())
+    reports.receive()
+    assert reports.merged()["t_requests_total"][("200",)] == 5  # what it had reported, once; not 5 + 7
+    assert reports.latest == {}
+
+
+def test_a_report_too_large_for_a_datagram_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    receiver, sender = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    huge = Stats(METRICS)
+    for code in range(100_000):
+        huge.add("t_requests_total", (str(code),))
+    send_report(sender, huge, lambda: None)
+    assert "cannot send this worker's metrics to the supervisor" in caplog.text
+    receiver.close()
+    sender.close()
