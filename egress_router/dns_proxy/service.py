@@ -17,7 +17,7 @@ from egress_router.dns_proxy.resolver import Resolver, can_send_ipv6
 from egress_router.errors import ApplyError
 from egress_router.observe.endpoints import local_probes, serving
 from egress_router.observe.stats import CONFIG_RELOADS, Stats, count
-from egress_router.runtime.sockets import listen
+from egress_router.runtime.sockets import check_free, listen
 from egress_router.runtime.watch import ListFile, SerialApply, following
 from egress_router.runtime.workers import run_loop
 
@@ -38,9 +38,9 @@ class ForwardedPorts:
         self.stopping = False
         self.stats = Stats(metrics.METRICS)
         self.lookups = self.stats.counter(metrics.LOOKUPS)
-        self.stats.gauge(metrics.OPEN, lambda: {(str(port),): fw.open for port, (_, fw) in self.ports.items()})
-        self.stats.gauge(metrics.ANSWER_AGE, self.answer_ages)
-        self.stats.gauge(metrics.STALE, lambda: {(name.target.host,): float(name.stale) for name in self.names()})
+        self.stats.computed(metrics.OPEN, lambda: {(str(port),): fw.open for port, (_, fw) in self.ports.items()})
+        self.stats.computed(metrics.ANSWER_AGE, self.answer_ages)
+        self.stats.computed(metrics.STALE, lambda: {(name.target.host,): float(name.stale) for name in self.names()})
 
     def names(self) -> list[FollowedName]:
         return [fw.destination for _, fw in self.ports.values() if fw.destination.target.address is None]
@@ -138,6 +138,6 @@ async def drain(forwarded: ForwardedPorts) -> None:
 def run(settings: DnsProxySettings, list_file: ListFile | None = None) -> int:
     ports = [target.local_port for target in settings.targets]
     for port in [*ports, settings.metrics_port] if settings.metrics_port is not None else ports:  # every port ours before we start
-        listen(port, reuse_port=False, backlog=None).close()
+        check_free(port)
     run_loop(lambda stop: serve_until_stopped(settings, stop, list_file))
     return 0

@@ -35,6 +35,7 @@ class FlowControl(asyncio.Protocol):
                 self.transport.pause_reading()
             except NO_FLOW_CONTROL:
                 pass
+            self.reading_stopped()
 
     def resume_reading(self, resume_parser: bool = True) -> None:
         if self.reading_paused and self.transport is not None:
@@ -43,6 +44,13 @@ class FlowControl(asyncio.Protocol):
                 self.transport.resume_reading()
             except NO_FLOW_CONTROL:
                 pass
+            self.reading_started()
+
+    def reading_stopped(self) -> None:
+        """Called when reading really pauses (aiohttp's streams call pause/resume on every read, paused or not)."""
+
+    def reading_started(self) -> None:
+        """Called when reading really resumes."""
 
     # writing -------------------------------------------------------------------------------------
 

@@ -78,8 +78,8 @@ class Proxy:
         self.bytes = self.stats.counter(metrics.BYTES)
         self.durations = self.stats.histogram(metrics.DURATION)
         self.pool.errors = self.stats.counter(metrics.CONNECT_ERRORS)
-        self.stats.gauge(metrics.CONNECTIONS, lambda: {(): len(self.connections)})
-        self.stats.gauge(metrics.TUNNELS, lambda: {(): sum(1 for c in self.connections if c.tunnel is not None)})
+        self.stats.computed(metrics.CONNECTIONS, lambda: {(): len(self.connections)})
+        self.stats.computed(metrics.TUNNELS, lambda: {(): sum(1 for c in self.connections if c.tunnel is not None)})
         self.lookup: Lookup = lookup or self._getaddrinfo
 
     async def _getaddrinfo(self, host: str, port: int) -> list[Any]:
@@ -380,14 +380,14 @@ class ClientConnection(TunnelEnd, FlowControl):
             answer = x.denied(decision.reason, has_body=has_body, client_asked_close=message.should_close or self.proxy.draining)
             self.answer(answer, message, started)
             return not answer.close
-        return await self.forward(message, payload, target, addresses, decision.reason, started)
+        return await self.forward(message, payload, target, addresses, decision.reason, started, has_body)
 
     # forwarding --------------------------------------------------------------------------------
 
     async def forward(
-        self, message: Any, payload: Any, target: m.RequestTarget, addresses: list[IPAddress], rule: str, started: float
+        self, message: Any, payload: Any, target: m.RequestTarget, addresses: list[IPAddress], rule: str, started: float, has_body: bool
     ) -> bool:
-        sent = await self.send_request(message, payload, target, addresses, started)
+        sent = await self.send_request(message, payload, target, addresses, started, has_body)
         if sent is None:
             return False
         upstream, response, body, upload = sent
@@ -429,11 +429,10 @@ class ClientConnection(TunnelEnd, FlowControl):
         return keep and not self.proxy.draining  # SIGTERM may have come while the body streamed
 
     async def send_request(
-        self, message: Any, payload: Any, target: m.RequestTarget, addresses: list[IPAddress], started: float
+        self, message: Any, payload: Any, target: m.RequestTarget, addresses: list[IPAddress], started: float, has_body: bool
     ) -> tuple[Upstream, Any, Any, asyncio.Task[None] | None] | None:
         """The request to a server and its final response head (1xx passed on), retried once on a stale pooled
         connection; None when the proxy answered instead."""
-        has_body = x.request_has_body(message.chunked, message.headers.get("Content-Length"))
         framing = [("Transfer-Encoding", "chunked")] if message.chunked else []
         request_head = m.head(
             f"{message.method} {target.path} HTTP/1.1", m.forwarded_headers(message.raw_headers, target.host_header), framing

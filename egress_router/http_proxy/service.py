@@ -14,8 +14,8 @@ from egress_router.http_proxy.metrics import METRICS
 from egress_router.http_proxy.server import Proxy
 from egress_router.observe.endpoints import local_probes, serving
 from egress_router.observe.reports import SupervisorEndpoints, report_forever, send_report
-from egress_router.observe.stats import CONFIG_RELOADS, Stats, count
-from egress_router.runtime.sockets import listen
+from egress_router.observe.stats import CONFIG_RELOADS, by_name, count
+from egress_router.runtime.sockets import check_free, listen
 from egress_router.runtime.watch import ListFile, following
 from egress_router.runtime.workers import run_loop, run_workers
 
@@ -82,9 +82,9 @@ def run(settings: HttpProxySettings, acl_file: ListFile | None = None) -> int:
 
     supervisor = None
     if reuse and settings.metrics_port is not None:
-        supervisor = SupervisorEndpoints(settings.metrics_port, "http-proxy", Stats(METRICS).metrics, settings.workers)
+        supervisor = SupervisorEndpoints(settings.metrics_port, "http-proxy", by_name(METRICS), settings.workers)
     elif settings.metrics_port is not None:
-        listen(settings.metrics_port, reuse_port=False, backlog=None).close()  # taken? say so before serving
+        check_free(settings.metrics_port)
     reports = supervisor.reports.sender if supervisor is not None else None
 
     def worker() -> None:

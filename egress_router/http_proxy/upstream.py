@@ -104,14 +104,11 @@ class Upstream(TunnelEnd, FlowControl):
         if not self.reading_paused:
             self.deadline.set(silence)
 
-    def pause_reading(self) -> None:
-        super().pause_reading()
+    def reading_stopped(self) -> None:
         self.deadline.clear()  # we stopped reading (a slow client): the server's silence is ours
 
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        paused = self.reading_paused  # aiohttp's stream calls this on every read, paused or not
-        super().resume_reading(resume_parser)
-        if paused and self.silence is not None:
+    def reading_started(self) -> None:
+        if self.silence is not None:
             self.deadline.set(self.silence)
 
     async def next_response(self, timeout: float) -> Any:

@@ -49,10 +49,10 @@ class Keeper:
         self.stats = Stats(metrics.METRICS)
         self.restores = self.stats.counter(metrics.RESTORES)
         self.announced_at: float | None = None
-        self.stats.gauge(metrics.ADDRESS, lambda: {(): float(self.address_present)})
-        self.stats.gauge(metrics.ARP, lambda: {(): self.announced_at} if self.announced_at is not None else {})
-        self.stats.gauge(metrics.NAT_PACKETS, lambda: {rule: float(c[0]) for rule, c in self.nat_counters.items()})
-        self.stats.gauge(metrics.NAT_BYTES, lambda: {rule: float(c[1]) for rule, c in self.nat_counters.items()})
+        self.stats.computed(metrics.ADDRESS, lambda: {(): float(self.address_present)})
+        self.stats.computed(metrics.ARP, lambda: {(): self.announced_at} if self.announced_at is not None else {})
+        self.stats.computed(metrics.NAT_PACKETS, lambda: {rule: float(c[0]) for rule, c in self.nat_counters.items()})
+        self.stats.computed(metrics.NAT_BYTES, lambda: {rule: float(c[1]) for rule, c in self.nat_counters.items()})
 
     def announce(self) -> None:
         if arp.announce_now_and_later(self.settings.interface, self.settings.source.ip):

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from egress_router.observe.exposition import CONTENT_TYPE, SnapshotCollector, registry_of, render
 from egress_router.observe.stats import Stats, merge
-from egress_router.runtime.sockets import listen
+from egress_router.runtime.sockets import check_free, listen
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ async def start(port: int, probes: Probes) -> web.AppRunner:
 def start_in_thread(port: int, probes: Probes, setup: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> threading.Thread:
     """Serve from a daemon thread with its own loop: for a process that has no loop of its own (a supervisor).
     `setup` runs first on that loop (to add readers of its own)."""
-    listen(port, reuse_port=False, backlog=None).close()  # fail here, clearly, if the port cannot be had
+    check_free(port)
     ready = threading.Event()
 
     def run() -> None:

@@ -33,13 +33,13 @@ class Metric:
 
 
 class Stats:
-    """The metrics of one process. Counters and histograms only grow; gauges are read when a snapshot is taken."""
+    """The metrics of one process. Counters and histograms only grow; computed series are read when a snapshot is taken."""
 
     def __init__(self, metrics: Iterable[Metric]) -> None:
-        self.metrics = {metric.name: metric for metric in metrics}
+        self.metrics = by_name(metrics)
         self.series: dict[str, dict[Labels, float]] = {m.name: {} for m in self.metrics.values() if m.kind == "counter"}
         self.histograms: dict[str, dict[Labels, list[float]]] = {m.name: {} for m in self.metrics.values() if m.kind == "histogram"}
-        self.gauges: dict[str, Callable[[], Mapping[Labels, float]]] = {}
+        self.computed_series: dict[str, Callable[[], Mapping[Labels, float]]] = {}
 
     def counter(self, name: str) -> dict[Labels, float]:
         """The series of a counter, for a hot path to add to directly: `series[labels] = series.get(labels, 0) + n`."""
@@ -60,9 +60,10 @@ class Stats:
     def observe(self, name: str, labels: Labels, value: float) -> None:
         observe(self.histogram(name, labels), self.metrics[name].buckets, value)
 
-    def gauge(self, name: str, read: Callable[[], Mapping[Labels, float]]) -> None:
-        """A gauge is read from the process's state when a snapshot is taken: nothing to keep up to date."""
-        self.gauges[name] = read
+    def computed(self, name: str, read: Callable[[], Mapping[Labels, float]]) -> None:
+        """A series read from state kept elsewhere when a snapshot is taken (open connections, the kernel's rule
+        counters): nothing to keep up to date on the hot path."""
+        self.computed_series[name] = read
 
     def snapshot(self) -> dict[str, list[list[Any]]]:
         """Every series as [labels, value] (histograms: [labels, bucket counts..., sum]); JSON as it stands."""
@@ -71,7 +72,7 @@ class Stats:
             taken[name] = [[list(labels), value] for labels, value in series.items()]
         for name, hseries in self.histograms.items():
             taken[name] = [[list(labels), list(counts)] for labels, counts in hseries.items()]
-        for name, read in self.gauges.items():
+        for name, read in self.computed_series.items():
             taken[name] = [[list(labels), value] for labels, value in read().items()]
         return taken
 
@@ -108,3 +109,7 @@ def count(series: Counter, *labels: str, amount: float = 1) -> None:
 def observe(counts: list[float], buckets: tuple[float, ...], value: float) -> None:
     counts[bisect.bisect_left(buckets, value)] += 1
     counts[-1] += value
+
+
+def by_name(metrics: Iterable[Metric]) -> dict[str, Metric]:
+    return {metric.name: metric for metric in metrics}

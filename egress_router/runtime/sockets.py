@@ -49,3 +49,8 @@ def listen(port: int, *, reuse_port: bool, backlog: int | None = 1024) -> socket
         elif error.errno == errno.EADDRINUSE:
             hint = " (another process listens there)"
         raise ApplyError(f"cannot listen on port {port}: {error.strerror}{hint}") from error
+
+
+def check_free(port: int) -> None:
+    """Fail now, with a clear ApplyError, if `port` cannot be had: before anything starts serving."""
+    listen(port, reuse_port=False, backlog=None).close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import time
+from collections.abc import Iterator
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -113,3 +115,12 @@ def samples(text: str) -> dict[Sample, float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+@contextlib.contextmanager
+def origin_lab(role: str) -> Iterator[Lab]:
+    """A lab of one namespace with only lo, the lab origin server on 127.0.0.1:8000 in it."""
+    with Lab() as built:
+        built.add_namespace(role)
+        built.python_in(role, "egress_router.lab.http_server", "--http", "127.0.0.1:8000", ready_line="ready")
+        yield built

@@ -19,6 +19,7 @@ from egress_router.lab.topology import Process
 from tests.lab.http_helpers import (
     log_line,
     open_connection,
+    origin_lab,
     read_head,
     read_until_closed,
     start_proxy,
@@ -86,9 +87,7 @@ writer.close()
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab() as built:
-        built.add_namespace(ROLE)
-        built.python_in(ROLE, "egress_router.lab.http_server", "--http", "127.0.0.1:8000", ready_line="ready")
+    with origin_lab(ROLE) as built:
         built.origin = start_scripted_server(built, ROLE, 8004, SCRIPTED)  # type: ignore[attr-defined]
         built.proxy = start_proxy(  # type: ignore[attr-defined]
             built,

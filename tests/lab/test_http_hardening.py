@@ -13,7 +13,7 @@ import pytest
 
 from egress_router.lab import Lab
 from tests.http_cases import REFUSED
-from tests.lab.http_helpers import open_connection, read_all, read_head, start_proxy, status_of
+from tests.lab.http_helpers import open_connection, origin_lab, read_all, read_head, start_proxy, status_of
 
 ROLE = "lo"
 ORIGIN = "http://127.0.0.1:8000"
@@ -21,9 +21,7 @@ ORIGIN = "http://127.0.0.1:8000"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab() as built:
-        built.add_namespace(ROLE)
-        built.python_in(ROLE, "egress_router.lab.http_server", "--http", "127.0.0.1:8000", ready_line="ready")
+    with origin_lab(ROLE) as built:
         start_proxy(
             built,
             ROLE,

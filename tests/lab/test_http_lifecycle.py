@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from egress_router.lab import Lab
-from tests.lab.http_helpers import open_connection, read_all, read_head, start_proxy, start_scripted_server, status_of
+from tests.lab.http_helpers import open_connection, origin_lab, read_all, read_head, start_proxy, start_scripted_server, status_of
 from tests.lab.waiting import eventually
 
 ROLE = "lo"
@@ -22,9 +22,7 @@ ROLE = "lo"
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    with Lab() as built:
-        built.add_namespace(ROLE)
-        built.python_in(ROLE, "egress_router.lab.http_server", "--http", "127.0.0.1:8000", ready_line="ready")
+    with origin_lab(ROLE) as built:
         yield built
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from egress_router.lab import Lab
 from egress_router.lab.topology import Process, environment
-from tests.lab.http_helpers import http_get, open_connection, read_all, samples, start_proxy, status_of
+from tests.lab.http_helpers import http_get, open_connection, origin_lab, read_all, samples, start_proxy, status_of
 from tests.lab.waiting import eventually
 
 ROLE = "lo"
@@ -21,9 +21,7 @@ ROLE = "lo"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab() as built:
-        built.add_namespace(ROLE)
-        built.python_in(ROLE, "egress_router.lab.http_server", "--http", "127.0.0.1:8000", ready_line="ready")
+    with origin_lab(ROLE) as built:
         yield built
 
 

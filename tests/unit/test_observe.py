@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.observe.exposition import SnapshotCollector, registry_of, render
 from egress_router.observe.reports import SILENT_LIMIT, Reports, send_report
-from egress_router.observe.stats import Metric, Stats, merge, without_gauges
+from egress_router.observe.stats import Metric, Stats, by_name, merge, without_gauges
 
 METRICS = (
     Metric("t_requests_total", "counter", "requests", ("code",)),
@@ -27,14 +27,14 @@ def stats(requests: dict[str, int], open_now: int, durations: list[float]) -> St
     made = Stats(METRICS)
     for code, n in requests.items():
         made.add("t_requests_total", (code,), n)
-    made.gauge("t_open", lambda: {(): open_now})
+    made.computed("t_open", lambda: {(): open_now})
     for value in durations:
         made.observe("t_seconds", (), value)
     return made
 
 
 def scrape(read: dict[str, dict[tuple[str, ...], object]]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = render(registry_of(SnapshotCollector("test", {m.name: m for m in METRICS}, lambda: read))).decode()
+    text = render(registry_of(SnapshotCollector("test", by_name(METRICS), lambda: read))).decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
@@ -66,7 +66,7 @@ def test_merging_workers_adds_every_series(workers: list[tuple[dict[str, int], i
 
 
 def test_an_exited_workers_counts_stay_but_not_its_gauges() -> None:
-    reports = Reports({m.name: m for m in METRICS}, workers=2)
+    reports = Reports(by_name(METRICS), workers=2)
     for pid, requests in ((11, 5), (12, 7)):
         reports.latest[pid] = (time.monotonic(), stats({"200": requests}, 1, []).snapshot(), None)
     reports.exited(11)
@@ -74,11 +74,11 @@ def test_an_exited_workers_counts_stay_but_not_its_gauges() -> None:
     merged = reports.merged()
     assert merged["t_requests_total"][("200",)] == 14
     assert merged["t_open"][()] == 2
-    assert without_gauges(stats({}, 1, []).snapshot(), {m.name: m for m in METRICS}).keys() == {"t_requests_total", "t_seconds"}
+    assert without_gauges(stats({}, 1, []).snapshot(), by_name(METRICS)).keys() == {"t_requests_total", "t_seconds"}
 
 
 def test_the_supervisors_probes() -> None:
-    reports = Reports({m.name: m for m in METRICS}, workers=2)
+    reports = Reports(by_name(METRICS), workers=2)
     assert reports.ready() == "0 of 2 workers ready"
     reports.latest[11] = (time.monotonic(), {}, None)
     assert reports.ready() == "1 of 2 workers ready"
@@ -94,7 +94,7 @@ def test_the_supervisors_probes() -> None:
 
 
 def test_a_report_read_after_its_worker_was_reaped_is_dropped() -> None:
-    reports = Reports({m.name: m for m in METRICS}, workers=1)
+    reports = Reports(by_name(METRICS), workers=1)
     reports.receiver.setblocking(False)
     worker = stats({"200": 5}, 0, [])
     send_report(reports.sender, worker, lambda: None)
