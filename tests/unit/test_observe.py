@@ -117,3 +117,17 @@ def test_a_report_too_large_for_a_datagram_is_logged_not_raised(caplog: pytest.L
     assert "cannot send this worker's metrics to the supervisor" in caplog.text
     receiver.close()
     sender.close()
+
+
+def test_relayed_bytes_count_while_they_flow_and_never_go_back() -> None:
+    stats = Stats([Metric("relayed_bytes_total", "counter", "bytes", ("port", "direction"))])
+    relayed = stats.relayed("relayed_bytes_total")
+    assert stats.relayed("relayed_bytes_total") is relayed  # one keeper per counter, however many users
+    sent = [0, 0]
+    relayed.start(("53",), sent)
+    sent[0], sent[1] = 5, 7
+    seen = [sorted(map(tuple, [(tuple(labels), value) for labels, value in stats.snapshot()["relayed_bytes_total"]]))]
+    relayed.end(sent)
+    relayed.end(sent)  # a second end counts nothing
+    seen.append(sorted(map(tuple, [(tuple(labels), value) for labels, value in stats.snapshot()["relayed_bytes_total"]])))
+    assert seen[0] == seen[1] == [(("53", "in"), 5), (("53", "out"), 7)]
