@@ -61,13 +61,19 @@ def metric(lab: Lab, pod: Pod, name: str, **labels: str) -> float | None:
 
 def test_monitor_probes_and_nat_counters(lab: Lab, pod: Pod) -> None:
     """Probes from the node reach the pod itself, even with a fallback that DNATs every other port."""
-    env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n203.0.113.26"}
+    env = {
+        "EGRESS_SOURCE": pod.source,
+        "EGRESS_GATEWAY": t.GATEWAY_IP,
+        "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n203.0.113.26",
+        "EGRESS_METRICS_PORT": "9191",  # both containers, as in the examples: init keeps the monitor's port from the fallback
+    }
     assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0
     monitor = lab.start_in(
         pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment(**env, EGRESS_ROUTER_MONITOR_INTERVAL="300ms")
     )
     lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
     assert http_get(lab, "node", pod.ip, 9191, "/healthz") == (200, "ok\n")
+    assert "RETURN" in pod.snapshot()["nat"]  # init put it there: the monitor had nothing to change
     eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz") == (200, "ok\n"))
     for _ in range(3):
         assert lab.tcp("client", pod.ip, 80).server == "203.0.113.25"
@@ -98,7 +104,25 @@ def test_a_metrics_port_that_a_rule_redirects_is_refused(lab: Lab, pod: Pod) -> 
         EGRESS_SOURCE=pod.source,
         EGRESS_GATEWAY=t.GATEWAY_IP,
         EGRESS_DESTINATION="80 tcp 203.0.113.25\n9191 tcp 203.0.113.25",
+        EGRESS_METRICS_PORT="9191",
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 2 too" in done.stderr
     assert pod.snapshot() == before
+
+
+def test_init_mode_reserves_no_port_unless_told(lab: Lab, pod: Pod) -> None:
+    """As OpenShift's image: a rule may take 9191 and the fallback takes every other port, 9191 of a pause pod too."""
+    server = lab.python_in("server", "egress_router.lab.whoami", "tcp:203.0.113.25:9191", "tcp:203.0.113.26:9191", ready_line="ready")
+    try:
+        env = {"EGRESS_ROUTER_MODE": "init", "EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP}
+        done = pod.init(**env, EGRESS_DESTINATION="9191 tcp 203.0.113.25\n203.0.113.26")
+        assert done.returncode == 0, done.stderr
+        assert lab.tcp("client", pod.ip, 9191).server == "203.0.113.25"
+        done = pod.init(**env, EGRESS_DESTINATION="203.0.113.26")
+        assert done.returncode == 0, done.stderr
+        assert lab.tcp("client", pod.ip, 9191).server == "203.0.113.26"
+        assert "RETURN" not in pod.snapshot()["nat"]
+    finally:
+        os.killpg(server.popen.pid, signal.SIGTERM)
+        server.popen.wait(5)
