@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from egress_router.config.options import METRICS_PORT
+from egress_router.errors import ApplyError
 from egress_router.observe.exposition import CONTENT_TYPE, SnapshotCollector, registry_of, render
 from egress_router.observe.stats import Stats, merge
 from egress_router.runtime.sockets import check_free, listen
@@ -60,11 +62,28 @@ def application(probes: Probes) -> web.Application:
     return app
 
 
+@contextlib.contextmanager
+def _naming_the_variable() -> Iterator[None]:
+    """A port that cannot be had is the user's setting: say which variable it came from."""
+    try:
+        yield
+    except ApplyError as error:
+        raise ApplyError(f"{METRICS_PORT.variable}: {error}") from error
+
+
+def check_port(port: int) -> None:
+    """Fail now (ApplyError naming EGRESS_METRICS_PORT) if the port is taken: before the caller changes or starts anything."""
+    with _naming_the_variable():
+        check_free(port)
+
+
 async def start(port: int, probes: Probes) -> web.AppRunner:
     """Serve on the running loop until the returned runner is cleaned up."""
+    with _naming_the_variable():
+        sock = listen(port, reuse_port=False, backlog=64)
     runner = web.AppRunner(application(probes), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.SockSite(runner, listen(port, reuse_port=False, backlog=64)).start()
+    await web.SockSite(runner, sock).start()
     log.info("health, readiness and metrics on port %d (/healthz, /readyz, /metrics)", port)
     return runner
 
@@ -72,7 +91,7 @@ async def start(port: int, probes: Probes) -> web.AppRunner:
 def start_in_thread(port: int, probes: Probes, setup: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> threading.Thread:
     """Serve from a daemon thread with its own loop: for a process that has no loop of its own (a supervisor).
     `setup` runs first on that loop (to add readers of its own)."""
-    check_free(port)
+    check_port(port)
     ready = threading.Event()
 
     def run() -> None:

@@ -7,6 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import environment, run
@@ -126,3 +128,26 @@ def test_init_mode_reserves_no_port_unless_told(lab: Lab, pod: Pod) -> None:
     finally:
         os.killpg(server.popen.pid, signal.SIGTERM)
         server.popen.wait(5)
+
+
+HOLD_9191 = "import socket, time\ns = socket.socket()\ns.bind(('0.0.0.0', 9191))\ns.listen()\nprint('ready', flush=True)\ntime.sleep(60)\n"
+
+
+@pytest.mark.parametrize("command", ["monitor", "legacy"])
+def test_a_metrics_port_in_use_is_a_clear_error_before_any_change(lab: Lab, pod: Pod, command: str) -> None:
+    holder = lab.start_in(pod.role, [sys.executable, "-c", HOLD_9191], ready_line="ready")
+    try:
+        before = pod.snapshot()
+        env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n203.0.113.26"}
+        argv = [sys.executable, "-m", "egress_router", "monitor" if command == "monitor" else "init"]
+        done = lab.run_in(pod.role, argv, env=environment(**env, EGRESS_ROUTER_MODE=command), timeout=20)
+        name = "monitor" if command == "monitor" else "init"
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.splitlines() == [
+            f"egress-router {name}: error: EGRESS_METRICS_PORT: cannot listen on port 9191: Address already in use"
+            " (another process listens there)"
+        ]
+        assert pod.snapshot() == before
+    finally:
+        os.killpg(holder.popen.pid, signal.SIGKILL)
+        holder.popen.wait(5)
