@@ -10,7 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 from egress_router.config.addresses import Source, parse_gateway, parse_source
 from egress_router.config.cluster_networks import VARIABLE, parse_cluster_networks
 from egress_router.config.destinations import Destinations, parse_destinations
-from egress_router.config.errors import Collector, Problem
+from egress_router.config.errors import Collector, ConfigError, Problem
 from egress_router.config.options import METRICS_PORT, Choice, Duration, Flag, Option, Text
 
 
@@ -156,6 +156,14 @@ def metrics_port_problems(port: int | None, destinations: Destinations | None) -
         for rule in rules
         if rule.protocol == "tcp" and rule.local_port == port
     ]
+
+
+def check_metrics_port(destinations: Destinations, port: int | None) -> Destinations:
+    """`destinations` when no rule takes the metrics port (at start, and in every new version of the list file)."""
+    problems = metrics_port_problems(port, destinations)
+    if problems:
+        raise ConfigError(problems)
+    return destinations
 
 
 def load_init_settings(

@@ -12,37 +12,51 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 from egress_router.config.destinations import Destinations, parse_destinations
-from egress_router.config.init_settings import InitSettings, Mode
+from egress_router.config.init_settings import InitSettings, Mode, check_metrics_port
 from egress_router.errors import ApplyError
 from egress_router.init import arp, metrics, nat
 from egress_router.init.apply import ClusterSide, decide_cluster_side, keep_cluster_side
 from egress_router.init.journal import Journal
 from egress_router.init.netlink import PodNetwork, PolicyRouting
-from egress_router.init.plan import ChainSet, NetworkPlan, build_plan, labelled_nat_rules
+from egress_router.init.plan import NetworkPlan, build_plan, labelled_nat_rules
 from egress_router.observe.endpoints import local_probes, serving
-from egress_router.observe.stats import CONFIG_RELOADS, Counter, Stats, count
+from egress_router.observe.stats import CONFIG_RELOADS, Stats, count
 from egress_router.runtime.watch import ListFile, following
 from egress_router.runtime.workers import run_loop
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Target:
+    """What the monitor keeps in place: settings and the plan made from them, always replaced together."""
+
+    settings: InitSettings
+    plan: NetworkPlan
+
+
+#: What a pass calls the changes it had to make, by how it came to make them.
+FIRST = "installed: what init left differed (give the init container this monitor's variables, EGRESS_METRICS_PORT too)"
+REPLACED = "replaced from the new list"
+RESTORED = "restored (something had changed them)"
+
+
 class Keeper:
     """Puts the plan's policy routing and rules back; what eth0 keeps is read once, while init's setup is intact.
 
     Each pass also leaves what the endpoints report: why the pod is not ready (None when it is) and the
-    NAT rules' counters. Passes run in a thread (pyroute2 and python-iptables block); the loop only reads.
+    NAT rules' counters. Passes run in a thread (pyroute2 and python-iptables block) while the loop may hand
+    over a new list (use()): a pass reads `target` once and keeps to what it read; the loop only reads the rest.
     """
 
     def __init__(self, settings: InitSettings, plan: NetworkPlan) -> None:
-        self.settings = settings
-        self.plan = plan
+        self.target = Target(settings, plan)
+        self.kept: Target | None = None  # what the last complete pass put in place
         self.side: ClusterSide | None = None
-        self.reason = "installed (they were missing or different)"  # what the next pass's repairs are called
         self.problem: str | None = "not checked yet"
         self.address_present = False
         self.nat_counters: dict[tuple[str, ...], tuple[int, int]] = {}
@@ -55,46 +69,74 @@ class Keeper:
         self.stats.computed(metrics.NAT_BYTES, lambda: {rule: float(c[1]) for rule, c in self.nat_counters.items()})
 
     def announce(self) -> None:
-        if arp.announce_now_and_later(self.settings.interface, self.settings.source.ip):
+        settings = self.target.settings
+        if arp.announce_now_and_later(settings.interface, settings.source.ip):
             self.announced_at = time.time()
 
-    def apply(self, reason: str) -> None:
-        net = PodNetwork(Journal())  # nothing is rolled back here: every step that lands is a repair
+    def use(self, destinations: Destinations) -> None:
+        """A new list (on the loop): the next pass replaces the NAT rules; one running now finishes with the old."""
+        settings = replace(self.target.settings, destinations=destinations)
+        self.target = Target(settings, build_plan(settings, self.target.plan.nameservers))
+
+    def apply(self) -> None:
+        """One pass (in a thread). Whatever fails becomes the readiness reason; the next pass tries again."""
+        target = self.target
+        reason = FIRST if self.kept is None else RESTORED if target is self.kept else REPLACED
+        net = None
         try:
-            self.check_address(net)
+            net = PodNetwork(Journal())  # nothing is rolled back here: every step that lands is a repair
+            self.check_address(net, target.settings)
             routing = PolicyRouting(net)
             if self.side is None:
-                self.side = decide_cluster_side(routing, self.plan)
-            self.repaired("reply-routing", keep_cluster_side(routing, self.side, reread=True), f"reply routing {reason}")
-            self.repaired("reply-marks", nat.apply_chains(self.plan.marks), f"reply marks {reason}")
-            if self.plan.nat is not None:
-                self.repaired("nat", nat.apply_chains(self.plan.nat), f"NAT rules {reason}")
-                self.read_counters(self.plan.nat)
+                self.side = decide_cluster_side(routing, target.plan)
+            self.repaired("reply-routing", keep_cluster_side(routing, self.side, reread=True), "reply routing", reason)
+            self.repaired("reply-marks", nat.apply_chains(target.plan.marks), "reply marks", reason)
+            if target.plan.nat is not None:
+                self.repaired("nat", nat.apply_chains(target.plan.nat), "NAT rules", reason)
+                self.read_counters(target)
+            self.kept = target
         except ApplyError as error:
             log.error("%s", error)
             self.problem = str(error)
+        except Exception as error:  # a pass that fails is reported and retried, never a dead monitor
+            log.error("checking the setup failed: %s: %s", type(error).__name__, error)
+            log.debug("the traceback of that failure", exc_info=True)
+            self.problem = f"checking the setup failed: {type(error).__name__}: {error}"
         finally:
-            net.close()
+            if net is not None:
+                net.close()
 
-    def check_address(self, net: PodNetwork) -> None:
-        name, address = self.settings.interface, self.settings.source.ip
+    def check_address(self, net: PodNetwork, settings: InitSettings) -> None:
+        name, address = settings.interface, settings.source.ip
         index = net.link_index(name)
         self.address_present = index is not None and any(a.ip == address for a in net.ipv4_addresses(index))
         self.problem = None if self.address_present else f"{address} is not on {name} (run init again)"
 
-    def repaired(self, what: str, changed: bool, message: str) -> None:
-        if changed:
-            log.info("%s", message)
+    def repaired(self, what: str, changed: bool, name: str, reason: str) -> None:
+        """Only a change found after a pass kept the same target counts as a restore: something changed it."""
+        if not changed:
+            return
+        if reason == FIRST:
+            log.warning("%s %s", name, reason)
+        else:
+            log.info("%s %s", name, reason)
+        if reason == RESTORED:
             count(self.restores, what)
 
-    def read_counters(self, chains: ChainSet) -> None:
-        found = nat.counters(chains)
+    def read_counters(self, target: Target) -> None:
+        assert target.plan.nat is not None
+        found = nat.counters(target.plan.nat)
         if found is not None:
-            labels = [label for _, label in labelled_nat_rules(self.settings)]
+            labels = [label for _, label in labelled_nat_rules(target.settings)]
             self.nat_counters = {(label,): counts for label, counts in zip(labels, found, strict=True)}
 
     def ready(self) -> str | None:
         return self.problem
+
+
+def list_parser(settings: InitSettings) -> Callable[[str], Destinations]:
+    """A new version of the list file is checked as init checks it: no rule may take the metrics port."""
+    return lambda text: check_metrics_port(parse_destinations(text), settings.metrics_port)
 
 
 async def watch_until_stopped(
@@ -106,37 +148,26 @@ async def watch_until_stopped(
     reloads = keeper.stats.counter(CONFIG_RELOADS.name)
 
     def use(destinations: Destinations) -> None:
-        keeper.settings = replace(keeper.settings, destinations=destinations)
-        keeper.plan = build_plan(keeper.settings, nameservers)
-        keeper.reason = "replaced from the new list"
+        keeper.use(destinations)
         wake.set()
 
     log.info("watching %s every %g s%s", settings.interface, interval, f" and {list_file.path}" if list_file else "")
     probes = local_probes(settings.mode.value if settings.mode is Mode.LEGACY else "monitor", keeper.stats, keeper.ready)
     async with serving(settings.metrics_port, probes):
-        await keep(keeper, stop, wake, interval, list_file, use, reloads)
+        with following(list_file, "EGRESS_DESTINATION_FILE", list_parser(settings), use, lambda result: count(reloads, result)):
+            await keep(keeper, stop, wake, interval)
     log.info("stopped")
 
 
-async def keep(
-    keeper: Keeper,
-    stop: asyncio.Event,
-    wake: asyncio.Event,
-    interval: float,
-    list_file: ListFile | None,
-    use: Callable[[Destinations], None],
-    reloads: Counter,
-) -> None:
-    with following(list_file, "EGRESS_DESTINATION_FILE", parse_destinations, use, lambda result: count(reloads, result)):
-        while not stop.is_set():
-            wake.clear()
-            # pyroute2's synchronous API runs an event loop of its own: in a thread, not inside ours
-            await asyncio.to_thread(keeper.apply, keeper.reason)
-            keeper.reason = "restored (something had changed them)"
-            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-            await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-            for waiting in waits:
-                waiting.cancel()
+async def keep(keeper: Keeper, stop: asyncio.Event, wake: asyncio.Event, interval: float) -> None:
+    while not stop.is_set():
+        wake.clear()
+        # pyroute2's synchronous API runs an event loop of its own: in a thread, not inside ours
+        await asyncio.to_thread(keeper.apply)
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+        await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
 
 
 def run(settings: InitSettings, nameservers: tuple[IPv4Address, ...], list_file: ListFile | None, interval: float) -> int:

@@ -38,6 +38,10 @@ def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_pat
     assert "EGRESS_DESTINATION line 1: invalid port 99999" in monitor.stderr()
     assert lab.tcp("client", pod.ip, 80).server == "203.0.113.26"
 
+    rules.write_text("80 tcp 203.0.113.25\n9191 tcp 203.0.113.25\n")  # the monitor's own port: refused as init refuses it
+    eventually(lambda: "EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 2 too" in monitor.stderr())
+    assert lab.tcp("client", pod.ip, 80).server == "203.0.113.26"
+
     run(lab.exec_argv(pod.role, ["iptables-legacy", "-t", "nat", "-F", "EGRESS-ROUTER-DNAT"]))
     eventually(lambda: "NAT rules restored" in monitor.stderr())
     assert lab.tcp("client", pod.ip, 9000).server == "203.0.113.27"
@@ -151,3 +155,62 @@ def test_a_metrics_port_in_use_is_a_clear_error_before_any_change(lab: Lab, pod:
     finally:
         os.killpg(holder.popen.pid, signal.SIGKILL)
         holder.popen.wait(5)
+
+
+#: A monitor's Keeper in the pod, its passes run as the monitor's thread runs them. A trace function takes the place
+#: of the other thread at the moment that matters: when a pass reads the NAT counters, the loop hands over a new list
+#: (or that read fails), so the interleaving is the same on every run.
+KEEPER_PASSES = """
+import sys
+from egress_router.cli import pod_nameservers
+from egress_router.config.destinations import parse_destinations
+from egress_router.config.init_settings import load_init_settings
+from egress_router.init import monitor, nat
+from egress_router.init.plan import build_plan
+from egress_router.runtime import logs
+
+logs.setup(False, "monitor")
+settings = load_init_settings(source=sys.argv[1], gateway=sys.argv[2], destination="80 tcp 203.0.113.25\\n203.0.113.26", mode="init")
+keeper = monitor.Keeper(settings, build_plan(settings, pod_nameservers()))
+
+def when_counters_are_read(action):
+    def trace(frame, event, arg):
+        if event == "call" and frame.f_code is nat.counters.__code__:
+            sys.settrace(None)
+            action()
+    sys.settrace(trace)
+
+def fail():
+    raise RuntimeError("the kernel said something odd")
+
+def show():
+    print(sorted(label for (label,) in keeper.nat_counters), keeper.ready(), flush=True)
+
+when_counters_are_read(lambda: keeper.use(parse_destinations("80 tcp 203.0.113.25\\n8080 tcp 203.0.113.25\\n203.0.113.26")))
+keeper.apply()
+show()
+keeper.apply()
+show()
+when_counters_are_read(fail)
+keeper.apply()
+show()
+keeper.apply()
+show()
+"""
+
+
+def test_a_pass_keeps_to_the_list_it_started_with_and_survives_any_failure(lab: Lab, pod: Pod) -> None:
+    """A new list that arrives mid-pass is the next pass's; a pass that fails unexpectedly is a readiness reason."""
+    env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n203.0.113.26"}
+    assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0
+    done = lab.run_in(pod.role, [sys.executable, "-c", KEEPER_PASSES, pod.source, t.GATEWAY_IP], env=environment())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "['1', '2', 'snat'] None",  # the old list's rules and counters, both: the new list came after the pass began
+        "['1', '2', '3', 'snat'] None",  # the next pass put the new list in place
+        "['1', '2', '3', 'snat'] checking the setup failed: RuntimeError: the kernel said something odd",
+        "['1', '2', '3', 'snat'] None",
+    ]
+    assert "NAT rules replaced from the new list" in done.stderr
+    assert "restored" not in done.stderr and "installed" not in done.stderr  # init and this monitor agree
+    assert lab.tcp("client", pod.ip, 8080).server == "203.0.113.25"  # the new rule, not the fallback

@@ -1,7 +1,8 @@
 import pytest
 
+from egress_router.config.destinations import parse_destinations
 from egress_router.config.errors import ConfigError
-from egress_router.config.init_settings import InitSettings, load_init_settings, load_monitor_settings
+from egress_router.config.init_settings import InitSettings, check_metrics_port, load_init_settings, load_monitor_settings
 from egress_router.init.plan import build_plan, labelled_nat_rules, render_plan
 
 SETTINGS = {
@@ -121,3 +122,14 @@ def test_a_redirect_rule_on_the_metrics_port_is_refused_where_it_is_served(mode:
     assert "EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 1 too" in str(caught.value)
     load_init_settings(**{**SETTINGS, "destination": "9191 udp 203.0.113.25"}, mode=mode)  # UDP is not the probes' port
     load_init_settings(**{**SETTINGS, "destination": "9191 tcp 203.0.113.25"}, mode=mode, metrics_port="9292")
+
+
+def test_a_new_list_may_not_take_the_metrics_port_either() -> None:
+    """What the monitor checks each new version of its list file with."""
+    taken = parse_destinations("80 tcp 203.0.113.25\n9191 tcp 203.0.113.25")
+    with pytest.raises(ConfigError) as caught:
+        check_metrics_port(taken, 9191)
+    assert str(caught.value) == (
+        'EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 2 too (move one of them, or set it to off): "9191"'
+    )
+    assert check_metrics_port(taken, None) is taken and check_metrics_port(taken, 9292) is taken
