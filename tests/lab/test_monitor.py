@@ -214,3 +214,17 @@ def test_a_pass_keeps_to_the_list_it_started_with_and_survives_any_failure(lab: 
     assert "NAT rules replaced from the new list" in done.stderr
     assert "restored" not in done.stderr and "installed" not in done.stderr  # init and this monitor agree
     assert lab.tcp("client", pod.ip, 8080).server == "203.0.113.25"  # the new rule, not the fallback
+
+
+def test_a_monitor_whose_init_had_no_metrics_port_installs_its_own_rules_and_says_so(lab: Lab, pod: Pod) -> None:
+    env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n203.0.113.26"}
+    assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0  # no EGRESS_METRICS_PORT: the fallback takes 9191
+    monitor = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment(**env))
+    try:
+        lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
+        eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz") == (200, "ok\n"))  # the probes reach the monitor
+        assert "WARNING NAT rules installed: what init left differed" in monitor.stderr()
+        assert metric(lab, pod, "egress_router_restores_total", what="nat") is None  # nothing had been changed
+    finally:
+        os.killpg(monitor.popen.pid, signal.SIGTERM)
+        assert monitor.popen.wait(5) == 0
