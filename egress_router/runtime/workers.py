@@ -35,11 +35,16 @@ def run_loop(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None
     stop = asyncio.Event()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    # A caller may hold the stop signals blocked until here (legacy init, between its setup and this loop). One
-    # that came meanwhile is taken here: uvloop loses a signal delivered before it runs.
-    if signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
-        stop.set()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def release() -> None:
+        # A caller may hold the stop signals blocked until here (legacy init between its setup and this loop, a
+        # forked worker from its fork on). One that came meanwhile is taken here, once the loop runs (uvloop loses
+        # a signal delivered before it runs), and only then are they let through to the handlers.
+        if signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
+            stop.set()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    loop.call_soon(release)  # before main's first step
     try:
         loop.run_until_complete(main(stop))
     finally:
@@ -65,7 +70,10 @@ class Watcher(Protocol):
 def run_workers(
     count: int, worker: Callable[[], None], grace: float, kill_after: float = KILL_AFTER, watcher: Watcher | None = None
 ) -> int:
-    """Fork `count` workers running `worker()`; restart one that dies; stop all on a signal."""
+    """Fork `count` workers running `worker()`; restart one that dies; stop all on a signal.
+
+    A forked worker starts with SIGTERM and SIGINT blocked, so one sent before its loop runs is not lost (nor
+    fatal): run_loop takes it and unblocks them. A worker that does not use run_loop unblocks them itself."""
     if count == 1:
         worker()
         return 0
@@ -118,7 +126,7 @@ class Supervisor:
             try:
                 for sig in STOP_SIGNALS:
                     signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})  # the stop signals wait for run_loop
                 self.worker()
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else 1
