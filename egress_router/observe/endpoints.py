@@ -2,7 +2,7 @@
 
 Probes answer 200 `ok`, or 503 with the one-line reason the process is not live or not ready. They run
 on the event loop of the process they describe (so an answer also shows that loop is responsive), or,
-for a supervisor of several workers, on a loop of their own in a thread.
+for a supervisor of several workers, in a process of their own beside the workers (observe/reports.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
@@ -88,24 +87,19 @@ async def start(port: int, probes: Probes) -> web.AppRunner:
     return runner
 
 
-def start_in_thread(port: int, probes: Probes, setup: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> threading.Thread:
-    """Serve from a daemon thread with its own loop: for a process that has no loop of its own (a supervisor).
-    `setup` runs first on that loop (to add readers of its own)."""
-    check_port(port)
-    ready = threading.Event()
-
-    def run() -> None:
-        loop = asyncio.new_event_loop()
+def serve_forever(port: int, probes: Probes, setup: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> None:
+    """Serve on a loop of its own until `setup`'s code stops it: for a process that does nothing else (a supervisor's
+    endpoints). `setup` runs first on that loop (to add readers of its own)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
         if setup is not None:
             setup(loop)
-        loop.run_until_complete(start(port, probes))
-        ready.set()
+        runner = loop.run_until_complete(start(port, probes))
         loop.run_forever()
-
-    thread = threading.Thread(target=run, name="endpoints", daemon=True)
-    thread.start()
-    ready.wait(10)
-    return thread
+        loop.run_until_complete(runner.cleanup())
+    finally:
+        loop.close()
 
 
 @contextlib.asynccontextmanager

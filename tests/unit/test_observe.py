@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.observe.exposition import SnapshotCollector, registry_of, render
-from egress_router.observe.reports import SILENT_LIMIT, Reports, send_report
+from egress_router.observe.reports import SILENT_LIMIT, Reports, SupervisorEndpoints, send_report
 from egress_router.observe.stats import Metric, Stats, by_name, merge, without_gauges
 
 METRICS = (
@@ -105,6 +105,23 @@ def test_a_report_read_after_its_worker_was_reaped_is_dropped() -> None:
     reports.receive()
     assert reports.merged()["t_requests_total"][("200",)] == 5  # what it had reported, once; not 5 + 7
     assert reports.latest == {}
+
+
+def test_the_supervisors_news_come_in_order_with_the_reports() -> None:
+    """A worker's last report, still unread when it is reaped, is read before the news of its exit: counted once."""
+    endpoints = SupervisorEndpoints(0, "test", by_name(METRICS), workers=1)
+    reports = endpoints.reports
+    reports.receiver.setblocking(False)
+    worker = stats({"200": 5}, 1, [])
+    send_report(reports.sender, worker, lambda: None)
+    worker.add("t_requests_total", ("200",), 2)
+    send_report(reports.sender, worker, lambda: None)  # its last report
+    endpoints.exited(os.getpid())  # the supervisor reaped it
+    endpoints.stop()
+    reports.receive()
+    assert reports.merged()["t_requests_total"][("200",)] == 7 and reports.latest == {}
+    assert "t_open" not in reports.merged()  # its gauges went with it
+    assert reports.ready() == "draining: stopping on SIGTERM"
 
 
 def test_a_report_too_large_for_a_datagram_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
