@@ -141,6 +141,9 @@ HOLD_9191 = "import socket, time\ns = socket.socket()\ns.bind(('0.0.0.0', 9191))
 def test_a_metrics_port_in_use_is_a_clear_error_before_any_change(lab: Lab, pod: Pod, command: str) -> None:
     holder = lab.start_in(pod.role, [sys.executable, "-c", HOLD_9191], ready_line="ready")
     try:
+        # the kernel adds the routes of the pod's IPv6 link-local addresses once they leave the tentative state (up to
+        # a few seconds on a busy machine): only then is the pod as it stays
+        eventually(lambda: lab.ip(pod.role, "-6", "addr", "show", "tentative").stdout == "", 10, "IPv6 addresses still tentative")
         before = pod.snapshot()
         env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n203.0.113.26"}
         argv = [sys.executable, "-m", "egress_router", "monitor" if command == "monitor" else "init"]
