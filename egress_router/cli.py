@@ -134,14 +134,22 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
         return
     nameservers = pod_nameservers()
     plan = build_plan(settings, nameservers)
+    from egress_router.init import nat_backend
+
+    try:
+        backend = nat_backend.resolve(settings.nat_backend, plan, check=settings.mode is not Mode.UNIT_TEST)
+    except ApplyError as error:
+        fail("init", f"{error}; nothing was changed")
+        return
     if settings.mode is Mode.UNIT_TEST:
-        click.echo(render_plan(plan))
+        click.echo(render_plan(plan, backend.render))
+        click.echo(f"nat    backend {backend.name} ({backend.why})")
         return
     from egress_router.init.apply import apply_plan
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        apply_plan(plan)
+        apply_plan(plan, backend)
     except ApplyError as error:
         fail("init", str(error))
     except Terminated:
@@ -153,7 +161,7 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
 
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # held until the loop's handlers are in
         log.info("set up; waiting for SIGTERM")
-        sys.exit(monitor_module.run(settings, nameservers, None, init_settings.CHECK_INTERVAL.default_value()))
+        sys.exit(monitor_module.run(settings, nameservers, None, init_settings.CHECK_INTERVAL.default_value(), backend))
 
 
 def pod_nameservers(path: str = "/etc/resolv.conf") -> tuple[IPv4Address, ...]:
@@ -232,6 +240,8 @@ def dns_proxy(destination: str | None, destination_file: str | None, **values: s
 def monitor(destination: str | None, destination_file: str | None, debug: str | None, **values: str | None) -> None:
     """Keep a redirect pod's setup true: re-announce, follow the rules file, restore removed rules (NET_ADMIN, NET_RAW)."""
     from egress_router.init import monitor as monitor_module
+    from egress_router.init import nat_backend
+    from egress_router.init.plan import build_plan
 
     logs.setup(init_settings.DEBUG.parse(debug), "monitor")
     try:
@@ -240,4 +250,10 @@ def monitor(destination: str | None, destination_file: str | None, debug: str | 
     except ConfigError as error:
         fail("monitor", str(error))
         return
-    sys.exit(monitor_module.run(settings.init, pod_nameservers(), list_file(destination_file, rules), settings.check_interval))
+    nameservers = pod_nameservers()
+    try:
+        backend = nat_backend.resolve(settings.init.nat_backend, build_plan(settings.init, nameservers))
+    except ApplyError as error:
+        fail("monitor", str(error))
+        return
+    sys.exit(monitor_module.run(settings.init, nameservers, list_file(destination_file, rules), settings.check_interval, backend))

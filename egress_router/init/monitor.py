@@ -18,9 +18,10 @@ from ipaddress import IPv4Address
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.init_settings import InitSettings, Mode
 from egress_router.errors import ApplyError
-from egress_router.init import arp, metrics, nat
+from egress_router.init import arp, metrics
 from egress_router.init.apply import ClusterSide, decide_cluster_side, keep_cluster_side
 from egress_router.init.journal import Journal
+from egress_router.init.nat_backend import Backend
 from egress_router.init.netlink import PodNetwork, PolicyRouting
 from egress_router.init.plan import ChainSet, NetworkPlan, build_plan, labelled_nat_rules
 from egress_router.observe.endpoints import local_probes, serving
@@ -38,9 +39,10 @@ class Keeper:
     NAT rules' counters. Passes run in a thread (pyroute2 and python-iptables block); the loop only reads.
     """
 
-    def __init__(self, settings: InitSettings, plan: NetworkPlan) -> None:
+    def __init__(self, settings: InitSettings, plan: NetworkPlan, backend: Backend) -> None:
         self.settings = settings
         self.plan = plan
+        self.backend = backend
         self.side: ClusterSide | None = None
         self.reason = "installed (they were missing or different)"  # what the next pass's repairs are called
         self.problem: str | None = "not checked yet"
@@ -66,9 +68,9 @@ class Keeper:
             if self.side is None:
                 self.side = decide_cluster_side(routing, self.plan)
             self.repaired("reply-routing", keep_cluster_side(routing, self.side, reread=True), f"reply routing {reason}")
-            self.repaired("reply-marks", nat.apply_chains(self.plan.marks), f"reply marks {reason}")
+            self.repaired("reply-marks", self.backend.install(self.plan.marks), f"reply marks {reason}")
             if self.plan.nat is not None:
-                self.repaired("nat", nat.apply_chains(self.plan.nat), f"NAT rules {reason}")
+                self.repaired("nat", self.backend.install(self.plan.nat), f"NAT rules {reason}")
                 self.read_counters(self.plan.nat)
         except ApplyError as error:
             log.error("%s", error)
@@ -88,7 +90,7 @@ class Keeper:
             count(self.restores, what)
 
     def read_counters(self, chains: ChainSet) -> None:
-        found = nat.counters(chains)
+        found = self.backend.counters(chains)
         if found is not None:
             labels = [label for _, label in labelled_nat_rules(self.settings)]
             self.nat_counters = {(label,): counts for label, counts in zip(labels, found, strict=True)}
@@ -98,9 +100,14 @@ class Keeper:
 
 
 async def watch_until_stopped(
-    settings: InitSettings, nameservers: tuple[IPv4Address, ...], list_file: ListFile | None, interval: float, stop: asyncio.Event
+    settings: InitSettings,
+    nameservers: tuple[IPv4Address, ...],
+    list_file: ListFile | None,
+    interval: float,
+    backend: Backend,
+    stop: asyncio.Event,
 ) -> None:
-    keeper = Keeper(settings, build_plan(settings, nameservers))
+    keeper = Keeper(settings, build_plan(settings, nameservers), backend)
     keeper.announce()
     wake = asyncio.Event()
     reloads = keeper.stats.counter(CONFIG_RELOADS.name)
@@ -139,6 +146,6 @@ async def keep(
                 waiting.cancel()
 
 
-def run(settings: InitSettings, nameservers: tuple[IPv4Address, ...], list_file: ListFile | None, interval: float) -> int:
-    run_loop(lambda stop: watch_until_stopped(settings, nameservers, list_file, interval, stop))
+def run(settings: InitSettings, nameservers: tuple[IPv4Address, ...], list_file: ListFile | None, interval: float, backend: Backend) -> int:
+    run_loop(lambda stop: watch_until_stopped(settings, nameservers, list_file, interval, backend, stop))
     return 0

@@ -1,0 +1,60 @@
+"""Choosing the NAT backend (EGRESS_NAT_BACKEND), without root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from egress_router.config.errors import ConfigError
+from egress_router.config.init_settings import load_init_settings
+from egress_router.init import nat, nat_backend
+from egress_router.init.nat_backend import decide
+
+REDIRECT = {"source": "192.168.12.99", "gateway": "192.168.12.1", "destination": "80 tcp 203.0.113.25", "mode": "init"}
+
+
+def test_auto_takes_legacy_iptables_where_it_is_and_nftables_otherwise() -> None:
+    assert decide("auto", None).name == "iptables"
+    chosen = decide("auto", "no legacy iptables in the kernel (/proc/net/ip_tables_names missing)")
+    assert chosen.name == "nftables"
+    assert chosen.why == "EGRESS_NAT_BACKEND=auto: no legacy iptables in the kernel (/proc/net/ip_tables_names missing)"
+
+
+@pytest.mark.parametrize("choice", ["iptables", "nftables"])
+def test_an_explicit_choice_is_taken_as_given(choice: str) -> None:
+    assert decide(choice, "whatever auto would have seen") == nat_backend.Backend(choice, f"EGRESS_NAT_BACKEND={choice}")
+
+
+def test_the_default_is_auto_and_case_does_not_matter() -> None:
+    assert load_init_settings(**REDIRECT).nat_backend == "auto"
+    assert load_init_settings(**REDIRECT, nat_backend="NFTables").nat_backend == "nftables"
+
+
+def test_an_unknown_backend_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_init_settings(**REDIRECT, nat_backend="pf")
+    assert str(caught.value) == 'EGRESS_NAT_BACKEND: unknown NAT backend (must be one of auto, iptables, nftables): "pf"'
+
+
+def test_the_kernel_check_only_reads_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    present = tmp_path / "ip_tables_names"
+    present.write_text("nat\nmangle\n")
+    monkeypatch.setattr(nat, "TABLE_NAMES", {"ipv4": str(present), "ipv6": str(tmp_path / "ip6_tables_names")})
+    assert nat.legacy_tables("ipv4") == {"nat", "mangle"}
+    assert nat.legacy_tables("ipv6") == set()
+    assert nat_backend.legacy_problem(["ipv4", "ipv6", "ipv4"]) == f"no legacy iptables in the kernel ({tmp_path}/ip6_tables_names missing)"
+    monkeypatch.setattr(nat, "image_problem", lambda: "cannot load python-iptables")
+    assert nat_backend.legacy_problem(["ipv4"]) == "cannot load python-iptables"
+
+
+def test_unit_test_mode_decides_without_probing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from egress_router.init.plan import build_plan
+
+    def probe(*_: object) -> str:
+        raise AssertionError("unit-test mode must not probe the kernel")
+
+    monkeypatch.setattr(nat, "kernel_problem", probe)
+    monkeypatch.setattr(nat_backend.nft, "problem", probe)
+    plan = build_plan(load_init_settings(**{**REDIRECT, "mode": "unit-test"}))
+    assert nat_backend.resolve("nftables", plan, check=False).name == "nftables"
