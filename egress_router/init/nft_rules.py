@@ -150,15 +150,22 @@ def format_endpoint(address: str, port: int | None) -> str:
 
 
 def set_xmark(key: Expr, value: int, mask: int) -> Expr:
-    """iptables' --set-xmark value/mask (mark = mark & ~mask ^ value), in the shortest form nft lists it back in."""
+    """iptables' --set-xmark value/mask (mark = mark & ~mask ^ value), in the form nft lists it back in: when the value
+    lies within the mask, nft writes the XOR as an OR and keeps the value's bits in the AND."""
+    if mask == 0:
+        raise Unsupported(f"--set-xmark {value:#x}/0 sets no bit")
     if mask == MARK_BITS:
         new: Any = value
-    elif value == mask:
-        new = {"|": [key, value]}
-    elif value == 0:
-        new = {"&": [key, ~mask & MARK_BITS]}
-    else:
+    elif value & ~mask & MARK_BITS:
         new = {"^": [{"&": [key, ~mask & MARK_BITS]}, value]}
+    else:
+        keep = (~mask | value) & MARK_BITS
+        if keep == MARK_BITS:
+            new = {"|": [key, value]}
+        elif value == 0:
+            new = {"&": [key, keep]}
+        else:
+            new = {"|": [{"&": [key, keep]}, value]}
     return {"mangle": {"key": key, "value": new}}
 
 
@@ -175,10 +182,17 @@ def _port_match(protocol: str, options: dict[str, str]) -> list[Expr]:
     return found
 
 
+#: Connection states in the order of their bits, the order nft lists a set of them in.
+CT_STATES = ("invalid", "established", "related", "new", "untracked")
+
+
 def _conntrack_match(options: dict[str, str]) -> list[Expr]:
     found = []
     if "ctstate" in options:
-        states = [state.lower() for state in options.pop("ctstate").split(",")]
+        given = options.pop("ctstate")
+        states = sorted({state.lower() for state in given.split(",")}, key=lambda s: CT_STATES.index(s) if s in CT_STATES else -1)
+        if states[0] not in CT_STATES:
+            raise Unsupported(f"unknown connection state in {given!r}")
         found.append(_match(_ct("state"), states[0] if len(states) == 1 else states, "in"))
     if "ctdir" in options:
         found.append(_match(_ct("direction"), options.pop("ctdir").lower()))
@@ -318,8 +332,8 @@ def write_batch(family: str, found: dict[str, Chain], wanted: dict[str, Chain | 
 
 
 def _value_text(value: Any, hexadecimal: bool) -> str:
-    if isinstance(value, list):
-        return "{ " + ", ".join(_value_text(v, hexadecimal) for v in value) + " }"
+    if isinstance(value, list):  # flags (ct state), which nft writes comma-separated
+        return ",".join(_value_text(v, hexadecimal) for v in value)
     if isinstance(value, int):
         return f"{value:#010x}" if hexadecimal else str(value)
     if isinstance(value, dict):

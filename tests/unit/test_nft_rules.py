@@ -115,7 +115,8 @@ def test_ipv6_chain_sets_go_to_the_ip6_table() -> None:
     [
         (0x400000, 0x400000, {"|": [{"ct": {"key": "mark"}}, 0x400000]}),
         (0, 0x400000, {"&": [{"ct": {"key": "mark"}}, 0xFFBFFFFF]}),
-        (0x100000, 0x300000, {"^": [{"&": [{"ct": {"key": "mark"}}, 0xFFCFFFFF]}, 0x100000]}),
+        (0x100000, 0x300000, {"|": [{"&": [{"ct": {"key": "mark"}}, 0xFFDFFFFF]}, 0x100000]}),  # nft lists & 0xffdfffff | 0x00100000
+        (0x100000, 0x400000, {"^": [{"&": [{"ct": {"key": "mark"}}, 0xFFBFFFFF]}, 0x100000]}),  # a bit outside the mask toggles
         (5, 0xFFFFFFFF, 5),
     ],
 )
