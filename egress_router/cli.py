@@ -256,4 +256,5 @@ def monitor(destination: str | None, destination_file: str | None, debug: str | 
     except ApplyError as error:
         fail("monitor", str(error))
         return
+    log.info("NAT backend: %s (%s)", backend.name, backend.why)
     sys.exit(monitor_module.run(settings.init, nameservers, list_file(destination_file, rules), settings.check_interval, backend))

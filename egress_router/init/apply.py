@@ -101,9 +101,9 @@ def apply_plan(plan: NetworkPlan, backend: Backend) -> bool:
             keep_cluster_side(routing, side),
             net.set_default_route(index, plan.interface, plan.gateway),
             *[sysctl.set_sysctl(journal, key, value) for key, value in plan.sysctls],
-            backend.install(plan.marks, journal),
-            plan.nat is not None and backend.install(plan.nat, journal),
         ]
+        log.info("NAT backend: %s (%s)", backend.name, backend.why)
+        changed += [backend.install(plan.marks, journal), plan.nat is not None and backend.install(plan.nat, journal)]
     except BaseException as error:
         steps = len(journal)
         failed = journal.rollback()

@@ -8,7 +8,6 @@ one to the other never holds both.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -20,8 +19,6 @@ from egress_router.init.plan import ChainSet, NetworkPlan
 
 if TYPE_CHECKING:
     from egress_router.init.journal import Journal
-
-log = logging.getLogger(__name__)
 
 
 class NatEdge(Protocol):
@@ -88,7 +85,8 @@ def chain_sets(plan: NetworkPlan) -> list[ChainSet]:
 
 def resolve(choice: str, plan: NetworkPlan, *, check: bool = True) -> Backend:
     """The backend to use for `plan`. With `check`, make sure it works here before anything is changed
-    (ApplyError naming EGRESS_NAT_BACKEND otherwise); unit-test mode only decides, reading nothing but files."""
+    (ApplyError naming EGRESS_NAT_BACKEND otherwise); unit-test mode only decides, reading nothing but files.
+    The caller logs the choice where it starts using it (a run that fails before then prints only its error)."""
     sets = chain_sets(plan)
     backend = decide(choice, legacy_problem(chains.family for chains in sets) if choice == "auto" else None)
     if check:
@@ -98,5 +96,4 @@ def resolve(choice: str, plan: NetworkPlan, *, check: bool = True) -> Backend:
         if problem is not None:
             other = "nftables" if backend.name == "iptables" else "iptables"
             raise ApplyError(f"{NAT_BACKEND.variable}: {backend.name} cannot be used here: {problem} (set it to {other} or auto)")
-        log.info("NAT backend: %s (%s)", backend.name, backend.why)
     return backend
