@@ -1,4 +1,5 @@
-"""`egress-router monitor` in a redirect pod: follows the rules file, restores removed rules, stops on SIGTERM."""
+"""`egress-router monitor` in a redirect pod: follows the rules file, restores removed rules, stops on SIGTERM.
+Every test runs with each NAT backend (iptables, nftables)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
-from egress_router.lab.topology import environment, run
 from tests.lab.conftest import Pod
 from tests.lab.http_helpers import http_get, samples
 from tests.lab.waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("nat_backend")
 
 
 def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_path: Path) -> None:
@@ -21,9 +25,10 @@ def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_pat
     env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION_FILE": str(rules)}
     assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0
     monitor = lab.start_in(
-        pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment(**env, EGRESS_ROUTER_MONITOR_INTERVAL="500ms")
+        pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=pod.env(**env, EGRESS_ROUTER_MONITOR_INTERVAL="500ms")
     )
     eventually(lambda: "watching macvlan0" in monitor.stderr())
+    assert f"NAT backend: {pod.nat_backend} (EGRESS_NAT_BACKEND={pod.nat_backend})" in monitor.stderr()
     assert lab.tcp("client", pod.ip, 80).server == "203.0.113.25"
 
     rules.write_text("80 tcp 203.0.113.26\n9000 tcp 203.0.113.27\n")
@@ -36,7 +41,7 @@ def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_pat
     assert "EGRESS_DESTINATION line 1: invalid port 99999" in monitor.stderr()
     assert lab.tcp("client", pod.ip, 80).server == "203.0.113.26"
 
-    run(lab.exec_argv(pod.role, ["iptables-legacy", "-t", "nat", "-F", "EGRESS-ROUTER-DNAT"]))
+    pod.flush_chain("nat", "EGRESS-ROUTER-DNAT")
     eventually(lambda: "NAT rules restored" in monitor.stderr())
     assert lab.tcp("client", pod.ip, 9000).server == "203.0.113.27"
 
@@ -44,7 +49,7 @@ def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_pat
     assert lab.tcp("client2", pod.ip, 9000).server == "203.0.113.27"
     lab.ip(pod.role, "rule", "del", "priority", "1000")
     lab.ip(pod.role, "route", "flush", "table", "201")
-    run(lab.exec_argv(pod.role, ["iptables-legacy", "-t", "mangle", "-F", "EGRESS-ROUTER-MARK"]))
+    pod.flush_chain("mangle", "EGRESS-ROUTER-MARK")
     eventually(lambda: "reply routing restored" in monitor.stderr() and "reply marks restored" in monitor.stderr())
     eventually(lambda: lab.tcp("client2", pod.ip, 9000, timeout=1).server == "203.0.113.27")
     assert "1000:\tfrom all fwmark 0x400000/0x400000 lookup 201" in pod.snapshot()["rules"]
@@ -64,7 +69,7 @@ def test_monitor_probes_and_nat_counters(lab: Lab, pod: Pod) -> None:
     env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n203.0.113.26"}
     assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0
     monitor = lab.start_in(
-        pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment(**env, EGRESS_ROUTER_MONITOR_INTERVAL="300ms")
+        pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=pod.env(**env, EGRESS_ROUTER_MONITOR_INTERVAL="300ms")
     )
     lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
     assert http_get(lab, "node", pod.ip, 9191, "/healthz") == (200, "ok\n")
@@ -79,7 +84,7 @@ def test_monitor_probes_and_nat_counters(lab: Lab, pod: Pod) -> None:
     assert (metric(lab, pod, "egress_router_arp_last_announce_timestamp_seconds") or 0) > 1.7e9
     assert metric(lab, pod, "egress_router_build_info", mode="monitor", version="0.1.0") == 1
 
-    run(lab.exec_argv(pod.role, ["iptables-legacy", "-t", "nat", "-F", "EGRESS-ROUTER-DNAT"]))
+    pod.flush_chain("nat", "EGRESS-ROUTER-DNAT")
     eventually(lambda: metric(lab, pod, "egress_router_restores_total", what="nat") == 1)
 
     lab.ip(pod.role, "addr", "flush", "dev", "macvlan0")  # the egress address is gone: not ready, and says why
