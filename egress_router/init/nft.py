@@ -63,18 +63,20 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
 
 
 def remove_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
-    """Take our chains for `chains` out (the table too once it is empty); False when there were none or no libnftables."""
+    """Take our chains for `chains` out (the table too once it is empty); False when there were none.
+
+    Where nftables cannot even be listed (no libnftables, a kernel without nf_tables) there is nothing of ours in it.
+    """
     family = nft_rules.nft_family(chains)
     names = [chain.name for chain in nft_rules.layout(chains)]
     try:
-        libnftables.load()
+        found = _found(family)
     except NftError as error:
         log.debug("no nftables rules of ours to look for: %s", error)
         return False
+    if not any(name in found for name in names):
+        return False
     try:
-        found = _found(family)
-        if not any(name in found for name in names):
-            return False
         libnftables.run(nft_rules.write_batch(family, found, dict.fromkeys(names)))
     except NftError as error:
         raise ApplyError(f"cannot remove our {chains.table} rules from nftables table {family} {TABLE}: {error}") from error

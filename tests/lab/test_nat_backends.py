@@ -80,6 +80,13 @@ def test_a_backend_the_machine_lacks_is_explained_and_changes_nothing(
     assert pod.snapshot() == before
 
 
+def test_iptables_works_in_an_image_without_libnftables(lab: Lab, pod: Pod) -> None:
+    """There is nothing of ours to remove from nftables where it cannot even be listed."""
+    code, log = init_without(lab, pod, libnftables(), "mount --bind /dev/null", EGRESS_NAT_BACKEND="iptables")
+    assert code == 0, log
+    assert lab.tcp("client", pod.ip, 80).client == pod.source
+
+
 @pytest.mark.parametrize("to", NAT_BACKENDS)
 def test_switching_backends_removes_the_other_backends_rules(lab: Lab, pod: Pod, to: str) -> None:
     other = next(backend for backend in NAT_BACKENDS if backend != to)

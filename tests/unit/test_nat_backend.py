@@ -58,3 +58,37 @@ def test_unit_test_mode_decides_without_probing(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(nat_backend.nft, "problem", probe)
     plan = build_plan(load_init_settings(**{**REDIRECT, "mode": "unit-test"}))
     assert nat_backend.resolve("nftables", plan, check=False).name == "nftables"
+
+
+class Edge:
+    """A backend's edge that records what it was asked to do."""
+
+    def __init__(self, name: str, calls: list[str], holds: bool) -> None:
+        self.name, self.calls, self.holds = name, calls, holds
+
+    def apply_chains(self, chains: object, journal: object = None) -> bool:
+        self.calls.append(f"{self.name} apply")
+        return True
+
+    def remove_chains(self, chains: object, journal: object = None) -> bool:
+        self.calls.append(f"{self.name} remove")
+        return self.holds
+
+    def counters(self, chains: object) -> None:
+        return None
+
+    def render(self, chains: object) -> str:
+        return self.name
+
+
+@pytest.mark.parametrize("chosen", ["iptables", "nftables"])
+def test_installing_through_one_backend_removes_our_chains_from_the_other(monkeypatch: pytest.MonkeyPatch, chosen: str) -> None:
+    from egress_router.init.plan import mark_chains
+
+    calls: list[str] = []
+    edges = {name: Edge(name, calls, holds=False) for name in ("iptables", "nftables")}
+    monkeypatch.setattr(nat_backend, "EDGES", edges)
+    other = "nftables" if chosen == "iptables" else "iptables"
+    assert nat_backend.Backend(chosen, "test").install(mark_chains())
+    assert calls == [f"{chosen} apply", f"{other} remove"]  # the new rules first: never a moment without them
+    assert nat_backend.Backend(chosen, "test").render(mark_chains()) == chosen
