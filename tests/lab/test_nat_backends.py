@@ -186,6 +186,27 @@ def test_every_rule_form_reads_back_as_written(lab: Lab, pod: Pod, sample: str) 
     assert json.loads(done.stdout) == [[0, 0]] * len(SAMPLES[sample].rules)
 
 
+IPTABLES_ROUND_TRIP = """
+import subprocess, sys
+from egress_router.init import nat
+from tests.lab.test_nat_backends import SAMPLES
+chains = SAMPLES[sys.argv[1]]
+assert nat.apply_chains(chains) and not nat.apply_chains(chains)
+assert nat.counters(chains) == [(0, 0)] * len(chains.rules)
+save = "ip6tables-legacy-save" if chains.family == "ipv6" else "iptables-legacy-save"
+print(subprocess.run([save, "-t", chains.table], capture_output=True, text=True).stdout)
+assert nat.remove_chains(chains) and not nat.remove_chains(chains)
+"""
+
+
+@pytest.mark.parametrize("sample", ["nat-ipv4", "nat-ipv6"])
+def test_the_iptables_backend_takes_both_families(lab: Lab, pod: Pod, sample: str) -> None:
+    done = lab.run_in(pod.role, [sys.executable, "-c", IPTABLES_ROUND_TRIP, sample], env=pod.env())
+    assert done.returncode == 0, done.stderr
+    expected = "[2001:db8::25]:80" if sample == "nat-ipv6" else "203.0.113.26:80"
+    assert f"-j DNAT --to-destination {expected}" in done.stdout
+
+
 SWITCH_AND_ROLL_BACK = """
 import subprocess
 from egress_router.init import nat
