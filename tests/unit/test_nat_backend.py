@@ -92,3 +92,21 @@ def test_installing_through_one_backend_removes_our_chains_from_the_other(monkey
     assert nat_backend.Backend(chosen, "test").install(mark_chains())
     assert calls == [f"{chosen} apply", f"{other} remove"]  # the new rules first: never a moment without them
     assert nat_backend.Backend(chosen, "test").render(mark_chains()) == chosen
+
+
+def test_unit_test_mode_prints_the_rules_in_the_chosen_syntax_and_names_the_backend() -> None:
+    from click.testing import CliRunner
+
+    from egress_router.cli import main
+
+    env = {"EGRESS_SOURCE": "192.168.12.99", "EGRESS_GATEWAY": "192.168.12.1", "EGRESS_DESTINATION": "80 tcp 203.0.113.25"}
+    env |= {"EGRESS_ROUTER_MODE": "unit-test", "EGRESS_NAT_BACKEND": "nftables"}
+    result = CliRunner().invoke(main, ["init"], env=env)
+    assert result.exit_code == 0, result.output
+    assert '\t\tiifname "eth0" tcp dport 80 counter dnat to 203.0.113.25' in result.stdout
+    assert "-A EGRESS-ROUTER" not in result.stdout
+    assert result.stdout.splitlines()[-1] == "nat    backend nftables (EGRESS_NAT_BACKEND=nftables)"
+    by_option = CliRunner().invoke(
+        main, ["init", "--nat-backend", "nftables"], env={k: v for k, v in env.items() if k != "EGRESS_NAT_BACKEND"}
+    )
+    assert by_option.stdout == result.stdout
