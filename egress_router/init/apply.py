@@ -6,9 +6,10 @@ import logging
 from dataclasses import dataclass
 
 from egress_router.errors import ApplyError
-from egress_router.init import arp, cluster_routes, nat, sysctl
+from egress_router.init import arp, cluster_routes, sysctl
 from egress_router.init.cluster_routes import KernelRoute, NoNextHop
 from egress_router.init.journal import Journal
+from egress_router.init.nat_backend import Backend
 from egress_router.init.netlink import PodNetwork, PolicyRouting
 from egress_router.init.plan import CLUSTER_INTERFACE, REPLY_MARK, REPLY_RULE_PRIORITY, REPLY_TABLE, ROUTE_PROTO, NetworkPlan, render_plan
 
@@ -83,9 +84,9 @@ def keep_cluster_side(routing: PolicyRouting, side: ClusterSide, *, reread: bool
     return changed
 
 
-def apply_plan(plan: NetworkPlan) -> bool:
+def apply_plan(plan: NetworkPlan, backend: Backend) -> bool:
     """Returns whether anything changed. On failure, undoes what was done and raises ApplyError."""
-    for line in render_plan(plan).splitlines():
+    for line in render_plan(plan, backend.render).splitlines():
         log.debug("plan: %s", line)
     journal = Journal()
     net = PodNetwork(journal)
@@ -100,9 +101,9 @@ def apply_plan(plan: NetworkPlan) -> bool:
             keep_cluster_side(routing, side),
             net.set_default_route(index, plan.interface, plan.gateway),
             *[sysctl.set_sysctl(journal, key, value) for key, value in plan.sysctls],
-            nat.apply_chains(plan.marks, journal),
-            plan.nat is not None and nat.apply_chains(plan.nat),
         ]
+        log.info("NAT backend: %s (%s)", backend.name, backend.why)
+        changed += [backend.install(plan.marks, journal), plan.nat is not None and backend.install(plan.nat, journal)]
     except BaseException as error:
         steps = len(journal)
         failed = journal.rollback()

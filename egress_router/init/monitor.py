@@ -18,9 +18,10 @@ from ipaddress import IPv4Address
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.init_settings import InitSettings, Mode, check_metrics_port
 from egress_router.errors import ApplyError
-from egress_router.init import arp, metrics, nat
+from egress_router.init import arp, metrics
 from egress_router.init.apply import ClusterSide, decide_cluster_side, keep_cluster_side
 from egress_router.init.journal import Journal
+from egress_router.init.nat_backend import Backend
 from egress_router.init.netlink import PodNetwork, PolicyRouting
 from egress_router.init.plan import NetworkPlan, build_plan, labelled_nat_rules
 from egress_router.observe.endpoints import local_probes, serving
@@ -53,9 +54,10 @@ class Keeper:
     over a new list (use()): a pass reads `target` once and keeps to what it read; the loop only reads the rest.
     """
 
-    def __init__(self, settings: InitSettings, plan: NetworkPlan) -> None:
+    def __init__(self, settings: InitSettings, plan: NetworkPlan, backend: Backend) -> None:
         self.target = Target(settings, plan)
         self.kept: Target | None = None  # what the last complete pass put in place
+        self.backend = backend
         self.side: ClusterSide | None = None
         self.problem: str | None = "not checked yet"
         self.address_present = False
@@ -90,9 +92,9 @@ class Keeper:
             if self.side is None:
                 self.side = decide_cluster_side(routing, target.plan)
             self.repaired("reply-routing", keep_cluster_side(routing, self.side, reread=True), "reply routing", reason)
-            self.repaired("reply-marks", nat.apply_chains(target.plan.marks), "reply marks", reason)
+            self.repaired("reply-marks", self.backend.install(target.plan.marks), "reply marks", reason)
             if target.plan.nat is not None:
-                self.repaired("nat", nat.apply_chains(target.plan.nat), "NAT rules", reason)
+                self.repaired("nat", self.backend.install(target.plan.nat), "NAT rules", reason)
                 self.read_counters(target)
             self.kept = target
         except ApplyError as error:
@@ -125,7 +127,7 @@ class Keeper:
 
     def read_counters(self, target: Target) -> None:
         assert target.plan.nat is not None
-        found = nat.counters(target.plan.nat)
+        found = self.backend.counters(target.plan.nat)
         if found is not None:
             labels = [label for _, label in labelled_nat_rules(target.settings)]
             self.nat_counters = {(label,): counts for label, counts in zip(labels, found, strict=True)}
@@ -140,9 +142,14 @@ def list_parser(settings: InitSettings) -> Callable[[str], Destinations]:
 
 
 async def watch_until_stopped(
-    settings: InitSettings, nameservers: tuple[IPv4Address, ...], list_file: ListFile | None, interval: float, stop: asyncio.Event
+    settings: InitSettings,
+    nameservers: tuple[IPv4Address, ...],
+    list_file: ListFile | None,
+    interval: float,
+    backend: Backend,
+    stop: asyncio.Event,
 ) -> None:
-    keeper = Keeper(settings, build_plan(settings, nameservers))
+    keeper = Keeper(settings, build_plan(settings, nameservers), backend)
     keeper.announce()
     wake = asyncio.Event()
     reloads = keeper.stats.counter(CONFIG_RELOADS.name)
@@ -170,6 +177,6 @@ async def keep(keeper: Keeper, stop: asyncio.Event, wake: asyncio.Event, interva
             waiting.cancel()
 
 
-def run(settings: InitSettings, nameservers: tuple[IPv4Address, ...], list_file: ListFile | None, interval: float) -> int:
-    run_loop(lambda stop: watch_until_stopped(settings, nameservers, list_file, interval, stop))
+def run(settings: InitSettings, nameservers: tuple[IPv4Address, ...], list_file: ListFile | None, interval: float, backend: Backend) -> int:
+    run_loop(lambda stop: watch_until_stopped(settings, nameservers, list_file, interval, backend, stop))
     return 0

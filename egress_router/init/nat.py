@@ -1,4 +1,7 @@
-"""NAT rules in chains the router owns, committed to the kernel in one transaction (python-iptables)."""
+"""NAT rules in chains the router owns, committed to the kernel in one transaction (python-iptables, legacy xtables).
+
+The iptables NAT backend; init/nft.py is the nftables one, with the same functions.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,21 @@ import os
 import sys
 import sysconfig
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from egress_router.errors import ApplyError
-from egress_router.init.journal import Journal
 from egress_router.init.plan import ChainSet
 
+if TYPE_CHECKING:
+    from egress_router.init.journal import Journal
+
 log = logging.getLogger(__name__)
+
+render = ChainSet.render
+
+#: The legacy tables instantiated in this network namespace; the file exists once the kernel has legacy iptables
+#: (built in, or its module loaded), and lists a table once something in the namespace has used it.
+TABLE_NAMES = {"ipv4": "/proc/net/ip_tables_names", "ipv6": "/proc/net/ip6_tables_names"}
 
 
 def _prepare_iptc_import() -> None:
@@ -46,27 +57,69 @@ def _iptc() -> Any:
     return iptc
 
 
-def _build(iptc: Any, shape: dict[str, Any]) -> Any:
-    return iptc.easy.encode_iptc_rule(shape)
+def image_problem() -> str | None:
+    """Why this image cannot drive legacy iptables (python-iptables or the iptables package's extensions missing), or None."""
+    try:
+        _iptc()
+    except ApplyError as error:
+        return str(error)
+    libdir = os.environ.get("XTABLES_LIBDIR")
+    if not libdir or not os.path.isdir(libdir):
+        return "no xtables extensions here (is the iptables package installed?)"
+    return None
+
+
+def kernel_has_legacy(family: str) -> bool:
+    """Read-only: whether the kernel has legacy iptables for `family` now (nothing is loaded or created to find out)."""
+    return os.path.exists(TABLE_NAMES[family])
+
+
+def legacy_tables(family: str) -> set[str]:
+    """The legacy tables that exist in this network namespace (empty without legacy iptables)."""
+    try:
+        with open(TABLE_NAMES[family], encoding="ascii") as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
+
+
+def kernel_problem(chain_sets: list[ChainSet]) -> str | None:
+    """Why the kernel will not give us the tables these chain sets need (opening one creates it, as any iptables
+    command does), or None."""
+    iptc = _iptc()
+    for chains in chain_sets:
+        try:
+            _open(iptc, chains.table, chains.family)
+        except iptc.IPTCError as error:
+            return f"{_IPTABLES[chains.family]} cannot open the {chains.table} table: {error}"
+    return None
+
+
+_IPTABLES = {"ipv4": "iptables", "ipv6": "ip6tables"}
+
+
+def _ipv6(chains: ChainSet) -> bool:
+    return chains.family == "ipv6"
+
+
+def _build(iptc: Any, shape: dict[str, Any], ipv6: bool) -> Any:
+    return iptc.easy.encode_iptc_rule(shape, ipv6)
 
 
 def _jump(chain: str) -> dict[str, Any]:
     return {"target": chain}
 
 
-def _shape(iptc: Any, rule: Any) -> dict[str, Any]:
+def _shape(iptc: Any, rule: Any, ipv6: bool) -> dict[str, Any]:
     """A rule as comparable data: python-iptables' own equality sees stray bytes in SNAT targets."""
-    decoded = dict(iptc.easy.decode_iptc_rule(rule))
+    decoded = dict(iptc.easy.decode_iptc_rule(rule, ipv6))
     decoded.pop("counters", None)
     return decoded
 
 
-_TABLES = {"nat": "NAT", "mangle": "MANGLE"}
-
-
-def _open(iptc: Any, name: str) -> Any:
+def _open(iptc: Any, name: str, family: str) -> Any:
     """The table, fresh from the kernel, collecting changes for one commit."""
-    table = iptc.Table(getattr(iptc.Table, _TABLES[name]))
+    table = iptc.Table6(name) if family == "ipv6" else iptc.Table(name)
     table.autocommit = False
     table.refresh()
     return table
@@ -75,10 +128,11 @@ def _open(iptc: Any, name: str) -> Any:
 def _state(iptc: Any, table: Any, chains: ChainSet) -> dict[str, Any]:
     """Our chains' rules (None: chain absent) and how many jumps each built-in chain has to them."""
     state: dict[str, Any] = {}
+    ipv6 = _ipv6(chains)
     for chain, parents in chains.chains:
-        state[chain] = [_shape(iptc, r) for r in iptc.Chain(table, chain).rules] if table.is_chain(chain) else None
+        state[chain] = [_shape(iptc, r, ipv6) for r in iptc.Chain(table, chain).rules] if table.is_chain(chain) else None
         for parent in parents:
-            state[f"{parent}->{chain}"] = sum(_shape(iptc, r) == _jump(chain) for r in iptc.Chain(table, parent).rules)
+            state[f"{parent}->{chain}"] = sum(_shape(iptc, r, ipv6) == _jump(chain) for r in iptc.Chain(table, parent).rules)
     return state
 
 
@@ -93,12 +147,12 @@ def _write(iptc: Any, table: Any, chains: ChainSet, rules: dict[str, list[Any] |
                 chain.append_rule(rule)
         for parent_name in parents:
             parent = iptc.Chain(table, parent_name)
-            jumps = [r for r in parent.rules if _shape(iptc, r) == _jump(chain_name)]
+            jumps = [r for r in parent.rules if _shape(iptc, r, _ipv6(chains)) == _jump(chain_name)]
             keep = 0 if wanted is None else 1
             for rule in jumps[keep:]:
                 parent.delete_rule(rule)
             if keep and not jumps:
-                jump = iptc.Rule()
+                jump = iptc.Rule6() if _ipv6(chains) else iptc.Rule()
                 jump.create_target(chain_name)
                 parent.insert_rule(jump)
         if wanted is None and table.is_chain(chain_name):
@@ -114,10 +168,10 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
     """
     iptc = _iptc()
     try:
-        table = _open(iptc, chains.table)
+        table = _open(iptc, chains.table, chains.family)
         wanted = {chain: [r.as_dict() for r in chains.rules if r.chain == chain] for chain, _ in chains.chains}
         before = _state(iptc, table, chains)
-        built = {chain: [_build(iptc, shape) for shape in shapes] for chain, shapes in wanted.items()}
+        built = {chain: [_build(iptc, shape, _ipv6(chains)) for shape in shapes] for chain, shapes in wanted.items()}
         if _unchanged(iptc, chains, before, built):
             log.debug("%s rules already in place (%d rules)", chains.table, len(chains.rules))
             return False
@@ -141,13 +195,43 @@ def _unchanged(iptc: Any, chains: ChainSet, before: dict[str, Any], built: dict[
         current = before[chain]
         if current is None or len(current) != len(built[chain]) or any(before[f"{p}->{chain}"] != 1 for p in parents):
             return False
-    return all(before[chain] == [_shape(iptc, r) for r in built[chain]] for chain, _ in chains.chains)
+    return all(before[chain] == [_shape(iptc, r, _ipv6(chains)) for r in built[chain]] for chain, _ in chains.chains)
+
+
+def remove_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
+    """Take our chains for `chains` and their jumps out (when switching to nftables); False when there were none.
+
+    Looks only where the legacy table already exists in this namespace: a pod that never used legacy iptables
+    has no rules of ours there, and looking would create the table.
+    """
+    if chains.table not in legacy_tables(chains.family):
+        return False
+    try:
+        iptc = _iptc()
+    except ApplyError as error:
+        log.debug("no iptables rules of ours to look for: %s", error)
+        return False
+    try:
+        table = _open(iptc, chains.table, chains.family)
+        before = _state(iptc, table, chains)
+        if all(before[chain] is None and not any(before[f"{p}->{chain}"] for p in parents) for chain, parents in chains.chains):
+            return False
+        _write(iptc, table, chains, dict.fromkeys((chain for chain, _ in chains.chains), None))
+        table.commit()
+        table.autocommit = True
+    except iptc.IPTCError as error:
+        raise ApplyError(f"cannot remove our {chains.table} rules from {_IPTABLES[chains.family]}: {error}") from error
+    log.info("removed our %s rules from %s", chains.table, _IPTABLES[chains.family])
+    if journal is not None:
+        journal.record(f"{chains.table} rules in iptables", lambda: _restore(chains, before))
+    return True
 
 
 def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
     iptc = _iptc()
-    table = _open(iptc, chains.table)
-    previous = {chain: None if before[chain] is None else [_build(iptc, s) for s in before[chain]] for chain, _ in chains.chains}
+    table = _open(iptc, chains.table, chains.family)
+    ipv6 = _ipv6(chains)
+    previous = {chain: None if before[chain] is None else [_build(iptc, s, ipv6) for s in before[chain]] for chain, _ in chains.chains}
     _write(iptc, table, chains, previous)
     table.commit()
     table.autocommit = True
@@ -158,7 +242,7 @@ def counters(chains: ChainSet) -> list[tuple[int, int]] | None:
     iptc = _iptc()
     found: list[tuple[int, int]] = []
     try:
-        table = _open(iptc, chains.table)
+        table = _open(iptc, chains.table, chains.family)
         for chain, _ in chains.chains:
             if not table.is_chain(chain):
                 return None

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -74,11 +75,15 @@ class XtRule:
 
 @dataclass(frozen=True)
 class ChainSet:
-    """Chains the router owns in one iptables table, each jumped to first from its built-in chains."""
+    """Chains the router owns in one iptables table, each jumped to first from its built-in chains.
+
+    `family` is "ipv4" or "ipv6": iptables or ip6tables, nftables' `ip` or `ip6` table.
+    """
 
     table: str
     chains: tuple[tuple[str, tuple[str, ...]], ...]
     rules: tuple[XtRule, ...]
+    family: str = "ipv4"
 
     def render(self) -> str:
         """Our part of the table as `iptables-save -t <table>` would show it."""
@@ -204,8 +209,8 @@ def mark_chains() -> ChainSet:
     return ChainSet("mangle", MARK_CHAINS, (arrived, reply))
 
 
-def render_plan(plan: NetworkPlan) -> str:
-    """What `init` would do, for people (unit-test mode) and for diffs."""
+def render_plan(plan: NetworkPlan, show: Callable[[ChainSet], str] = ChainSet.render) -> str:
+    """What `init` would do, for people (unit-test mode) and for diffs; `show` writes the rules in the NAT backend's syntax."""
     lines = []
     if plan.create_macvlan:
         m = plan.create_macvlan
@@ -234,9 +239,9 @@ def render_plan(plan: NetworkPlan) -> str:
         lines.append(f"route  {route.describe(plan.interface)}{note}")
     for key, value in plan.sysctls:
         lines.append(f"sysctl {key}={value}")
-    lines.append(plan.marks.render())
+    lines.append(show(plan.marks))
     if plan.nat is None:
         lines.append("nat    none (proxy mode: the proxy's own connections leave from the egress address)")
     else:
-        lines.append(plan.nat.render())
+        lines.append(show(plan.nat))
     return "\n".join(lines)

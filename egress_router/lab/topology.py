@@ -204,6 +204,9 @@ class Lab:
         self.ip(role, "link", "add", name, "type", "veth", "peer", "name", peer_name, "netns", self.ns(peer_role))
 
     def up(self, role: str, dev: str, *addresses: str) -> None:
+        # no duplicate address detection, for the kernel's own link-local address either: its local route would
+        # otherwise appear about a second after the link comes up, in the middle of a test's before/after snapshots
+        self.sysctl(role, f"net.ipv6.conf.{dev}.accept_dad", "0")
         for address in addresses:
             self.ip(role, "addr", "add", address, "dev", dev, "nodad")
         self.ip(role, "link", "set", dev, "up")
@@ -394,6 +397,7 @@ class Lab:
         def sysctl(key: str) -> str:
             return run(self.exec_argv(role, ["cat", "/proc/sys/" + key.replace(".", "/")])).stdout.strip()
 
+        ruleset = run(self.exec_argv(role, ["nft", "list", "ruleset"])).stdout
         return {
             "links": self.ip(role, "-br", "link").stdout,
             "addresses": self.ip(role, "-br", "addr").stdout,
@@ -401,6 +405,7 @@ class Lab:
             "rules": self.ip(role, "rule", "show").stdout,
             "nat": table("nat"),
             "mangle": table("mangle"),
+            "nftables": re.sub(r"counter packets \d+ bytes \d+", "counter", ruleset),  # rule counters move with traffic
             "ip_forward": sysctl("net.ipv4.ip_forward"),
             "rp_filter": sysctl("net.ipv4.conf.eth0.rp_filter"),
         }
