@@ -87,7 +87,7 @@ class Keeper:
         net = None
         try:
             net = PodNetwork(Journal())  # nothing is rolled back here: every step that lands is a repair
-            self.check_address(net, target.settings)
+            missing = self.check_address(net, target.settings)
             routing = PolicyRouting(net)
             if self.side is None:
                 self.side = decide_cluster_side(routing, target.plan)
@@ -97,6 +97,7 @@ class Keeper:
                 self.repaired("nat", self.backend.install(target.plan.nat), "NAT rules", reason)
                 self.read_counters(target)
             self.kept = target
+            self.problem = missing  # ready only once a whole pass has put everything in place
         except ApplyError as error:
             log.error("%s", error)
             self.problem = str(error)
@@ -108,11 +109,12 @@ class Keeper:
             if net is not None:
                 net.close()
 
-    def check_address(self, net: PodNetwork, settings: InitSettings) -> None:
+    def check_address(self, net: PodNetwork, settings: InitSettings) -> str | None:
+        """Why the pod is not ready as far as its address goes (None: it is on the egress interface)."""
         name, address = settings.interface, settings.source.ip
         index = net.link_index(name)
         self.address_present = index is not None and any(a.ip == address for a in net.ipv4_addresses(index))
-        self.problem = None if self.address_present else f"{address} is not on {name} (run init again)"
+        return None if self.address_present else f"{address} is not on {name} (run init again)"
 
     def repaired(self, what: str, changed: bool, name: str, reason: str) -> None:
         """Only a change found after a pass kept the same target counts as a restore: something changed it."""

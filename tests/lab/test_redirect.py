@@ -151,6 +151,7 @@ def test_unit_test_mode_prints_the_plan_and_changes_nothing(pod: Pod, nat_backen
 
 @pytest.mark.parametrize("mode", ["http-proxy", "dns-proxy"])
 def test_proxy_modes_set_up_the_network_without_nat(lab: Lab, pod: Pod, mode: str) -> None:
+    lab.sysctl(pod.role, "net.ipv4.ip_forward", "0")  # a new namespace copies the machine's own value; start from off
     done = pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=GATEWAY, EGRESS_ROUTER_MODE=mode)
     assert done.returncode == 0, done.stderr
     state = pod.snapshot()
