@@ -153,7 +153,7 @@ class Forwarder:
             failures.append(f"{address}: {'timeout' if isinstance(error, TimeoutError) else error.strerror or error}")
 
         try:
-            won = await first_to_connect(destination.order(), attempt, failed, _close)  # both families, staggered (RFC 8305)
+            won = await first_to_connect(destination.order(), attempt, failed, _close, outpaced=destination.failed)  # RFC 8305
         except asyncio.CancelledError:
             _close(client)
             raise

@@ -41,11 +41,14 @@ async def first_to_connect(
     failed: Callable[[IPAddress, OSError | TimeoutError], None],
     discard: Callable[[T], None],
     delay: float = ATTEMPT_DELAY,
+    outpaced: Callable[[IPAddress], None] = lambda address: None,
 ) -> tuple[IPAddress, T] | None:
     """The first address `attempt` connects to, with its connection; None when every attempt failed.
 
     `attempt` bounds its own time (its connect timeout raises TimeoutError); each OSError or TimeoutError is told
-    to `failed`; a connection made after the winner's goes to `discard`. Anything else raised is a bug and propagates.
+    to `failed`; a connection made after the winner's goes to `discard`; `outpaced` hears of the addresses still
+    trying when another won (asked earlier, answered later: a caller may try them last next time). Anything else
+    raised is a bug and propagates.
     """
     if len(addresses) == 1:  # the common case: no task, no timer
         try:
@@ -62,26 +65,39 @@ async def first_to_connect(
                 address = waiting.pop(0)
                 running[loop.create_task(attempt(address))] = address
             done, _ = await asyncio.wait(running, timeout=delay if waiting else None, return_when=asyncio.FIRST_COMPLETED)
-            winner: tuple[IPAddress, T] | None = None
-            for task in done:
-                address = running.pop(task)
-                problem = task.exception()
-                if problem is None:
-                    if winner is None:
-                        winner = (address, task.result())
-                    else:
-                        discard(task.result())
-                elif isinstance(problem, OSError | TimeoutError):
-                    failed(address, problem)
-                else:
-                    raise problem
+            winner = _ended(done, running, failed, discard)
             if winner is not None:
+                for address in running.values():
+                    outpaced(address)
                 return winner
         return None
     finally:
         for task in running:  # attempts still under way (or done in the same turn as the winner)
             task.cancel()
             task.add_done_callback(partial(_discard, discard))
+
+
+def _ended(
+    done: set[asyncio.Task[T]],
+    running: dict[asyncio.Task[T], IPAddress],
+    failed: Callable[[IPAddress, OSError | TimeoutError], None],
+    discard: Callable[[T], None],
+) -> tuple[IPAddress, T] | None:
+    """Attempts that ended in this turn: failures told, the first connection kept, any other discarded."""
+    winner: tuple[IPAddress, T] | None = None
+    for task in done:
+        address = running.pop(task)
+        problem = task.exception()
+        if problem is None:
+            if winner is None:
+                winner = (address, task.result())
+            else:
+                discard(task.result())
+        elif isinstance(problem, OSError):  # TimeoutError is one too
+            failed(address, problem)
+        else:
+            raise problem
+    return winner
 
 
 def _discard(discard: Callable[[T], None], task: asyncio.Task[T]) -> None:

@@ -52,6 +52,7 @@ class Race:
         self.failed: list[tuple[IPAddress, str]] = []
         self.discarded: list[str] = []
         self.cancelled: list[IPAddress] = []
+        self.outpaced: list[IPAddress] = []
 
     async def attempt(self, address: IPAddress) -> str:
         self.started.append((self.loop.time(), address))
@@ -66,7 +67,13 @@ class Race:
 
     def run(self, addresses: list[IPAddress], steps: list[float]) -> asyncio.Task[Any]:
         task = self.loop.create_task(
-            first_to_connect(addresses, self.attempt, lambda a, e: self.failed.append((a, type(e).__name__)), self.discarded.append)
+            first_to_connect(
+                addresses,
+                self.attempt,
+                lambda a, e: self.failed.append((a, type(e).__name__)),
+                self.discarded.append,
+                outpaced=self.outpaced.append,
+            )
         )
         self.spin()
         for step in steps:
@@ -100,6 +107,7 @@ def test_a_silent_first_address_gets_company_after_the_delay(race: Race) -> None
     assert task.result() == (A4, f"connection to {A4}")
     assert race.started == [(1000.0, A6), (1000.0 + ATTEMPT_DELAY, A4)]
     assert race.cancelled == [A6] and race.failed == []
+    assert race.outpaced == [A6]  # asked first, not answered yet: a caller may try it last next time
 
 
 def test_an_attempt_that_fails_starts_the_next_at_once(race: Race) -> None:
@@ -115,6 +123,7 @@ def test_nothing_is_started_early_when_the_first_answers_in_time(race: Race) -> 
     race.after[A6] = 0.1
     task = race.run([A6, A4, B4], [0.1])
     assert task.result()[0] == A6 and [a for _, a in race.started] == [A6]
+    assert race.outpaced == []
 
 
 def test_every_failure_is_told_and_none_is_returned(race: Race) -> None:
