@@ -621,6 +621,9 @@ class ClientConnection(TunnelEnd, FlowControl):
         self.tunnel_pending.clear()
         self.pending_bytes = 0
         self.release_reading()
+        for data in upstream.early:
+            tunnel.forward(1, data)
+        upstream.early.clear()
         if self.tunnel_eof:
             tunnel.end_of_data(0)
         try:

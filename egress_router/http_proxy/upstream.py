@@ -73,6 +73,7 @@ class Upstream(TunnelEnd, FlowControl):
         self.method_kind: bool | None = None  # whether the current parser expects bodies (not HEAD)
         self.silence: float | None = None  # while a body streams: how long the server may send nothing
         self.deadline = Deadline(loop, self._expire)
+        self.early: list[bytes] = []  # bytes from a server that spoke before it was given a use (a tunnel's greeting)
 
     # requests ----------------------------------------------------------------------------------
 
@@ -161,6 +162,8 @@ class Upstream(TunnelEnd, FlowControl):
             return
         parser = self.parser
         if parser is None:  # broken or gone; a reader draining the last body may still resume reading
+            if self.method_kind is None:  # new, its CONNECT tunnel not joined yet: SSH and SMTP servers greet first
+                self.early.append(data)
             return
         self.answered = True
         if self.silence is not None:
