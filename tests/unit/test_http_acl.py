@@ -102,9 +102,28 @@ def test_empty_list(text: str | None) -> None:
 
 
 @given(
-    st.lists(st.one_of(st.text(max_size=20), st.sampled_from(["*", "!", "*.a.b", "10.0.0.0/8", "::/0", "a.b", "!x.y"])), max_size=8).map(
-        "\n".join
-    )
+    st.lists(
+        st.one_of(
+            st.text(max_size=20),
+            st.sampled_from(
+                [
+                    "*",
+                    "!",
+                    "*.a.b",
+                    "10.0.0.0/8",
+                    "::/0",
+                    "a.b",
+                    "!x.y",
+                    "!::ffff:10.0.0.0/104",
+                    "[2001:db8::1]",
+                    "!64:ff9b::/96",
+                    "fe80::1%eth0",
+                    "::ffff:1.2.3.4/120",
+                ]
+            ),
+        ),
+        max_size=8,
+    ).map("\n".join)
 )
 def test_any_list_parses_or_explains(text: str) -> None:
     try:
@@ -112,7 +131,8 @@ def test_any_list_parses_or_explains(text: str) -> None:
     except ConfigError as error:
         assert all(str(p).startswith("EGRESS_HTTP_PROXY_DESTINATION") for p in error.problems)
         return
-    acl.decide("a.b", [ip_address("198.51.100.1")])
+    for address in ("198.51.100.1", "::ffff:10.1.2.3", "64:ff9b::10.1.2.3", "2001:db8::1"):
+        acl.decide("a.b", [ip_address(address)])
 
 
 @given(st.ip_addresses(), st.sampled_from(["x.example.com", None]))
