@@ -401,7 +401,11 @@ class Lab:
         return {
             "links": self.ip(role, "-br", "link").stdout,
             "addresses": self.ip(role, "-br", "addr").stdout,
-            "routes": self.ip(role, "route", "show", "table", "all").stdout,
+            "routes": "\n".join(  # the kernel's IPv6 link-local routes appear when DAD ends, on links init brings up too
+                line
+                for line in self.ip(role, "route", "show", "table", "all").stdout.splitlines()
+                if not ("fe80::" in line and "proto kernel" in line)
+            ),
             "rules": self.ip(role, "rule", "show").stdout,
             "nat": table("nat"),
             "mangle": table("mangle"),
