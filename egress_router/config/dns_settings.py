@@ -19,7 +19,12 @@ TUNING = (
     METRICS_PORT,
     Count("max_connections", "EGRESS_DNS_PROXY_MAX_CONNECTIONS", "Relayed connections in all; more are closed at once", default=4096),
     Duration("idle_timeout", "EGRESS_DNS_PROXY_IDLE_TIMEOUT", "A connection with no bytes either way is closed after this", default=3600.0),
-    Duration("connect_timeout", "EGRESS_DNS_PROXY_CONNECT_TIMEOUT", "Time for one address to accept before trying the next", default=5.0),
+    Duration(
+        "connect_timeout",
+        "EGRESS_DNS_PROXY_CONNECT_TIMEOUT",
+        "Time for one address to accept before giving it up (the next one starts 250 ms after it)",
+        default=5.0,
+    ),
     Duration("drain_timeout", "EGRESS_DNS_PROXY_DRAIN_TIMEOUT", "On SIGTERM, open connections get this long to finish", default=30.0),
     Duration("min_ttl", "EGRESS_DNS_PROXY_MIN_TTL", "Names are not re-resolved more often than this", default=1.0),
     Duration("max_ttl", "EGRESS_DNS_PROXY_MAX_TTL", "Names are re-resolved at least this often", default=300.0),

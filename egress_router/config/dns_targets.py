@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from egress_router.config.addresses import unusable_host_reason
 from egress_router.config.errors import ConfigError, Problem
 from egress_router.config.hostnames import host_name_problem, normalize_host
+from egress_router.config.ipv4_in_ipv6 import canonical
 from egress_router.config.lines import BadLine, Line, meaningful_lines, port_or_bad
 
 VARIABLE = "EGRESS_DNS_PROXY_DESTINATION"
@@ -50,13 +51,17 @@ def _target(line: Line) -> Target:
         raise BadLine(f"value '{line.fields[1]}' is invalid: not an IPv4/IPv6 address or a host name")
     if isinstance(host, str):
         return Target(local, host, None, remote, line.number)
+    host = canonical(host)  # ::ffff:a.b.c.d is an IPv4 destination
     # An explicit loopback address is allowed: a relay to a sidecar in the pod is the admin's call.
     if host.is_loopback:
         reason = None
     elif isinstance(host, IPv4Address):
         reason = unusable_host_reason(host)
+    elif host.is_link_local and host.scope_id is None:
+        reason = f"a link-local address needs the interface it is on ({host}%net1)"
     else:
-        reason = "cannot be used" if host.is_unspecified or host.is_multicast else None
+        reason = "the unspecified address cannot be used" if host.is_unspecified else None
+        reason = "a multicast address cannot be used" if host.is_multicast else reason
     if reason:
         raise BadLine(f"value '{line.fields[1]}' is invalid: {reason}")
     return Target(local, str(host), host, remote, line.number)

@@ -2,16 +2,20 @@
 
 Pure: `Acl.decide` takes the requested host and the addresses it resolved to, and says yes or no
 with the rule that decided, so the proxy connects to exactly the addresses that were checked.
+IPv6 spellings of IPv4 addresses cannot get round an IPv4 rule (see ipv4_in_ipv6): an IPv4-mapped
+address is its IPv4 address for every rule, and an address that carries an IPv4 address (NAT64, 6to4,
+...) is denied by a deny rule or refused as loopback/link-local for either of its two addresses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 from egress_router.config.addresses import IPAddress
 from egress_router.config.errors import ConfigError, Problem
 from egress_router.config.hostnames import host_name_problem, normalize_host
+from egress_router.config.ipv4_in_ipv6 import canonical, canonical_network, embedded_ipv4
 from egress_router.config.lines import meaningful_lines
 
 VARIABLE = "EGRESS_HTTP_PROXY_DESTINATION"
@@ -50,11 +54,22 @@ class Decision:
     line: int | None = None  # the list line that decided; None when none did (default deny, a special address)
 
 
-def is_special(address: IPAddress) -> bool:
-    """Addresses a proxy must not reach unless told to explicitly: itself, the node, cloud metadata."""
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        return is_special(address.ipv4_mapped)
+def _special(address: IPAddress) -> bool:
     return address.is_loopback or address.is_link_local or address.is_unspecified
+
+
+def special_reason(address: IPAddress) -> str | None:
+    """Why the proxy must not reach `address` unless told to explicitly (itself, the node, cloud metadata), also
+    through an IPv6 form that carries such an IPv4 address (`::ffff:127.0.0.1`, `64:ff9b::169.254.169.254`); else None."""
+    address = canonical(address)
+    if _special(address):
+        return f"{address} is loopback, link-local or unspecified; only an address rule can allow it"
+    carried = next((v4 for v4 in embedded_ipv4(address) if _special(v4)), None)
+    if carried is not None:
+        return (
+            f"{address} carries the IPv4 address {carried}, which is loopback, link-local or unspecified; only an address rule can allow it"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -63,16 +78,20 @@ class Acl:
     wildcard: Rule | None  # the final `*`, if any
 
     def _decide_one(self, host: str | None, address: IPAddress) -> Decision:
+        """`address` is canonical; the IPv4 addresses it carries meet the deny rules too, in the same place."""
+        carried = embedded_ipv4(address)
         for rule in self.rules:
             if rule.matches_address(address):
                 return Decision(not rule.deny, str(rule), rule.line_no)
+            if rule.deny and (hit := next((v4 for v4 in carried if rule.matches_address(v4)), None)) is not None:
+                return Decision(False, f"{rule} (it carries the IPv4 address {hit})", rule.line_no)
             if host is not None and rule.matches_name(host):
-                if not rule.deny and is_special(address):
-                    return Decision(False, f"{address} is loopback, link-local or unspecified; only an address rule can allow it")
+                if not rule.deny and (special := special_reason(address)) is not None:
+                    return Decision(False, special)
                 return Decision(not rule.deny, str(rule), rule.line_no)
         if self.wildcard is not None:
-            if is_special(address):
-                return Decision(False, f"{address} is loopback, link-local or unspecified; only an address rule can allow it")
+            if (special := special_reason(address)) is not None:
+                return Decision(False, special)
             return Decision(True, str(self.wildcard), self.wildcard.line_no)
         return Decision(False, "no rule allows it (default deny)")
 
@@ -82,10 +101,12 @@ class Acl:
             return Decision(False, "no address to connect to")
         name = normalize_host(host) if host is not None else None
         first: Decision | None = None
-        for address in addresses:
+        for given in addresses:
+            address = canonical(given)
             decision = self._decide_one(name, address)
             if not decision.allowed:
-                shown = f"{address}" if name is None else f"{name} resolves to {address}"
+                shown = f"{given}" if address == given else f"{given} (IPv4 {address})"
+                shown = shown if name is None else f"{name} resolves to {shown}"
                 return Decision(False, f"{shown}: {decision.reason}", decision.line)
             first = first or decision
         assert first is not None
@@ -114,7 +135,7 @@ def _parse_rule(text: str, line_no: int) -> Rule | str:
             return f"not a valid address or CIDR ({error})"
         if "/" in body and ip_network(body, strict=False).network_address != ip_address(body.split("/")[0]):
             return f"host bits set in CIDR (did you mean {network}?)"
-        return Rule(text, line_no, deny, network=network)
+        return Rule(text, line_no, deny, network=canonical_network(network))
     name = normalize_host(body)
     under = name.startswith("*.")
     bare = name[2:] if under else name

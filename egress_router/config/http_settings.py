@@ -38,7 +38,10 @@ TUNING = (
         default=3600.0,
     ),
     Duration(
-        "connect_timeout", "EGRESS_HTTP_PROXY_CONNECT_TIMEOUT", "Time to connect to a server address before trying the next", default=10.0
+        "connect_timeout",
+        "EGRESS_HTTP_PROXY_CONNECT_TIMEOUT",
+        "Time to connect to one server address before giving it up (the next one starts 250 ms after it)",
+        default=10.0,
     ),
     Duration("drain_timeout", "EGRESS_HTTP_PROXY_DRAIN_TIMEOUT", "On SIGTERM, in-flight requests get this long to finish", default=30.0),
     Count("workers", "EGRESS_HTTP_PROXY_WORKERS", "Worker processes sharing the port", default=PER_CPU, minimum=1, maximum=256),

@@ -33,7 +33,7 @@ def parse_resolv_conf(text: str) -> ResolvConf:
         keyword, *values = line.split()
         if keyword == "nameserver" and values:
             try:
-                address = ip_address(values[0].split("%", 1)[0])
+                address = ip_address(values[0])  # a link-local nameserver keeps its interface (fe80::1%eth0), as glibc does
             except ValueError:
                 ignored.append(raw)
                 continue

@@ -13,10 +13,12 @@ import socket
 import time
 from collections.abc import Callable
 
+from egress_router.config.addresses import IPAddress
 from egress_router.config.dns_settings import DnsProxySettings
 from egress_router.dns_proxy import metrics, splice
 from egress_router.dns_proxy.names import FollowedName
 from egress_router.observe.stats import Stats, count
+from egress_router.runtime.happy_eyeballs import first_to_connect
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd
 
 log = logging.getLogger(__name__)
@@ -140,23 +142,26 @@ class Forwarder:
                 _close(client)
                 return
         failures = []
-        for address in destination.order():
-            try:
-                async with asyncio.timeout(self.settings.connect_timeout):
-                    server = await self._connect(loop, client, str(address), target.remote_port)
-            except (OSError, TimeoutError) as error:
-                destination.failed(address)
-                count(self.connect_failures, str(address))
-                failures.append(f"{address}: {'timeout' if isinstance(error, TimeoutError) else error.strerror or error}")
-                continue
-            except asyncio.CancelledError:
-                _close(client)
-                raise
-            break
-        else:
+
+        async def attempt(address: IPAddress) -> socket.socket | _Side:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                return await self._connect(loop, client, str(address), target.remote_port)
+
+        def failed(address: IPAddress, error: OSError | TimeoutError) -> None:
+            destination.failed(address)
+            count(self.connect_failures, str(address))
+            failures.append(f"{address}: {'timeout' if isinstance(error, TimeoutError) else error.strerror or error}")
+
+        try:
+            won = await first_to_connect(destination.order(), attempt, failed, _close, outpaced=destination.failed)  # RFC 8305
+        except asyncio.CancelledError:
+            _close(client)
+            raise
+        if won is None:
             log.warning("port %d: no address of %s answered (%s)", target.local_port, target.host, "; ".join(failures) or "no address")
             _close(client)
             return
+        address, server = won
         if isinstance(client, socket.socket):
             assert isinstance(server, socket.socket)
             pump = splice.SplicePump(loop, client, server, self.settings.idle_timeout)
@@ -197,7 +202,8 @@ class Forwarder:
     def _log(self, peer: tuple[str, int] | None, address: str, sent: int, received: int, started: float, why: str) -> None:
         if not self.settings.debug:
             return
-        client = f"{peer[0].removeprefix('::ffff:')}:{peer[1]}" if peer else "-"
+        host = peer[0].removeprefix("::ffff:") if peer else "-"
+        client = (f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}") if peer else "-"
         target = self.destination.target
         log.info(
             "client=%s port=%d target=%s address=%s in=%d out=%d ms=%.1f closed=%s",

@@ -14,6 +14,7 @@ from egress_router.config.dns_settings import DnsProxySettings
 from egress_router.config.dns_targets import Target
 from egress_router.dns_proxy.resolver import ResolveError, Resolver
 from egress_router.observe.stats import Counter, count
+from egress_router.runtime.happy_eyeballs import interleave
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -87,12 +88,12 @@ class FollowedName:
             await asyncio.sleep(max(delay, self.settings.min_ttl))
 
     def order(self) -> list[IPAddress]:
-        """Addresses to try for a new connection: next in turn first, recently failed ones last."""
+        """Addresses to try for a new connection: next in turn first, the families alternating, recently failed ones last."""
         addresses = list(self.addresses)
         if not addresses:
             return []
         self.turn = (self.turn + 1) % len(addresses)
-        rotated = addresses[self.turn :] + addresses[: self.turn]
+        rotated = interleave(addresses[self.turn :] + addresses[: self.turn])
         now = asyncio.get_running_loop().time()
         return sorted(rotated, key=lambda a: self.failed_until.get(a, 0.0) > now)
 

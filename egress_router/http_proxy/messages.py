@@ -69,6 +69,8 @@ class RequestTarget:
 
 def _host(text: str) -> tuple[str, IPv4Address | IPv6Address | None] | None:
     if text.startswith("[") and text.endswith("]"):
+        if "%" in text:
+            return None  # a zone (RFC 6874) names one of the client's interfaces, not one of ours
         try:
             return text[1:-1], IPv6Address(text[1:-1])
         except ValueError:

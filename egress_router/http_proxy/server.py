@@ -23,6 +23,7 @@ from aiohttp.http_parser import HttpRequestParser
 from egress_router.config.addresses import IPAddress
 from egress_router.config.http_acl import Decision
 from egress_router.config.http_settings import HttpProxySettings
+from egress_router.config.ipv4_in_ipv6 import canonical
 from egress_router.http_proxy import exchange as x
 from egress_router.http_proxy import messages as m
 from egress_router.http_proxy import metrics
@@ -32,6 +33,7 @@ from egress_router.http_proxy.flow import FlowControl
 from egress_router.http_proxy.upstream import MAX_HEADERS, OpenConnection, Upstream, UpstreamError, UpstreamPool
 from egress_router.observe.stats import DURATION_BUCKETS, Stats, observe
 from egress_router.runtime.deadline import Deadline
+from egress_router.runtime.happy_eyeballs import interleave
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd, abort_with_reset
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ class Proxy:
         """Resolve once, decide on exactly those addresses (the caller connects to nothing else), or say why not."""
         acl = self.settings.acl
         if target.address is not None:
-            return [target.address], self.decided(acl.decide(None, [target.address]))
+            return [canonical(target.address)], self.decided(acl.decide(None, [target.address]))
         early = acl.decide_before_lookup(target.host)
         if early is not None:
             return [], self.decided(early)
@@ -103,12 +105,9 @@ class Proxy:
             infos = await self.lookup(target.host, target.port)
         except socket.gaierror as error:
             return Answer(502, f"cannot resolve {target.host}: {error.strerror}")
-        addresses: list[IPAddress] = []
-        for info in infos:
-            address = ip_address(str(info[4][0]).split("%", 1)[0])
-            if address not in addresses:
-                addresses.append(address)
-        return addresses, self.decided(acl.decide(target.host, addresses))
+        answers = [ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]  # in RFC 6724 order (glibc)
+        decision = self.decided(acl.decide(target.host, answers))
+        return interleave(list(dict.fromkeys(canonical(a) for a in answers))), decision  # ::ffff:a.b.c.d connects as IPv4
 
     def decided(self, decision: Decision) -> Decision:
         key = (str(decision.line) if decision.line is not None else "none", "allow" if decision.allowed else "deny")
@@ -622,6 +621,9 @@ class ClientConnection(TunnelEnd, FlowControl):
         self.tunnel_pending.clear()
         self.pending_bytes = 0
         self.release_reading()
+        for data in upstream.early:
+            tunnel.forward(1, data)
+        upstream.early.clear()
         if self.tunnel_eof:
             tunnel.end_of_data(0)
         try:

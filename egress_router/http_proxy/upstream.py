@@ -17,6 +17,7 @@ from egress_router.http_proxy.exchange import Answer
 from egress_router.http_proxy.flow import FlowControl
 from egress_router.http_proxy.messages import error_text
 from egress_router.runtime.deadline import Deadline
+from egress_router.runtime.happy_eyeballs import first_to_connect
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd
 
 EOF_MARK = None
@@ -72,6 +73,7 @@ class Upstream(TunnelEnd, FlowControl):
         self.method_kind: bool | None = None  # whether the current parser expects bodies (not HEAD)
         self.silence: float | None = None  # while a body streams: how long the server may send nothing
         self.deadline = Deadline(loop, self._expire)
+        self.early: list[bytes] = []  # bytes from a server that spoke before it was given a use (a tunnel's greeting)
 
     # requests ----------------------------------------------------------------------------------
 
@@ -160,6 +162,8 @@ class Upstream(TunnelEnd, FlowControl):
             return
         parser = self.parser
         if parser is None:  # broken or gone; a reader draining the last body may still resume reading
+            if self.method_kind is None:  # new, its CONNECT tunnel not joined yet: SSH and SMTP servers greet first
+                self.early.append(data)
             return
         self.answered = True
         if self.silence is not None:
@@ -281,21 +285,27 @@ class UpstreamPool:
             if reused is not None:
                 return reused
         failures = []
-        for address in addresses:
+
+        async def attempt(address: IPAddress) -> Upstream:
             key = (str(address), port)
-            try:
-                async with asyncio.timeout(self.connect_timeout):  # no extra task, unlike wait_for
-                    _transport, upstream = await self.open_connection(
-                        partial(Upstream, self.loop, self, key, self.max_field_size), key[0], port
-                    )
-                return upstream
-            except TimeoutError:
+            async with asyncio.timeout(self.connect_timeout):  # no extra task, unlike wait_for
+                _transport, upstream = await self.open_connection(
+                    partial(Upstream, self.loop, self, key, self.max_field_size), key[0], port
+                )
+            return upstream
+
+        def failed(address: IPAddress, error: OSError | TimeoutError) -> None:
+            if isinstance(error, TimeoutError):
                 self.count_error("timeout")
                 failures.append((504, f"{address} port {port}: no answer within {self.connect_timeout:g} s"))
-            except OSError as error:
+            else:
                 kind, reason = CONNECT_FAILURES.get(error.errno or 0, ("other", error.strerror or str(error)))
                 self.count_error(kind)
                 failures.append((502, f"{address} port {port}: {reason}"))
+
+        won = await first_to_connect(addresses, attempt, failed, Upstream.close)  # both families, staggered (RFC 8305)
+        if won is not None:
+            return won[1]
         status = 504 if all(code == 504 for code, _ in failures) else 502
         raise UpstreamError(status, "; ".join(reason for _, reason in failures) or "no address to connect to")
 

@@ -1,6 +1,6 @@
 """A lab origin server: tells the client what it saw, echoes bodies, serves sized bodies, over HTTP and HTTPS.
 
-Run: python -m egress_router.lab.http_server --http 0.0.0.0:8000 [--https 0.0.0.0:8443 --cert C --key K]
+Run: python -m egress_router.lab.http_server --http 0.0.0.0:8000 [--http [::]:8000] [--https 0.0.0.0:8443 --cert C --key K]
 Prints "ready" once listening.
 """
 
@@ -72,12 +72,14 @@ async def main(args: argparse.Namespace) -> None:
     await runner.setup()
     for spec in args.http:
         host, port = spec.rsplit(":", 1)
+        host = host.strip("[]")  # [::]:8000
         await web.TCPSite(runner, host, int(port)).start()
     if args.https:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.cert, args.key)
         for spec in args.https:
             host, port = spec.rsplit(":", 1)
+            host = host.strip("[]")
             await web.TCPSite(runner, host, int(port), ssl_context=context).start()
     print("ready", flush=True)
     stop = asyncio.Event()

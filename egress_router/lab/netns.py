@@ -33,3 +33,8 @@ def entered(name: str) -> Iterator[None]:
 def socket_in(name: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
     with entered(name):
         return socket.socket(family, kind)
+
+
+def family_of(host: str) -> int:
+    """The address family a socket to `host` (an address) needs."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from egress_router.lab.dns import DnsServer
-from egress_router.lab.netns import socket_in
+from egress_router.lab.netns import family_of, socket_in
 
 POD_PREFIX = 23
 NODE_IP = "192.168.12.11"
@@ -339,7 +339,7 @@ class Lab:
     def tcp(self, role: str, host: str, port: int, payload: bytes = b"", timeout: float = 3.0, source: str | None = None) -> Seen:
         """Connect from `role` (from its address `source`, when given), return what the server saw;
         raises OSError when it cannot connect."""
-        with socket_in(self.ns(role)) as sock:
+        with socket_in(self.ns(role), family_of(host)) as sock:
             sock.settimeout(timeout)
             if source is not None:
                 sock.bind((source, 0))
@@ -358,7 +358,7 @@ class Lab:
         after `timeout` seconds, or as soon as `process` (the one meant to listen there, when given) has exited."""
         deadline = time.monotonic() + timeout
         while True:
-            with socket_in(self.ns(role)) as sock:
+            with socket_in(self.ns(role), family_of(host)) as sock:
                 sock.settimeout(min(1.0, timeout))
                 try:
                     sock.connect((host, port))
@@ -375,7 +375,7 @@ class Lab:
             time.sleep(0.05)
 
     def udp(self, role: str, host: str, port: int, timeout: float = 2.0, tries: int = 3) -> Seen:
-        with socket_in(self.ns(role), kind=socket.SOCK_DGRAM) as sock:
+        with socket_in(self.ns(role), family_of(host), socket.SOCK_DGRAM) as sock:
             sock.settimeout(timeout / tries)
             for attempt in range(tries):
                 sock.sendto(b"who am i", (host, port))
@@ -401,7 +401,11 @@ class Lab:
         return {
             "links": self.ip(role, "-br", "link").stdout,
             "addresses": self.ip(role, "-br", "addr").stdout,
-            "routes": self.ip(role, "route", "show", "table", "all").stdout,
+            "routes": "\n".join(  # the kernel's IPv6 link-local routes appear when DAD ends, on links init brings up too
+                line
+                for line in self.ip(role, "route", "show", "table", "all").stdout.splitlines()
+                if not ("fe80::" in line and "proto kernel" in line)
+            ),
             "rules": self.ip(role, "rule", "show").stdout,
             "nat": table("nat"),
             "mangle": table("mangle"),

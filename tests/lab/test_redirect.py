@@ -18,6 +18,7 @@ from tests.lab.waiting import eventually
 pytestmark = pytest.mark.usefixtures("nat_backend")
 
 GATEWAY = t.GATEWAY_IP
+OTHER_SOURCE = "192.168.12.96"  # in the egress range, never a pod's (their slots give .97-.126), so never the same as pod.source
 RULES = """
 80 tcp 203.0.113.25          # plain port rule
 8080 tcp 203.0.113.26 80     # remote port
@@ -96,17 +97,15 @@ def test_init_twice_changes_nothing(lab: Lab, pod: Pod) -> None:
 
 def test_new_input_replaces_the_old_rules_and_address(lab: Lab, pod: Pod, nat_backend: str) -> None:
     redirect(pod)
-    done = pod.init(
-        EGRESS_SOURCE="192.168.12.120", EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION="80 tcp 203.0.113.26", EGRESS_ROUTER_MODE="init"
-    )
+    done = pod.init(EGRESS_SOURCE=OTHER_SOURCE, EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION="80 tcp 203.0.113.26", EGRESS_ROUTER_MODE="init")
     assert done.returncode == 0, done.stderr
     state = pod.snapshot()
-    assert "192.168.12.120/32" in state["addresses"] and f"{pod.source}/" not in state["addresses"]
+    assert f"{OTHER_SOURCE}/32" in state["addresses"] and f"{pod.source}/" not in state["addresses"]
     rules = pod.nat_rules()
     assert "203.0.113.25" not in rules and "203.0.113.50" not in rules
     assert rules.count(JUMP[nat_backend].rsplit(" ", 1)[0] + " EGRESS-ROUTER-DNAT") == 1
     seen = lab.tcp("client", pod.ip, 80)
-    assert (seen.server, seen.client) == ("203.0.113.26", "192.168.12.120")
+    assert (seen.server, seen.client) == ("203.0.113.26", OTHER_SOURCE)
 
 
 def test_subnet_source_gets_the_kernel_subnet_route(lab: Lab, pod: Pod) -> None:

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, SOA, A, DNSRecord
 
-from egress_router.config.resolv_conf import ResolvConf
+from egress_router.config.resolv_conf import ResolvConf, parse_resolv_conf
 from egress_router.dns_proxy.resolver import ResolveError, Resolver, can_send_ipv6
 from egress_router.lab import Lab
 from egress_router.lab.netns import entered
 
 PORT = 5353
+LINK_LOCAL = "fe80::53%dns0"  # on an interface of the namespace (a veth pair of its own)
+SERVER_ADDRESSES = ("127.0.0.1", "::1", LINK_LOCAL)
 Behaviour = Callable[[DNSRecord, str], DNSRecord | None]  # (query, transport) -> reply, or None to stay silent
 
 
@@ -103,13 +105,15 @@ def run_in(lab: Lab, coroutine: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 
     async def main() -> Any:
         loop = asyncio.get_running_loop()
-        udp, _ = await loop.create_datagram_endpoint(_Udp, local_addr=("127.0.0.1", PORT))
-        tcp = await asyncio.start_server(_tcp, "127.0.0.1", PORT)
+        servers: list[asyncio.BaseTransport | asyncio.Server] = []
+        for address in SERVER_ADDRESSES:
+            udp, _ = await loop.create_datagram_endpoint(_Udp, local_addr=(address, PORT))
+            servers += [udp, await asyncio.start_server(_tcp, address, PORT)]
         try:
             return await coroutine()
         finally:
-            udp.close()
-            tcp.close()
+            for server in servers:
+                server.close()
 
     def thread() -> None:
         with entered(lab.ns("dns")):
@@ -130,6 +134,9 @@ def run_in(lab: Lab, coroutine: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 def lab() -> Iterator[Lab]:
     with Lab() as built:
         built.add_namespace("dns")
+        built.ip("dns", "link", "add", "dns0", "type", "veth", "peer", "name", "dns1")
+        built.up("dns", "dns1")
+        built.up("dns", "dns0", "fe80::53/64")
         yield built
 
 
@@ -207,3 +214,12 @@ def test_ipv6_egress_is_detected_from_the_routing_table(lab: Lab) -> None:
             assert can_send_ipv6()
     finally:
         lab.ip("dns", "-6", "route", "del", "default", "dev", "lo")
+
+
+def test_ipv6_nameservers_over_udp_and_tcp_a_link_local_one_by_its_interface(lab: Lab) -> None:
+    conf = parse_resolv_conf(f"nameserver {LINK_LOCAL}\nnameserver ::1\noptions timeout:1 attempts:1\n")
+    assert conf.nameservers == (LINK_LOCAL, "::1")
+    for nameservers in ((LINK_LOCAL,), ("::1",), ("2001:db8::99", "::1")):  # the first one of the last pair is dead
+        found = run_in(lab, lambda n=nameservers: resolver(nameservers=n).resolve("plain.test"))  # type: ignore[misc]
+        assert found.addresses == (ip_address("203.0.113.25"), ip_address("203.0.113.26"))
+        assert len(run_in(lab, lambda n=nameservers: resolver(nameservers=n).resolve("big.test")).addresses) == 40  # type: ignore[misc]

@@ -119,7 +119,17 @@ def test_destination_file_errors(env: dict[str, str | None], message: str) -> No
             {"EGRESS_DNS_PROXY_DESTINATION": "80 a.example", "EGRESS_DNS_PROXY_MIN_TTL": "10m"},
             "must not exceed EGRESS_DNS_PROXY_MAX_TTL",
         ),
+        (
+            "dns-proxy",
+            {"EGRESS_DNS_PROXY_DESTINATION": "5432 db.example\n80 fe80::5 8080"},
+            "EGRESS_DNS_PROXY_DESTINATION line 2: value 'fe80::5' is invalid: a link-local address needs the interface it is on (fe80::5%net1): \"80 fe80::5 8080\"",
+        ),
         ("http-proxy", {"EGRESS_HTTP_PROXY_DESTINATION": "*\nexample.com"}, "Wildcard must be last rule, if present"),
+        (
+            "http-proxy",
+            {"EGRESS_HTTP_PROXY_DESTINATION": "!2001:db8::1/32"},
+            'EGRESS_HTTP_PROXY_DESTINATION line 1: Bad destination: host bits set in CIDR (did you mean 2001:db8::/32?): "!2001:db8::1/32"',
+        ),
         ("http-proxy", {"EGRESS_HTTP_PROXY_DESTINATION": "!bad host"}, "Bad destination: one rule a line"),
         (
             "http-proxy",

@@ -18,6 +18,33 @@ def test_targets() -> None:
     )
 
 
+def test_ipv6_targets() -> None:
+    assert parse_targets("80 2001:db8::5 8080\n81 [2001:DB8::6]\n82 ::ffff:203.0.113.5\n83 fe80::1%net1 80\n84 ::1") == (
+        Target(80, "2001:db8::5", ip_address("2001:db8::5"), 8080, 1),
+        Target(81, "2001:db8::6", ip_address("2001:db8::6"), 81, 2),
+        Target(82, "203.0.113.5", ip_address("203.0.113.5"), 82, 3),  # IPv4-mapped: an IPv4 destination
+        Target(83, "fe80::1%net1", ip_address("fe80::1%net1"), 80, 4),
+        Target(84, "::1", ip_address("::1"), 84, 5),  # a sidecar in the pod, as 127.0.0.1 may be
+    )
+    assert parse_targets("80 2001:db8::5 8080")[0].describe == "[2001:db8::5]:8080"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("80 fe80::1", "line 1: value 'fe80::1' is invalid: a link-local address needs the interface it is on (fe80::1%net1)"),
+        ("80 ::", "value '::' is invalid: the unspecified address cannot be used"),
+        ("80 ff02::1", "value 'ff02::1' is invalid: a multicast address cannot be used"),
+        ("80 ::ffff:0.0.0.0", "the unspecified address cannot be used"),
+        ("80 [2001:db8::5]:8080", "value '[2001:db8::5]:8080' is invalid"),
+    ],
+)
+def test_bad_ipv6_targets(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_targets(text)
+    assert message in str(caught.value) and str(caught.value).startswith("EGRESS_DNS_PROXY_DESTINATION line 1:")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -67,7 +94,7 @@ def test_resolv_conf() -> None:
         "# kubelet\nnameserver 172.30.0.10\nnameserver fe80::1%eth0\nnameserver bogus\nsearch ns.svc.cluster.local svc.cluster.local Cluster.Local.\n"
         "options ndots:5 timeout:2 attempts:3 rotate\nsortlist 10.0.0.0\n"
     )
-    assert conf.nameservers == ("172.30.0.10", "fe80::1")
+    assert conf.nameservers == ("172.30.0.10", "fe80::1%eth0")  # a link-local nameserver keeps its interface
     assert conf.search == ("ns.svc.cluster.local", "svc.cluster.local", "cluster.local")
     assert (conf.ndots, conf.timeout, conf.attempts) == (5, 2.0, 3)
     assert parse_resolv_conf("") == ResolvConf()

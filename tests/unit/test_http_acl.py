@@ -56,6 +56,8 @@ def test_wildcard_allows_the_rest_but_not_special_addresses() -> None:
     assert not decide(text, "a.internal.example", "198.51.100.1").allowed
     assert not decide(text, "metadata.x.org", "169.254.169.254").allowed
     assert not decide(text, None, "::1").allowed
+    assert "x.org resolves to ::1: ::1 is loopback" in decide(text, "x.org", "::1").reason
+    assert not decide(text, "x.org", "fe80::1").allowed
     assert not decide(text, "x.org").allowed  # nothing resolved
 
 
@@ -100,9 +102,28 @@ def test_empty_list(text: str | None) -> None:
 
 
 @given(
-    st.lists(st.one_of(st.text(max_size=20), st.sampled_from(["*", "!", "*.a.b", "10.0.0.0/8", "::/0", "a.b", "!x.y"])), max_size=8).map(
-        "\n".join
-    )
+    st.lists(
+        st.one_of(
+            st.text(max_size=20),
+            st.sampled_from(
+                [
+                    "*",
+                    "!",
+                    "*.a.b",
+                    "10.0.0.0/8",
+                    "::/0",
+                    "a.b",
+                    "!x.y",
+                    "!::ffff:10.0.0.0/104",
+                    "[2001:db8::1]",
+                    "!64:ff9b::/96",
+                    "fe80::1%eth0",
+                    "::ffff:1.2.3.4/120",
+                ]
+            ),
+        ),
+        max_size=8,
+    ).map("\n".join)
 )
 def test_any_list_parses_or_explains(text: str) -> None:
     try:
@@ -110,9 +131,74 @@ def test_any_list_parses_or_explains(text: str) -> None:
     except ConfigError as error:
         assert all(str(p).startswith("EGRESS_HTTP_PROXY_DESTINATION") for p in error.problems)
         return
-    acl.decide("a.b", [ip_address("198.51.100.1")])
+    for address in ("198.51.100.1", "::ffff:10.1.2.3", "64:ff9b::10.1.2.3", "2001:db8::1"):
+        acl.decide("a.b", [ip_address(address)])
 
 
 @given(st.ip_addresses(), st.sampled_from(["x.example.com", None]))
 def test_decide_is_total(address, host) -> None:  # type: ignore[no-untyped-def]
     assert isinstance(parse_acl(LIST + "\n*").decide(host, [address]).reason, str)
+
+
+V6_LIST = """
+!2001:db8:bad::/48       # a denied IPv6 range inside an allowed one
+2001:db8::/32
+!::ffff:10.0.0.0/104     # written IPv4-mapped: the same rule as !10.0.0.0/8
+!192.0.2.0/24
+::1                      # a local sidecar over IPv6, explicitly
+fe80::/10
+*
+"""
+
+
+@pytest.mark.parametrize(
+    ("host", "address", "allowed", "reason"),
+    [
+        (None, "2001:db8:bad::1", False, "2001:db8:bad::1: line 2: !2001:db8:bad::/48"),
+        (None, "2001:db8:1::1", True, "line 3: 2001:db8::/32"),
+        ("v6.example.com", "2001:db8:1::1", True, "line 3: 2001:db8::/32"),  # an address rule, whatever the name
+        (None, "10.1.2.3", False, "10.1.2.3: line 4: !::ffff:10.0.0.0/104"),
+        (None, "::ffff:10.1.2.3", False, "::ffff:a01:203 (IPv4 10.1.2.3): line 4: !::ffff:10.0.0.0/104"),
+        ("x.test", "::ffff:192.0.2.7", False, "x.test resolves to ::ffff:c000:207 (IPv4 192.0.2.7): line 5: !192.0.2.0/24"),
+        (
+            "x.test",
+            "64:ff9b::192.0.2.7",
+            False,
+            "x.test resolves to 64:ff9b::c000:207: line 5: !192.0.2.0/24 (it carries the IPv4 address 192.0.2.7)",
+        ),
+        ("x.test", "2002:c000:207::1", False, "line 5: !192.0.2.0/24 (it carries the IPv4 address 192.0.2.7)"),
+        ("x.test", "::192.0.2.7", False, "line 5: !192.0.2.0/24 (it carries the IPv4 address 192.0.2.7)"),
+        ("x.test", "64:ff9b::198.51.100.7", True, "line 8: *"),  # NAT64 to an address nothing denies
+        (None, "::1", True, "line 6: ::1"),
+        ("x.test", "::1", True, "line 6: ::1"),  # the address rule allows it, whatever the name
+        ("x.test", "::2", True, "line 8: *"),  # ::0.0.0.2, IPv4-compatible: nothing denies 0.0.0.2
+        (None, "fe80::1", True, "line 7: fe80::/10"),
+        ("x.test", "::", False, ":: is loopback, link-local or unspecified"),
+        ("x.test", "::ffff:127.0.0.1", False, "::ffff:7f00:1 (IPv4 127.0.0.1): 127.0.0.1 is loopback"),
+        (
+            "x.test",
+            "64:ff9b::169.254.169.254",
+            False,
+            "64:ff9b::a9fe:a9fe carries the IPv4 address 169.254.169.254, which is loopback, link-local or unspecified",
+        ),
+    ],
+)
+def test_ipv6_rules_and_ipv6_spellings_of_ipv4(host: str | None, address: str, allowed: bool, reason: str) -> None:
+    decision = decide(V6_LIST, host, address)
+    assert decision.allowed is allowed
+    assert reason in decision.reason
+
+
+def test_a_name_with_both_families_needs_both_allowed() -> None:
+    text = "!2001:db8:bad::/48\n*.example.com"
+    assert decide(text, "a.example.com", "198.51.100.1", "2001:db8:1::1").allowed
+    denied = decide(text, "a.example.com", "198.51.100.1", "2001:db8:bad::1")
+    assert not denied.allowed and denied.reason == "a.example.com resolves to 2001:db8:bad::1: line 1: !2001:db8:bad::/48"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("2001:db8::1/32", "host bits set in CIDR (did you mean 2001:db8::/32?)"), ("2001:db8::/129", "not a valid")]
+)
+def test_bad_ipv6_rules(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        parse_acl(text)

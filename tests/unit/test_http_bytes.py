@@ -7,6 +7,7 @@ every corner case cheap: smuggling shapes, limits, timeouts, 1xx, keep-alive, pi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -572,3 +573,17 @@ def test_tunnel_bytes_count_while_they_flow_and_its_lifetime_has_its_own_histogr
     for histogram in ("egress_router_http_tunnel_duration_seconds", "egress_router_http_request_duration_seconds"):
         (series,) = taken[histogram]
         assert sum(series[1][:-1]) == 1  # one observation each: the tunnel's lifetime, the CONNECT until it was up
+
+
+def test_a_server_that_speaks_first_in_a_tunnel_keeps_its_first_words(h: Harness) -> None:
+    """SSH and SMTP servers greet first: the greeting may arrive before the proxy has joined the tunnel (found by the IPv6 lab)."""
+    opened = h.open
+
+    async def greeting_server(factory: Any, host: str, port: int) -> Any:
+        transport, upstream = await opened(factory, host, port)
+        upstream.data_received(b"SSH-2.0-OpenSSH_9.2\r\n")  # in the same turn as the connection: before the proxy resumes
+        return transport, upstream
+
+    h.proxy.pool.open_connection = greeting_server
+    client, response = h.ask(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+    assert response == b"HTTP/1.1 200 Connection established\r\n\r\nSSH-2.0-OpenSSH_9.2\r\n"
