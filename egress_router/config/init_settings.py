@@ -12,6 +12,7 @@ from egress_router.config.cluster_networks import VARIABLE, parse_cluster_networ
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.errors import Collector, ConfigError, Problem
 from egress_router.config.options import METRICS_PORT, Choice, Duration, Flag, Option, Text
+from egress_router.config.source_pool import HOSTNAME_VARIABLE, INDEX_VARIABLE, select_source
 
 
 class Mode(enum.Enum):
@@ -35,7 +36,18 @@ class Mode(enum.Enum):
 
 MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
 
-SOURCE = Option("source", "EGRESS_SOURCE", "Reserved egress address, A.B.C.D or A.B.C.D/len. Required")
+SOURCE = Option(
+    "source",
+    "EGRESS_SOURCE",
+    "Reserved egress address, A.B.C.D or A.B.C.D/len; or a pool, each pod taking one: several comma-separated, or a range A-B[/len]."
+    " Required",
+)
+SOURCE_INDEX = Option(
+    "source_index",
+    INDEX_VARIABLE,
+    "With a pool in EGRESS_SOURCE, the place (from 0) of this pod's address in it; unset: the StatefulSet ordinal ending HOSTNAME",
+)
+HOSTNAME = Option("hostname", HOSTNAME_VARIABLE, "The pod's name (Kubernetes sets it); a StatefulSet pod's ends in -<ordinal>")
 GATEWAY = Option("gateway", "EGRESS_GATEWAY", "Next hop on the node's network. Required")
 DESTINATION = Option(
     "destination", "EGRESS_DESTINATION", "Redirect rules, one a line: '<port> <proto> <addr> [<remote-port>]', or a fallback '<addr>' last"
@@ -85,6 +97,8 @@ NAT_BACKEND = Choice(
 #: Every option of `egress-router init`, in the order --help shows them.
 INIT_OPTIONS = (
     SOURCE,
+    SOURCE_INDEX,
+    HOSTNAME,
     GATEWAY,
     DESTINATION,
     DESTINATION_FILE,
@@ -110,6 +124,8 @@ CHECK_INTERVAL = Duration(
 #: Every option of `egress-router monitor`: init's (it keeps init's setup true) and how often it looks.
 MONITOR_OPTIONS = (
     SOURCE,
+    SOURCE_INDEX,
+    HOSTNAME,
     GATEWAY,
     DESTINATION,
     dataclasses.replace(DESTINATION_FILE, help="File holding the redirect rules; re-applied whenever it changes"),
@@ -185,6 +201,8 @@ def load_init_settings(
     source: str | None,
     gateway: str | None,
     destination: str | None,
+    source_index: str | None = None,
+    hostname: str | None = None,
     mode: str | None = None,
     interface: str | None = None,
     macvlan_master: str | None = None,
@@ -200,7 +218,7 @@ def load_init_settings(
     parsed = found.gather(
         {
             "mode": lambda: Mode(MODE.parse(mode)),
-            "source": lambda: parse_source(source),
+            "source": lambda: parse_source(select_source(source, source_index, hostname)),  # a pool: this pod's address
             "gateway": lambda: parse_gateway(gateway),
             "cluster_networks": lambda: parse_cluster_networks(cluster_networks),
             "metrics_port": lambda: METRICS_PORT.parse(metrics_port),
