@@ -11,7 +11,7 @@ from egress_router.config.addresses import Source, parse_gateway, parse_source
 from egress_router.config.cluster_networks import VARIABLE, parse_cluster_networks
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.errors import Collector, ConfigError, Problem
-from egress_router.config.options import METRICS_PORT, Choice, Duration, Flag, Option, Text
+from egress_router.config.options import METRICS_PORT, SHUTDOWN_DELAY, Choice, Duration, Flag, Option, Text
 from egress_router.config.source_pool import HOSTNAME_VARIABLE, INDEX_VARIABLE, select_source
 
 
@@ -115,6 +115,7 @@ INIT_OPTIONS = (
         help="Port of /healthz, /readyz and /metrics in legacy mode; in init and unit-test modes only a port set here counts"
         " (give the monitor container's: the fallback then leaves it to the pod); off: none",
     ),
+    SHUTDOWN_DELAY,  # legacy mode only: it stays running
 )
 
 CHECK_INTERVAL = Duration(
@@ -134,6 +135,7 @@ MONITOR_OPTIONS = (
     NAT_BACKEND,
     CHECK_INTERVAL,
     METRICS_PORT,
+    SHUTDOWN_DELAY,
     DEBUG,
 )
 
@@ -161,6 +163,7 @@ class InitSettings:
     #: set explicitly (the monitor's) from the fallback and the redirect rules. Never DNATed.
     metrics_port: int | None = None
     nat_backend: str = "auto"  # one of NAT_BACKENDS; init/nat_backend.py resolves auto on the machine
+    shutdown_delay: float = 0.0  # legacy init and monitor: unready this long after SIGTERM before they exit
 
 
 def interface_name_problem(name: str) -> str | None:
@@ -212,6 +215,7 @@ def load_init_settings(
     cluster_networks: str | None = None,
     metrics_port: str | None = None,
     nat_backend: str | None = None,
+    shutdown_delay: str | None = None,
 ) -> InitSettings:
     """Validate every variable and raise one ConfigError listing all problems."""
     found = Collector()
@@ -223,6 +227,7 @@ def load_init_settings(
             "cluster_networks": lambda: parse_cluster_networks(cluster_networks),
             "metrics_port": lambda: METRICS_PORT.parse(metrics_port),
             "nat_backend": lambda: NAT_BACKEND.parse(nat_backend),
+            "shutdown_delay": lambda: SHUTDOWN_DELAY.parse(shutdown_delay),
         }
     )
     parsed_mode: Mode | None = parsed.get("mode")
@@ -274,6 +279,7 @@ def load_init_settings(
         cluster_networks=networks,
         metrics_port=port,
         nat_backend=parsed["nat_backend"],
+        shutdown_delay=parsed["shutdown_delay"],
     )
 
 
