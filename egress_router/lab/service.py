@@ -1,9 +1,9 @@
 """A Service in front of several router pods, for the lab: what kube-proxy's nftables mode, the kubelet's readiness
 probes and the EndpointSlice controller do together, made small.
 
-Every node DNATs each new connection to the Service address to the next *ready* endpoint in turn, with the rule
-kube-proxy's nftables mode writes (`dnat to numgen inc mod N map { 0 : A, 1 : B }`); with none ready it rejects
-them, as kube-proxy does. A controller thread probes each endpoint's `/readyz` from the node every `period` seconds,
+Every node DNATs each new connection to the Service address to the next *ready* endpoint in turn
+(`dnat to numgen inc mod N map { 0 : A, 1 : B }`: kube-proxy's nftables mode picks with `numgen random` instead;
+in turn makes the lab's counts exact); with none ready it rejects them, as kube-proxy does. A controller thread probes each endpoint's `/readyz` from the node every `period` seconds,
 as the kubelet does (an endpoint that does not answer, its pod gone or not started yet, is not ready), and rewrites
 the rules on every node in one nft transaction when the ready set changes, `propagation` seconds later: in a cluster
 the kubelet reports to the API server, the EndpointSlice controller writes the slice and every node's kube-proxy

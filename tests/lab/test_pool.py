@@ -22,7 +22,6 @@ from egress_router.lab import topology as t
 from egress_router.lab.service import Service
 from egress_router.lab.topology import Process, environment
 
-SERVICE_IP = "172.30.0.20"
 RULES = "80 tcp 203.0.113.25"
 PERIOD = 0.5  # the readiness probes' period (periodSeconds; timeoutSeconds the same)
 PROPAGATION = 1.0  # from a probe's verdict to every node's Service rules (API server, EndpointSlice, kube-proxy)
@@ -101,11 +100,12 @@ class Attempt:
 
 class Client(threading.Thread):
     """The client pod opening a new connection to the Service every `every` seconds (each in a thread of its own, so
-    one that hangs does not hold back the next), each given `timeout` to answer."""
+    one that hangs does not hold back the next), each given `timeout` to answer (generous: the machine may be busy,
+    and a connection sent to a router that is gone is never answered)."""
 
-    def __init__(self, lab: Lab, every: float = 0.05, timeout: float = 1.0) -> None:
+    def __init__(self, lab: Lab, service: Service, every: float = 0.05, timeout: float = 3.0) -> None:
         super().__init__(daemon=True)
-        self.lab, self.every, self.timeout = lab, every, timeout
+        self.lab, self.address, self.every, self.timeout = lab, service.address, every, timeout
         self.attempts: list[Attempt] = []
         self.threads: list[threading.Thread] = []
         self.done = threading.Event()
@@ -121,7 +121,7 @@ class Client(threading.Thread):
 
     def attempt(self, at: float) -> None:
         try:
-            seen = self.lab.tcp("client", SERVICE_IP, 80, timeout=self.timeout)
+            seen = self.lab.tcp("client", self.address, 80, timeout=self.timeout)
             self.attempts.append(Attempt(at, seen.client))
         except OSError as error:
             self.attempts.append(Attempt(at, None, f"{type(error).__name__}: {error}"))
@@ -144,13 +144,18 @@ def report(case: str, since: float, attempts: list[Attempt]) -> tuple[int, float
     window = max(a.at + 0.0 for a in failed) - since if failed else 0.0
     after = [a for a in attempts if a.at >= since]
     errors = Counter(a.error.split(":")[0] for a in failed)
-    print(f"\n{case}: {len(failed)} of {len(after)} new connections failed, the last {window:.2f} s after; {dict(errors)}")
+    started = ", ".join(f"{a.at - since:.2f}" for a in failed)
+    print(f"\n{case}: {len(failed)} of {len(after)} new connections failed, the last {window:.2f} s after; {dict(errors)} [{started}]")
     return len(failed), window
 
 
 @pytest.fixture
 def service(lab: Lab) -> Iterator[Service]:
-    with Service(lab, "egress", SERVICE_IP, [], period=PERIOD, timeout=PERIOD, propagation=PROPAGATION) as started:
+    """A new Service address for each test: a client's connection that failed leaves a conntrack entry (SYN_SENT,
+    two minutes) that still points at the router it was sent to, and a later connection from the same client port to
+    the same address would be sent there again, as in a cluster."""
+    address = f"172.30.0.{20 + next(_numbers)}"
+    with Service(lab, "egress", address, [], period=PERIOD, timeout=PERIOD, propagation=PROPAGATION) as started:
         yield started
 
 
@@ -167,7 +172,7 @@ def statefulset(lab: Lab, pool: str, service: Service, delay: str = DELAY) -> St
 def test_each_pod_takes_its_address_and_the_server_sees_both(lab: Lab, service: Service) -> None:
     pods = statefulset(lab, "192.168.12.110-192.168.12.111/24", service)
     try:
-        seen = [lab.tcp("client", SERVICE_IP, 80) for _ in range(8)]
+        seen = [lab.tcp("client", service.address, 80) for _ in range(8)]
         assert {s.server for s in seen} == {"203.0.113.25"}
         assert Counter(s.client for s in seen) == {"192.168.12.110": 4, "192.168.12.111": 4}  # in turn
         for ordinal, address in ((0, "192.168.12.110/24"), (1, "192.168.12.111/24")):  # by ordinal, not by start order
@@ -180,7 +185,7 @@ def test_a_router_stopped_by_sigterm_loses_no_new_connection(lab: Lab, service: 
     """Deleting a pod: its monitor turns unready at once and stays EGRESS_SHUTDOWN_DELAY (its NAT in the kernel still
     working) while the Service drops it; only then does it exit and the pod's network go."""
     pods = statefulset(lab, "192.168.12.112-192.168.12.113", service)
-    client = Client(lab)
+    client = Client(lab, service)
     try:
         client.start()
         time.sleep(0.5)
@@ -203,7 +208,7 @@ def test_a_router_stopped_by_sigterm_loses_no_new_connection(lab: Lab, service: 
 def test_without_the_delay_new_connections_fail_until_the_service_notices(lab: Lab, service: Service) -> None:
     """The same with EGRESS_SHUTDOWN_DELAY=0: the pod goes before the Service knows, and what it still sends there fails."""
     pods = statefulset(lab, "192.168.12.114-192.168.12.115", service, delay="0")
-    client = Client(lab)
+    client = Client(lab, service)
     try:
         client.start()
         time.sleep(0.5)
@@ -222,7 +227,7 @@ def test_a_vanished_router_costs_new_connections_until_its_probe_fails(lab: Lab,
     """A pod gone without warning (no SIGTERM: a crash, its node's network cut): until the probe fails, the Service
     still sends it every other new connection; then the other router takes them all."""
     pods = statefulset(lab, "192.168.12.116-192.168.12.117", service)
-    client = Client(lab)
+    client = Client(lab, service)
     try:
         client.start()
         time.sleep(0.5)
@@ -264,7 +269,7 @@ def test_a_rolling_update_replaces_one_pod_at_a_time_never_two_on_one_address(la
     create its replacement with the same name (so the same address), wait until it is ready, then the next one."""
     addresses = ["192.168.12.118", "192.168.12.119"]
     pods = statefulset(lab, f"{addresses[0]}-{addresses[1]}", service)
-    client = Client(lab)
+    client = Client(lab, service)
     holders = Holders(lab, pods, addresses)
     try:
         client.start()
