@@ -3,12 +3,13 @@ probes and the EndpointSlice controller do together, made small.
 
 Every node DNATs each new connection to the Service address to the next *ready* endpoint in turn
 (`dnat to numgen inc mod N map { 0 : A, 1 : B }`: kube-proxy's nftables mode picks with `numgen random` instead;
-in turn makes the lab's counts exact); with none ready it rejects them, as kube-proxy does. A controller thread probes each endpoint's `/readyz` from the node every `period` seconds,
-as the kubelet does (an endpoint that does not answer, its pod gone or not started yet, is not ready), and rewrites
-the rules on every node in one nft transaction when the ready set changes, `propagation` seconds later: in a cluster
-the kubelet reports to the API server, the EndpointSlice controller writes the slice and every node's kube-proxy
-reads it and syncs, which takes a second or more, where the lab alone would take milliseconds. Established
-connections keep their endpoint (conntrack remembers the translation), as in a cluster.
+in turn makes the lab's counts exact); with none ready it rejects them, as kube-proxy does. A controller thread
+probes each endpoint's `/readyz` from the node every `period` seconds, as the kubelet does (an endpoint that does
+not answer, its pod gone or not started yet, is not ready), and rewrites the rules on every node in one nft
+transaction when the ready set changes, `propagation` seconds later: in a cluster the kubelet reports to the API
+server, the EndpointSlice controller writes the slice and every node's kube-proxy reads it and syncs, which takes a
+second or more, where the lab alone would take milliseconds. Established connections keep their endpoint (conntrack
+remembers the translation), as in a cluster.
 """
 
 from __future__ import annotations
