@@ -68,9 +68,36 @@ def containers(path: Path, kind: str = "containers") -> list[dict[str, Any]]:
     return containers_of(documents(path), kind)
 
 
+def statefulset_pods(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Pods a StatefulSet's controller makes of it: NAME-<ordinal>, with the template's metadata and spec; the pod's
+    name is its hostname, which its containers get as HOSTNAME."""
+    name, spec = document["metadata"]["name"], document["spec"]
+    template = spec["template"]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {**template["metadata"], "name": f"{name}-{ordinal}"},
+            "spec": template["spec"],
+        }
+        for ordinal in range(spec.get("replicas", 1))
+    ]
+
+
+def hostnames(document: dict[str, Any]) -> list[str]:
+    """The HOSTNAME of each pod the workload makes: a StatefulSet's end in their ordinals; a Deployment's in a random
+    suffix (shown as one made-up name); a Pod's is its name."""
+    name = document["metadata"]["name"]
+    if document["kind"] == "StatefulSet":
+        return [f"{name}-{ordinal}" for ordinal in range(document["spec"].get("replicas", 1))]
+    if document["kind"] == "Deployment":
+        return [f"{name}-7d9f8c6b5d-x2kqz"]
+    return [name]
+
+
 def containers_of(found: list[dict[str, Any]], kind: str = "containers") -> list[dict[str, Any]]:
     """Each container of `kind` in the documents, with `resolved_env` (its variables, ConfigMap references
-    resolved) and `mounted_files` (path -> text of each file of the ConfigMaps it mounts)."""
+    resolved), `mounted_files` (path -> text of each file of the ConfigMaps it mounts) and `hostnames` (its pods')."""
     config_maps = {d["metadata"]["name"]: d["data"] for d in found if d["kind"] == "ConfigMap"}
     result = []
     for document in found:
@@ -90,5 +117,5 @@ def containers_of(found: list[dict[str, Any]], kind: str = "containers") -> list
                 if mount["name"] in volumes
                 for key, text in config_maps[volumes[mount["name"]]].items()
             }
-            result.append({**container, "resolved_env": env, "mounted_files": files})
+            result.append({**container, "resolved_env": env, "mounted_files": files, "hostnames": hostnames(document)})
     return result

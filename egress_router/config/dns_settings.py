@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from egress_router.config.dns_targets import Target, parse_targets
 from egress_router.config.errors import Collector, ConfigError
-from egress_router.config.options import METRICS_PORT, Count, Duration, Flag, Option, Switch, parse_each
+from egress_router.config.options import METRICS_PORT, SHUTDOWN_DELAY, Count, Duration, Flag, Option, Switch, parse_each
 
 LIST = Option(
     "destination", "EGRESS_DNS_PROXY_DESTINATION", "Ports to forward, one a line: '<local-port> <address-or-name> [<remote-port>]'"
@@ -25,7 +25,13 @@ TUNING = (
         "Time for one address to accept before giving it up (the next one starts 250 ms after it)",
         default=5.0,
     ),
-    Duration("drain_timeout", "EGRESS_DNS_PROXY_DRAIN_TIMEOUT", "On SIGTERM, open connections get this long to finish", default=30.0),
+    SHUTDOWN_DELAY,
+    Duration(
+        "drain_timeout",
+        "EGRESS_DNS_PROXY_DRAIN_TIMEOUT",
+        "After the shutdown delay, open connections get this long to finish",
+        default=30.0,
+    ),
     Duration("min_ttl", "EGRESS_DNS_PROXY_MIN_TTL", "Names are not re-resolved more often than this", default=1.0),
     Duration("max_ttl", "EGRESS_DNS_PROXY_MAX_TTL", "Names are re-resolved at least this often", default=300.0),
     Duration("stale_limit", "EGRESS_DNS_PROXY_STALE_LIMIT", "How long the last good answer is used while DNS fails", default=3600.0),
@@ -51,6 +57,7 @@ class DnsProxySettings:
     max_connections: int
     idle_timeout: float
     connect_timeout: float
+    shutdown_delay: float
     drain_timeout: float
     min_ttl: float
     max_ttl: float

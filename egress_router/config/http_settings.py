@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from egress_router.config.errors import Collector, ConfigError
 from egress_router.config.http_acl import Acl, parse_acl
-from egress_router.config.options import METRICS_PORT, PER_CPU, Count, Duration, Flag, Option, Port, Ports, parse_each
+from egress_router.config.options import METRICS_PORT, PER_CPU, SHUTDOWN_DELAY, Count, Duration, Flag, Option, Port, Ports, parse_each
 
 LIST = Option(
     "destination", "EGRESS_HTTP_PROXY_DESTINATION", "Allow/deny list, one rule a line: address, CIDR, name, *.domain, !rule, and * last"
@@ -43,7 +43,13 @@ TUNING = (
         "Time to connect to one server address before giving it up (the next one starts 250 ms after it)",
         default=10.0,
     ),
-    Duration("drain_timeout", "EGRESS_HTTP_PROXY_DRAIN_TIMEOUT", "On SIGTERM, in-flight requests get this long to finish", default=30.0),
+    SHUTDOWN_DELAY,
+    Duration(
+        "drain_timeout",
+        "EGRESS_HTTP_PROXY_DRAIN_TIMEOUT",
+        "After the shutdown delay, in-flight requests get this long to finish",
+        default=30.0,
+    ),
     Count("workers", "EGRESS_HTTP_PROXY_WORKERS", "Worker processes sharing the port", default=PER_CPU, minimum=1, maximum=256),
 )
 
@@ -67,6 +73,7 @@ class HttpProxySettings:
     idle_timeout: float
     tunnel_idle_timeout: float
     connect_timeout: float
+    shutdown_delay: float
     drain_timeout: float
     workers: int
 

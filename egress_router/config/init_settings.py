@@ -11,7 +11,8 @@ from egress_router.config.addresses import Source, parse_gateway, parse_source
 from egress_router.config.cluster_networks import VARIABLE, parse_cluster_networks
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.errors import Collector, ConfigError, Problem
-from egress_router.config.options import METRICS_PORT, Choice, Duration, Flag, Option, Text
+from egress_router.config.options import METRICS_PORT, SHUTDOWN_DELAY, Choice, Duration, Flag, Option, Text
+from egress_router.config.source_pool import HOSTNAME_VARIABLE, INDEX_VARIABLE, select_source
 
 
 class Mode(enum.Enum):
@@ -35,7 +36,18 @@ class Mode(enum.Enum):
 
 MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
 
-SOURCE = Option("source", "EGRESS_SOURCE", "Reserved egress address, A.B.C.D or A.B.C.D/len. Required")
+SOURCE = Option(
+    "source",
+    "EGRESS_SOURCE",
+    "Reserved egress address, A.B.C.D or A.B.C.D/len; or a pool, each pod taking one: several comma-separated, or a range A-B[/len]."
+    " Required",
+)
+SOURCE_INDEX = Option(
+    "source_index",
+    INDEX_VARIABLE,
+    "With a pool in EGRESS_SOURCE, the place (from 0) of this pod's address in it; unset: the StatefulSet ordinal ending HOSTNAME",
+)
+HOSTNAME = Option("hostname", HOSTNAME_VARIABLE, "The pod's name (Kubernetes sets it); a StatefulSet pod's ends in -<ordinal>")
 GATEWAY = Option("gateway", "EGRESS_GATEWAY", "Next hop on the node's network. Required")
 DESTINATION = Option(
     "destination", "EGRESS_DESTINATION", "Redirect rules, one a line: '<port> <proto> <addr> [<remote-port>]', or a fallback '<addr>' last"
@@ -85,6 +97,8 @@ NAT_BACKEND = Choice(
 #: Every option of `egress-router init`, in the order --help shows them.
 INIT_OPTIONS = (
     SOURCE,
+    SOURCE_INDEX,
+    HOSTNAME,
     GATEWAY,
     DESTINATION,
     DESTINATION_FILE,
@@ -101,6 +115,7 @@ INIT_OPTIONS = (
         help="Port of /healthz, /readyz and /metrics in legacy mode; in init and unit-test modes only a port set here counts"
         " (give the monitor container's: the fallback then leaves it to the pod); off: none",
     ),
+    SHUTDOWN_DELAY,  # legacy mode only: it stays running
 )
 
 CHECK_INTERVAL = Duration(
@@ -110,6 +125,8 @@ CHECK_INTERVAL = Duration(
 #: Every option of `egress-router monitor`: init's (it keeps init's setup true) and how often it looks.
 MONITOR_OPTIONS = (
     SOURCE,
+    SOURCE_INDEX,
+    HOSTNAME,
     GATEWAY,
     DESTINATION,
     dataclasses.replace(DESTINATION_FILE, help="File holding the redirect rules; re-applied whenever it changes"),
@@ -118,6 +135,7 @@ MONITOR_OPTIONS = (
     NAT_BACKEND,
     CHECK_INTERVAL,
     METRICS_PORT,
+    SHUTDOWN_DELAY,
     DEBUG,
 )
 
@@ -145,6 +163,7 @@ class InitSettings:
     #: set explicitly (the monitor's) from the fallback and the redirect rules. Never DNATed.
     metrics_port: int | None = None
     nat_backend: str = "auto"  # one of NAT_BACKENDS; init/nat_backend.py resolves auto on the machine
+    shutdown_delay: float = 0.0  # legacy init and monitor: unready this long after SIGTERM before they exit
 
 
 def interface_name_problem(name: str) -> str | None:
@@ -185,6 +204,8 @@ def load_init_settings(
     source: str | None,
     gateway: str | None,
     destination: str | None,
+    source_index: str | None = None,
+    hostname: str | None = None,
     mode: str | None = None,
     interface: str | None = None,
     macvlan_master: str | None = None,
@@ -194,17 +215,19 @@ def load_init_settings(
     cluster_networks: str | None = None,
     metrics_port: str | None = None,
     nat_backend: str | None = None,
+    shutdown_delay: str | None = None,
 ) -> InitSettings:
     """Validate every variable and raise one ConfigError listing all problems."""
     found = Collector()
     parsed = found.gather(
         {
             "mode": lambda: Mode(MODE.parse(mode)),
-            "source": lambda: parse_source(source),
+            "source": lambda: parse_source(select_source(source, source_index, hostname)),  # a pool: this pod's address
             "gateway": lambda: parse_gateway(gateway),
             "cluster_networks": lambda: parse_cluster_networks(cluster_networks),
             "metrics_port": lambda: METRICS_PORT.parse(metrics_port),
             "nat_backend": lambda: NAT_BACKEND.parse(nat_backend),
+            "shutdown_delay": lambda: SHUTDOWN_DELAY.parse(shutdown_delay),
         }
     )
     parsed_mode: Mode | None = parsed.get("mode")
@@ -256,6 +279,7 @@ def load_init_settings(
         cluster_networks=networks,
         metrics_port=port,
         nat_backend=parsed["nat_backend"],
+        shutdown_delay=parsed["shutdown_delay"],
     )
 
 

@@ -75,10 +75,12 @@ class Valued(Option, Generic[T]):
 
 @dataclass(frozen=True, kw_only=True)
 class Duration(Valued[float]):
-    """Seconds, written 30, 30s, 500ms, 5m or 1h."""
+    """Seconds, written 30, 30s, 500ms, 5m or 1h; 0 only where it is `allow_zero` (a delay, not a timeout)."""
+
+    allow_zero: bool = False
 
     def convert(self, text: str) -> float:
-        return parse_duration(text, self.variable)
+        return parse_duration(text, self.variable, self.allow_zero)
 
     def render(self, value: float) -> str:
         return render_duration(value)
@@ -188,6 +190,17 @@ def parse_each(found: Collector, options: Iterable[Valued[Any]], given: Mapping[
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
     return found.gather({name: functools.partial(option.parse, given.get(name)) for name, option in table.items()})
 
+
+#: Every long-running command's pause between SIGTERM and closing its doors: Kubernetes takes a terminating pod out of
+#: its Services while it signals it, and that change reaches every node's Service rules only seconds later.
+SHUTDOWN_DELAY = Duration(
+    "shutdown_delay",
+    "EGRESS_SHUTDOWN_DELAY",
+    "On SIGTERM, how long the pod stays unready but still serving, until every node stops sending it new connections;"
+    " then it drains. 0: at once",
+    default=5.0,
+    allow_zero=True,
+)
 
 #: Every long-running command's /healthz, /readyz and /metrics (one option, in each command's table).
 METRICS_PORT = PortOrOff(

@@ -11,8 +11,8 @@ from egress_router.config.lines import PORT_REASON, parse_port
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_duration(text: str, variable: str) -> float:
-    """Seconds; `30`, `30s`, `500ms`, `5m`, `1h`. Zero is refused: a timeout must end."""
+def parse_duration(text: str, variable: str, allow_zero: bool = False) -> float:
+    """Seconds; `30`, `30s`, `500ms`, `5m`, `1h`. Zero is refused (a timeout must end) unless `allow_zero` (a delay may be none)."""
     value = text.lower()
     unit = next((u for u in ("ms", "s", "m", "h") if value.endswith(u)), "")
     number = value[: len(value) - len(unit)] if unit else value
@@ -20,13 +20,17 @@ def parse_duration(text: str, variable: str) -> float:
         seconds = float(number) * UNITS[unit or "s"]
     except ValueError:
         raise ConfigError.single(variable, "not a duration (use e.g. 30, 30s, 500ms, 5m, 1h)", text) from None
+    if allow_zero and seconds == 0:
+        return 0.0
     if not seconds > 0 or seconds == float("inf"):
-        raise ConfigError.single(variable, "must be more than zero", text)
+        raise ConfigError.single(variable, "must be zero or more" if allow_zero else "must be more than zero", text)
     return seconds
 
 
 def render_duration(seconds: float) -> str:
     """A duration as a user writes it, in the largest unit that keeps it whole: 10s, 5m, 1h, 500ms."""
+    if seconds == 0:
+        return "0s"
     for unit in ("h", "m", "s", "ms"):
         count = round(seconds / UNITS[unit])
         if count >= 1 and count * UNITS[unit] == seconds:  # exactly what parse_duration makes of it

@@ -19,7 +19,7 @@ from egress_router.observe.endpoints import local_probes, serving
 from egress_router.observe.stats import CONFIG_RELOADS, Stats, count
 from egress_router.runtime.sockets import check_free, listen
 from egress_router.runtime.watch import ListFile, SerialApply, following
-from egress_router.runtime.workers import run_loop
+from egress_router.runtime.workers import linger, run_loop
 
 log = logging.getLogger(__name__)
 RESOLV_CONF = "/etc/resolv.conf"
@@ -115,8 +115,9 @@ async def serve_until_stopped(settings: DnsProxySettings, stop: asyncio.Event, l
     async with serving(settings.metrics_port, local_probes("dns-proxy", forwarded.stats, forwarded.ready)):
         with following(list_file, "EGRESS_DNS_PROXY_DESTINATION_FILE", parse, use, lambda result: count(reloaded, result)):
             await stop.wait()
+            forwarded.stopping = True
+            await linger(stop, settings.shutdown_delay)
         await reloads.settle()
-        forwarded.stopping = True
         forwarded.stop()
         await drain(forwarded)
 

@@ -17,7 +17,7 @@ from egress_router.observe.reports import SupervisorEndpoints, report_forever, s
 from egress_router.observe.stats import CONFIG_RELOADS, by_name, count
 from egress_router.runtime.sockets import check_free, listen
 from egress_router.runtime.watch import ListFile, following
-from egress_router.runtime.workers import run_loop, run_workers
+from egress_router.runtime.workers import linger, run_loop, run_workers
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +25,15 @@ log = logging.getLogger(__name__)
 async def serve_until_stopped(
     settings: HttpProxySettings, sock: socket.socket, stop: asyncio.Event, acl_file: ListFile | None, reports: socket.socket | None
 ) -> None:
-    """One worker. Its endpoints: on this loop when it is the only worker, else its reports to the supervisor."""
+    """One worker. Its endpoints: on this loop when it is the only worker, else its reports to the supervisor (which
+    then also waits out the shutdown delay before it passes SIGTERM on: here it is the only one's to wait)."""
     loop = asyncio.get_running_loop()
     proxy = Proxy(loop, settings, AccessLog())
     server = await loop.create_server(proxy.protocol, sock=sock, backlog=1024)
+    stopping = asyncio.Event()
 
     def ready() -> str | None:
-        return "draining: stopping on SIGTERM" if proxy.draining else None
+        return "draining: stopping on SIGTERM" if stopping.is_set() else None
 
     def use(acl: Acl) -> None:
         proxy.settings = replace(proxy.settings, acl=acl)
@@ -42,6 +44,8 @@ async def serve_until_stopped(
     async with serving(local, local_probes("http-proxy", proxy.stats, ready)):
         with following(acl_file, "EGRESS_HTTP_PROXY_DESTINATION_FILE", parse_acl, use, lambda result: count(reloads, result)):
             await stop.wait()
+            stopping.set()
+            await linger(stop, settings.shutdown_delay if reports is None else 0.0)
         await drain(proxy, server)
     if reporter is not None and reports is not None:
         reporter.cancel()
@@ -91,4 +95,4 @@ def run(settings: HttpProxySettings, acl_file: ListFile | None = None) -> int:
         sock = first if not reuse else listen(settings.listen_port, reuse_port=True)
         run_loop(lambda stop: serve_until_stopped(settings, sock, stop, acl_file, reports))
 
-    return run_workers(settings.workers, worker, settings.drain_timeout, watcher=supervisor)
+    return run_workers(settings.workers, worker, settings.drain_timeout, watcher=supervisor, delay=settings.shutdown_delay)

@@ -27,7 +27,7 @@ from egress_router.init.plan import NetworkPlan, build_plan, labelled_nat_rules
 from egress_router.observe.endpoints import local_probes, serving
 from egress_router.observe.stats import CONFIG_RELOADS, Stats, count
 from egress_router.runtime.watch import ListFile, following
-from egress_router.runtime.workers import run_loop
+from egress_router.runtime.workers import linger, run_loop
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class Keeper:
         self.backend = backend
         self.side: ClusterSide | None = None
         self.problem: str | None = "not checked yet"
+        self.stopping = False
         self.address_present = False
         self.nat_counters: dict[tuple[str, ...], tuple[int, int]] = {}
         self.stats = Stats(metrics.METRICS)
@@ -135,7 +136,7 @@ class Keeper:
             self.nat_counters = {(label,): counts for label, counts in zip(labels, found, strict=True)}
 
     def ready(self) -> str | None:
-        return self.problem
+        return "draining: stopping on SIGTERM" if self.stopping else self.problem
 
 
 def list_parser(settings: InitSettings) -> Callable[[str], Destinations]:
@@ -165,6 +166,8 @@ async def watch_until_stopped(
     async with serving(settings.metrics_port, probes):
         with following(list_file, "EGRESS_DESTINATION_FILE", list_parser(settings), use, lambda result: count(reloads, result)):
             await keep(keeper, stop, wake, interval)
+        keeper.stopping = True  # the NAT stays in the kernel: new connections still work until the pod is gone
+        await linger(stop, settings.shutdown_delay)
     log.info("stopped")
 
 

@@ -92,8 +92,10 @@ table inet site {{
 
 
 def environment(**overrides: str) -> dict[str, str]:
-    """This process's environment without any EGRESS_* variable (so nothing leaks into a lab command), plus `overrides`."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("EGRESS_")}, **overrides}
+    """This process's environment without any EGRESS_* variable or HOSTNAME (so nothing leaks into a lab command), plus
+    `overrides`. EGRESS_SHUTDOWN_DELAY is 0 unless given: nothing in the lab waits for Service rules to change."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("EGRESS_") and k != "HOSTNAME"}
+    return {**kept, "EGRESS_SHUTDOWN_DELAY": "0", **overrides}
 
 
 class LabError(RuntimeError):

@@ -1,7 +1,8 @@
 """Run a long-running service in one process or in several forked workers, and stop it gracefully.
 
 Each worker owns its own SO_REUSEPORT listening socket, so the kernel spreads new connections over
-them. SIGTERM or SIGINT to the parent reaches every worker, which stops accepting and drains.
+them. SIGTERM or SIGINT to the parent makes it unready; after the shutdown delay it reaches every worker,
+which stops accepting and drains.
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ def run_loop(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None
         loop.close()
 
 
+async def linger(stop: asyncio.Event, delay: float) -> None:
+    """Called once `stop` is set and the caller reports itself unready: keep serving `delay` seconds more before the
+    caller stops accepting. Kubernetes takes a terminating pod out of its Services as it signals it, but each node's
+    Service rules learn it only seconds later; until then new connections still come. A second signal ends it."""
+    if delay <= 0:
+        return
+    log.info("stopping: not ready; still accepting for %g s while the Service stops sending here", delay)
+    stop.clear()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)
+    stop.set()
+
+
 #: After the drain's grace period, workers that have not exited get this long before SIGKILL.
 KILL_AFTER = 5.0
 
@@ -73,20 +87,26 @@ class Watcher(Protocol):
         """In the supervisor: a worker was reaped."""
 
     def stop(self) -> None:
-        """In the supervisor: a stop signal came; the workers drain."""
+        """In the supervisor: a stop signal came; the endpoints say not ready now, the workers drain after the delay."""
 
 
 def run_workers(
-    count: int, worker: Callable[[], None], grace: float, kill_after: float = KILL_AFTER, watcher: Watcher | None = None
+    count: int,
+    worker: Callable[[], None],
+    grace: float,
+    kill_after: float = KILL_AFTER,
+    watcher: Watcher | None = None,
+    delay: float = 0.0,
 ) -> int:
-    """Fork `count` workers running `worker()`; restart one that dies; stop all on a signal.
+    """Fork `count` workers running `worker()`; restart one that dies; stop all on a signal, `delay` seconds after it
+    (the watcher is told at once). One worker runs here and lingers itself.
 
     A forked worker starts with SIGTERM and SIGINT blocked, so one sent before its loop runs is not lost (nor
     fatal): run_loop takes it and unblocks them. A worker that does not use run_loop unblocks them itself."""
     if count == 1:
         worker()
         return 0
-    return Supervisor(worker, grace + kill_after, watcher).run(count)
+    return Supervisor(worker, grace + kill_after, watcher, delay).run(count)
 
 
 RESTART_EVERY = 1.0
@@ -95,14 +115,17 @@ WATCHED = {signal.SIGCHLD, *STOP_SIGNALS}
 
 class Supervisor:
     """The parent of the workers. It waits for signals with sigtimedwait (SIGCHLD, SIGTERM and SIGINT blocked),
-    never in a blocking waitpid, so a signal always wakes it: workers that ignore SIGTERM are killed
-    `kill_within` seconds after it, on time."""
+    never in a blocking waitpid, so a signal always wakes it: it passes SIGTERM on to the workers `delay` seconds
+    after the first stop signal (at once on a second), and kills those that ignore it `kill_within` seconds later, on
+    time. A signal sent to the whole process group (Ctrl-C) reaches the workers at once, without the delay."""
 
-    def __init__(self, worker: Callable[[], None], kill_within: float, watcher: Watcher | None = None) -> None:
+    def __init__(self, worker: Callable[[], None], kill_within: float, watcher: Watcher | None = None, delay: float = 0.0) -> None:
         self.worker = worker
         self.watcher = watcher
         self.kill_within = kill_within
+        self.delay = delay
         self.children: dict[int, int] = {}  # pid -> slot
+        self.forward_at: float | None = None  # when the stop signal goes on to the workers
         self.deadline: float | None = None  # set by the first stop signal
         self.started = time.monotonic()
         self.restarts: dict[int, float] = {}  # slot -> when its replacement may start
@@ -216,21 +239,38 @@ class Supervisor:
         return None
 
     def wait(self) -> None:
-        """Sleep until a signal, at most a second or until the kill deadline; act on stop signals and the deadline."""
+        """Sleep until a signal, at most a second or until the next thing due; act on stop signals and the deadlines."""
         now = time.monotonic()
+        self.forward_due(now)
         if self.deadline is not None and now >= self.deadline:
             log.error("%d worker(s) still running %g s after SIGTERM; killing them", len(self.children), self.kill_within)
             self.stop_all(signal.SIGKILL)
             self.deadline = float("inf")
-        due = [*self.restarts.values(), *([self.watcher_due] if self.watcher_due is not None else [])]
-        soonest = min([1.0, *(when - now for when in due)])
-        timeout = max(0.0, soonest if self.deadline is None else min(soonest, self.deadline - now))
+        pending = (self.watcher_due, self.forward_at, self.deadline)
+        due = [*self.restarts.values(), *(when for when in pending if when is not None)]
+        timeout = max(0.0, min([1.0, *(when - now for when in due)]))
         info = signal.sigtimedwait(WATCHED, timeout)
-        if info is not None and info.si_signo in STOP_SIGNALS and self.deadline is None:
-            self.deadline = time.monotonic() + self.kill_within
+        if info is not None and info.si_signo in STOP_SIGNALS:
+            self.stop_requested(time.monotonic())
+
+    def stop_requested(self, now: float) -> None:
+        """The first stop signal: unready now, the workers told after the delay; a second one during it: told now."""
+        if self.deadline is None:
             self.restarts.clear()
             if self.watcher is not None:
                 self.watcher.stop()
+            self.forward_at = now + self.delay
+            self.deadline = self.forward_at + self.kill_within
+            if self.delay > 0:
+                log.info("stopping: not ready; still accepting for %g s while the Service stops sending here", self.delay)
+        elif self.forward_at is not None:
+            self.deadline -= self.forward_at - now
+            self.forward_at = now
+        self.forward_due(now)
+
+    def forward_due(self, now: float) -> None:
+        if self.forward_at is not None and now >= self.forward_at:
+            self.forward_at = None
             self.stop_all(signal.SIGTERM)
 
     def stop_all(self, sig: int) -> None:

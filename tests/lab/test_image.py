@@ -25,7 +25,17 @@ from egress_router.lab.dns import DNS
 from egress_router.lab.dns import DnsServer as Dns
 from tests.lab.http_helpers import http_get
 from tests.lab.waiting import eventually
-from tests.manifests import EXAMPLES, containers, containers_of, documents, init_containers, kustomize, parse, pod_spec
+from tests.manifests import (
+    EXAMPLES,
+    containers,
+    containers_of,
+    documents,
+    init_containers,
+    kustomize,
+    parse,
+    pod_spec,
+    statefulset_pods,
+)
 
 IMAGE = os.environ.get("EGRESS_ROUTER_INIT_IMAGE", "localhost/egress-router-init:latest")
 PROXY_IMAGE = os.environ.get("EGRESS_ROUTER_PROXY_IMAGE", "localhost/egress-router-proxy:latest")
@@ -362,3 +372,29 @@ def test_least_privilege_component_runs_with_capabilities_only(lab: Lab, image: 
             assert_privileges_as_written(tmp_path, found)
     finally:
         lab.remove_namespace(role)
+
+
+def test_statefulset_pods_take_the_addresses_of_their_ordinals(
+    lab: Lab, image: str, proxy_image: str, web_server: str, tmp_path: Path
+) -> None:
+    """The StatefulSet example's first two pods as its controller makes them (podman 4.3 plays no StatefulSet), each in
+    a lab pod: each init container takes the pool's address at the ordinal its HOSTNAME ends in, and the proxy leaves
+    with it; the probes answer."""
+    found = documents(EXAMPLES / "http-proxy-statefulset.yaml")
+    (statefulset,) = [d for d in found if d["kind"] == "StatefulSet"]
+    pods = statefulset_pods(statefulset)[:2]
+    addresses = ["10.128.0.71", "10.128.0.72"]
+    roles = [f"k{address.rsplit('.', 1)[1]}" for address in addresses]
+    try:
+        with contextlib.ExitStack() as stack:
+            for pod, role, address in zip(pods, roles, addresses, strict=True):
+                lab.add_pod(role, address)
+                lab.add_macvlan(role)
+                stack.enter_context(played(lab, tmp_path, role, for_the_lab([pod])))
+            for pod, address, source in zip(pods, addresses, ["192.168.12.99", "192.168.12.100"], strict=True):
+                lab.wait_for_port("client", address, 8080)
+                assert json.loads(curl_via(lab, f"http://{address}:8080", web_server))["client"] == source, pod["metadata"]["name"]
+                assert_probes_answer(lab, tmp_path, [pod], address)
+    finally:
+        for role in roles:
+            lab.remove_namespace(role)

@@ -263,7 +263,14 @@ def test_help_sentences_leave_the_default_to_the_table(command: str) -> None:
 
 
 def test_durations_in_help_are_written_as_a_user_would() -> None:
-    assert [option.shown_default for option in http_settings.TUNING if isinstance(option, Duration)] == ["10s", "1m", "1h", "10s", "30s"]
+    assert [option.shown_default for option in http_settings.TUNING if isinstance(option, Duration)] == [
+        "10s",
+        "1m",
+        "1h",
+        "10s",
+        "5s",
+        "30s",
+    ]
     assert "(default one per CPU)" in help_of("http-proxy")
 
 

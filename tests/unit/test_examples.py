@@ -12,9 +12,12 @@ import kubernetes_validate
 import pytest
 
 from egress_router.cli import command_from_environment
+from egress_router.config import dns_settings, http_settings
 from egress_router.config.dns_settings import load_dns_settings
+from egress_router.config.errors import ConfigError
 from egress_router.config.http_settings import load_http_settings
-from egress_router.config.init_settings import load_init_settings, load_monitor_settings
+from egress_router.config.init_settings import MONITOR_OPTIONS, load_init_settings, load_monitor_settings
+from egress_router.config.options import SHUTDOWN_DELAY, Option
 from egress_router.init.plan import build_plan
 from tests.manifests import (
     COMPONENTS,
@@ -49,6 +52,7 @@ OPTION_FOR = {
     "EGRESS_HOST_NETNS": "host_netns",
     "EGRESS_ROUTER_DEBUG": "debug",
     "EGRESS_METRICS_PORT": "metrics_port",
+    "EGRESS_SOURCE_INDEX": "source_index",
 }
 FILES = manifest_files()
 #: the base alone, and with each of its components
@@ -69,6 +73,7 @@ def test_every_example_file_is_known() -> None:
     assert [p.name for p in FILES] == [
         "dns-proxy-pod.yaml",
         "http-proxy-pod.yaml",
+        "http-proxy-statefulset.yaml",
         "network-policy.yaml",
         "pod-monitor.yaml",
         "redirect-pod-configmap.yaml",
@@ -114,10 +119,14 @@ INITS = [(path.name, container) for path in FILES for container in init_containe
 
 @pytest.mark.parametrize(("name", "container"), INITS, ids=[c[0] for c in INITS])
 def test_example_init_container_is_valid(name: str, container: dict[str, Any]) -> None:
+    """Valid in every pod of the workload (each replica of a StatefulSet with a pool takes an address of its own)."""
     env = container["resolved_env"]
     assert set(env) <= set(OPTION_FOR), f"{name} uses a variable we do not know"
     assert container["securityContext"] == {"privileged": True}
-    plan = build_plan(load_init_settings(**{"destination": None, **{OPTION_FOR[k]: v for k, v in env.items()}}))
+    given = {"destination": None, **{OPTION_FOR[k]: v for k, v in env.items()}}
+    sources = [load_init_settings(**given, hostname=hostname).source for hostname in container["hostnames"]]
+    assert len(set(sources)) == len(sources), f"{name}: two pods would share an address"
+    plan = build_plan(load_init_settings(**given, hostname=container["hostnames"][0]))
     assert (plan.nat_rules is None) == name.startswith(("http-proxy", "dns-proxy"))
     assert set(container["resources"]["requests"]) == {"cpu", "memory"} and "memory" in container["resources"]["limits"]
 
@@ -146,7 +155,7 @@ def test_example_proxy_container_is_valid_and_unprivileged(name: str, container:
     assert context["runAsNonRoot"] is True and isinstance(context["runAsUser"], int) and context["runAsUser"] > 0
     assert "add" not in context["capabilities"] and "privileged" not in context
     assert "command" not in container and "args" not in container  # the mode comes from the environment, as on OpenShift
-    assert command_from_environment(env) == name.split("-pod")[0]
+    assert name.startswith(f"{command_from_environment(env)}-")
     if "EGRESS_HTTP_PROXY_DESTINATION" in env:
         assert load_http_settings(destination=env["EGRESS_HTTP_PROXY_DESTINATION"]).acl.wildcard is not None
     else:
@@ -210,3 +219,63 @@ def test_network_attachment_is_a_macvlan_without_addresses_that_the_pod_names() 
     assert pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == attachment["metadata"]["name"]
     (init,) = init_containers(path)
     assert init["resolved_env"]["EGRESS_INTERFACE"] == "net1"
+
+
+#: each long-running command's options by variable (the loaders' keywords), to load a container's whole environment
+LOADERS = {
+    "http-proxy": (http_settings.OPTIONS, load_http_settings),
+    "dns-proxy": (dns_settings.OPTIONS, load_dns_settings),
+    "monitor": (MONITOR_OPTIONS, None),
+}
+
+
+def settings_of(container: dict[str, Any]) -> Any:
+    """What the container's command makes of its whole environment (every variable one it knows)."""
+    env = container["resolved_env"]
+    command = (container.get("command") or ["", command_from_environment(env)])[-1]
+    table, load = LOADERS[str(command)]
+    names: dict[str, Option] = {option.variable: option for option in table}
+    assert set(env) <= set(names), f"variables {sorted(set(env) - set(names))} are not {command}'s"
+    given = {names[k].name: v for k, v in env.items() if not k.endswith("_FILE")}
+    return load(**given) if load is not None else None
+
+
+WITH_PODS = [path for path in FILES if any(pod_spec(d) is not None for d in documents(path))]
+
+
+@pytest.mark.parametrize("path", WITH_PODS, ids=[p.name for p in WITH_PODS])
+def test_the_grace_period_holds_the_shutdown_delay_and_the_drain(path: Path) -> None:
+    """The kubelet kills what still runs terminationGracePeriodSeconds (default 30) after SIGTERM: the delay and the
+    drain must end before."""
+    found = documents(path)
+    (workload,) = [d for d in found if pod_spec(d) is not None]
+    grace = (pod_spec(workload) or {}).get("terminationGracePeriodSeconds", 30)
+    for container in containers_of(found):
+        settings = settings_of(container)
+        delay = SHUTDOWN_DELAY.parse(container["resolved_env"].get(SHUTDOWN_DELAY.variable))
+        drain = settings.drain_timeout if settings is not None else 0.0
+        assert delay > 0 and delay + drain < grace, f"{path.name}: {delay:g} s delay + {drain:g} s drain, {grace} s grace"
+
+
+def test_the_statefulset_pool_is_spread_gated_and_budgeted() -> None:
+    """The StatefulSet example: parallel pods on different nodes, its headless Service and the clients' Service, a
+    PodDisruptionBudget of one, all selecting exactly its pods; one address in the pool per replica."""
+    found = documents(EXAMPLES / "http-proxy-statefulset.yaml")
+    (statefulset,) = [d for d in found if d["kind"] == "StatefulSet"]
+    (budget,) = [d for d in found if d["kind"] == "PodDisruptionBudget"]
+    services = {d["metadata"]["name"]: d for d in found if d["kind"] == "Service"}
+    spec = statefulset["spec"]
+    labels = spec["selector"]["matchLabels"]
+    assert spec["podManagementPolicy"] == "Parallel" and spec["updateStrategy"] == {"type": "RollingUpdate"}
+    assert labels.items() <= pod_labels(statefulset).items()
+    headless = services.pop(spec["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["selector"] == labels
+    ((_, clients),) = services.items()
+    assert clients["spec"]["selector"] == labels and clients["spec"].get("clusterIP") != "None"
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": labels}}
+    (term,) = spec["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term == {"labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"}
+    (init,) = containers_of([statefulset], "initContainers")
+    pool = init["resolved_env"]["EGRESS_SOURCE"]
+    with pytest.raises(ConfigError, match="past the end of the pool"):  # the pool is as large as the StatefulSet, exactly
+        load_init_settings(source=pool, gateway="192.168.12.1", destination=None, mode="http-proxy", source_index=str(spec["replicas"]))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from egress_router.config import dns_settings, http_settings, init_settings
+from egress_router.config import dns_settings, http_settings, init_settings, options
 from egress_router.config.errors import Collector, ConfigError
 from egress_router.config.options import Choice, Count, Duration, Port, Ports, Switch, Valued, parse_each
 from egress_router.config.values import parse_duration, render_duration
@@ -86,3 +86,18 @@ def test_parse_each_reports_every_problem_and_refuses_unknown_names() -> None:
 def test_choices_are_the_modes() -> None:
     assert init_settings.MODE.choices == tuple(mode.value for mode in init_settings.Mode)
     assert isinstance(init_settings.MODE, Choice) and init_settings.Mode(init_settings.MODE.default_value()) is init_settings.Mode.LEGACY
+
+
+def test_a_delay_may_be_zero_where_a_timeout_may_not() -> None:
+    delay = options.SHUTDOWN_DELAY
+    assert delay.parse("0") == delay.parse("0ms") == 0.0 and delay.render(0.0) == "0s" and delay.parse("2500ms") == 2.5
+    assert delay.parse(None) == 5.0
+    with pytest.raises(ConfigError, match='^EGRESS_SHUTDOWN_DELAY: must be zero or more: "-1s"$'):
+        delay.parse("-1s")
+    with pytest.raises(ConfigError, match='^X_TIMEOUT: must be more than zero: "0"$'):
+        Duration("t", "X_TIMEOUT", "", default=1.0).parse("0")
+
+
+def test_every_long_running_command_takes_the_shutdown_delay() -> None:
+    for table in (init_settings.MONITOR_OPTIONS, http_settings.OPTIONS, dns_settings.OPTIONS, init_settings.INIT_OPTIONS):
+        assert options.SHUTDOWN_DELAY in table

@@ -40,14 +40,33 @@ def slow_start():
 
     run_loop(main)
 
+class Told:  # the endpoints' view: says when the supervisor is stopping (readiness would turn 503 then)
+
+    def prepare(self):
+        pass
+
+    def serve(self):
+        while True:
+            time.sleep(1)
+
+    def exited(self, pid):
+        pass
+
+    def stop(self):
+        os.write(1, b"unready\\n")
+
 kinds = {"stubborn": stubborn, "polite": polite, "brief": brief, "slow_start": slow_start}
-sys.exit(run_workers(2, kinds[sys.argv[1]], grace=float(sys.argv[2]), kill_after=float(sys.argv[3])))
+told = {"watcher": Told(), "delay": float(sys.argv[4])} if len(sys.argv) > 4 else {}  # the shutdown delay's tests
+sys.exit(run_workers(2, kinds[sys.argv[1]], grace=float(sys.argv[2]), kill_after=float(sys.argv[3]), **told))
 """
 
 
-def supervise(kind: str, grace: float, kill_after: float) -> tuple[subprocess.Popen[str], list[int]]:
+def supervise(kind: str, grace: float, kill_after: float, delay: float | None = None) -> tuple[subprocess.Popen[str], list[int]]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, kind, str(grace), str(kill_after)], stdout=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", SCRIPT, kind, str(grace), str(kill_after), *([] if delay is None else [str(delay)])],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     try:
@@ -137,3 +156,57 @@ def test_a_worker_stopped_before_its_loop_runs_still_drains() -> None:
     assert proc.wait(10) == 0
     assert proc.stdout is not None
     assert sorted(proc.stdout.read().split()) == sorted(["drained", "drained", *map(str, workers)])
+
+
+def test_the_workers_are_stopped_only_after_the_shutdown_delay_but_unready_at_once() -> None:
+    proc, workers = supervise("polite", grace=30, kill_after=30, delay=1.5)
+    assert proc.stdout is not None
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline() == "unready\n"  # at once: the endpoints say 503 while the workers still serve
+    time.sleep(0.8)
+    assert not any(gone(pid) for pid in workers)
+    assert proc.wait(10) == 0
+    assert 1.4 <= time.monotonic() - started < 3.0
+    assert all(gone(pid) for pid in workers)
+
+
+def test_a_second_stop_signal_ends_the_shutdown_delay() -> None:
+    proc, workers = supervise("polite", grace=30, kill_after=30, delay=30)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert not any(gone(pid) for pid in workers)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 0
+    assert time.monotonic() - started < 2.0
+    assert all(gone(pid) for pid in workers)
+
+
+def test_the_kill_deadline_counts_from_the_end_of_the_delay() -> None:
+    proc, workers = supervise("stubborn", grace=0.5, kill_after=0.5, delay=1.0)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert 1.9 <= time.monotonic() - started < 3.0
+    assert all(gone(pid) for pid in workers)
+
+
+def test_linger_waits_the_delay_or_a_second_signal() -> None:
+    import asyncio
+
+    from egress_router.runtime.workers import linger
+
+    async def main(second_after: float | None) -> float:
+        stop = asyncio.Event()
+        stop.set()  # the first signal
+        loop = asyncio.get_running_loop()
+        if second_after is not None:
+            loop.call_later(second_after, stop.set)
+        started = loop.time()
+        await linger(stop, 0.5)
+        assert stop.is_set()
+        return loop.time() - started
+
+    assert 0.45 <= asyncio.run(main(None)) < 1.0
+    assert asyncio.run(main(0.1)) < 0.3

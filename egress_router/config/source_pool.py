@@ -1,0 +1,220 @@
+"""EGRESS_SOURCE as a pool: several addresses of a family (a list, or a range `A-B`), each pod taking one.
+
+A pure step before the address parser: from the raw text and the pod's index (EGRESS_SOURCE_INDEX, else the
+StatefulSet ordinal that ends HOSTNAME) it gives back the text of exactly one address per family, which
+`config/addresses.py` then parses as if the pod had been given that address alone. Text with one address per
+family is no pool: it comes back unchanged and needs no index. The pool is checked as a whole (every address,
+duplicates, ranges, equal sizes per family) in every pod, so a mistake shows in the first pod that starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_network
+
+from egress_router.config.addresses import IPAddress, ipv4_problem
+from egress_router.config.errors import Collector, ConfigError, Problem
+from egress_router.config.values import parse_count
+
+VARIABLE = "EGRESS_SOURCE"
+INDEX_VARIABLE = "EGRESS_SOURCE_INDEX"
+HOSTNAME_VARIABLE = "HOSTNAME"
+FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
+MAX_PREFIX = {4: 32, 6: 128}
+#: Far more than any pool; keeps the index's error message short and its number small.
+MAX_INDEX = 1_000_000
+
+
+@dataclass(frozen=True)
+class Span:
+    """One item of the text: a single address (first == last) or a range, and the prefix written with it."""
+
+    first: IPAddress
+    last: IPAddress
+    prefix: int | None
+
+    @property
+    def size(self) -> int:
+        return int(self.last) - int(self.first) + 1
+
+    def member(self, offset: int) -> str:
+        """The address `offset` places after the first, as the address parser reads it."""
+        address = self.first + offset
+        return f"{address}/{self.prefix}" if self.prefix is not None else str(address)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Each family's spans, in the order the text gives them; families in the order they first appear."""
+
+    families: tuple[tuple[int, tuple[Span, ...]], ...]
+    ranged: bool  # some item is a range: even a range of one address is turned into that address
+
+    @property
+    def size(self) -> int:
+        """Addresses per family (every family has as many)."""
+        return sum(span.size for span in self.families[0][1])
+
+    def member(self, index: int) -> str:
+        """The text of the `index`-th address of each family, comma-separated."""
+        chosen = []
+        for _, spans in self.families:
+            offset = index
+            for span in spans:
+                if offset < span.size:
+                    chosen.append(span.member(offset))
+                    break
+                offset -= span.size
+        return ",".join(chosen)
+
+
+def parse_address(text: str) -> IPAddress | str:
+    """The address, or why it is not one: IPv4 as strictly as the address parser reads it, IPv6 when there is a colon."""
+    if ":" not in text:
+        problem = ipv4_problem(text)
+        return problem if problem else IPv4Address(text)
+    if "%" in text or not text.isascii() or any(ch.isspace() for ch in text):
+        return "not an IPv6 address (unexpected characters)"
+    try:
+        return IPv6Address(text)
+    except ValueError as error:
+        return f"not an IPv6 address ({error})"
+
+
+def parse_prefix(text: str, version: int) -> int | str:
+    limit = MAX_PREFIX[version]
+    if not text.isascii() or not text.isdigit() or len(text) > 3 or (len(text) > 1 and text.startswith("0")) or int(text) > limit:
+        return f"invalid prefix length (must be 0-{limit})"
+    return int(text)
+
+
+def range_problem(first: IPAddress, last: IPAddress, prefix: int | None) -> str | None:
+    """Why a range `first`-`last` is no pool of usable addresses."""
+    if first.version != last.version:
+        return f"a range stays in one family (this one goes from {FAMILY_NAMES[first.version]} to {FAMILY_NAMES[last.version]})"
+    if int(first) > int(last):
+        return "the range runs backwards (its first address comes after its last)"
+    if prefix is None or prefix >= MAX_PREFIX[first.version] - 1:
+        return None  # host and point-to-point prefixes: each address alone, only the gateway on-link
+    network = ip_network(f"{first}/{prefix}", strict=False)
+    if last not in network:
+        return f"the range leaves its subnet {network} (both ends must be in it)"
+    if isinstance(network, IPv4Network):
+        for edge, kind in ((network.network_address, "network"), (network.broadcast_address, "broadcast")):
+            if int(first) <= int(edge) <= int(last):
+                return f"the range holds {edge}, the {kind} address of {network}"
+    return None
+
+
+def parse_span(item: str) -> Span | str:
+    """One comma-separated item: `A`, `A/len`, `A-B` or `A-B/len` (the prefix, written once, applies to each)."""
+    if not item:
+        return "an empty item (two commas in a row, or one at an end)"
+    first_text, dash, rest = item.partition("-")
+    last_text, slash, prefix_text = (rest if dash else item).partition("/")
+    if not dash:
+        first_text = last_text
+    elif "/" in first_text:
+        return "write a range's prefix once, after its last address (A-B/len)"
+    first = parse_address(first_text.strip())
+    if isinstance(first, str):
+        return first
+    last = parse_address(last_text.strip()) if dash else first
+    if isinstance(last, str):
+        return last
+    prefix = parse_prefix(prefix_text.strip(), first.version) if slash else None
+    if isinstance(prefix, str):
+        return prefix
+    problem = range_problem(first, last, prefix) if dash else None
+    return problem if problem else Span(first, last, prefix)
+
+
+def overlap_problem(spans: list[tuple[Span, str]]) -> Problem | None:
+    """Two pods must never share an address: the first address given twice in one family, if any."""
+    ordered = sorted(spans, key=lambda pair: int(pair[0].first))
+    for (before, _), (after, text) in zip(ordered, ordered[1:], strict=False):
+        if int(after.first) <= int(before.last):
+            return Problem(VARIABLE, f"{after.first} is in the pool twice (two pods would share it)", text)
+    return None
+
+
+def parse_pool(text: str) -> Pool:
+    """Every item of the comma-separated text; all problems at once."""
+    found = Collector()
+    families: dict[int, list[tuple[Span, str]]] = {}
+    items = [item.strip() for item in text.split(",")]
+    for item in items:
+        span = parse_span(item)
+        if isinstance(span, str):
+            found.add(Problem(VARIABLE, span, item))
+        else:
+            families.setdefault(span.first.version, []).append((span, item))
+    for spans in families.values():
+        problem = overlap_problem(spans)
+        if problem:
+            found.add(problem)
+    sizes = {version: sum(span.size for span, _ in spans) for version, spans in families.items()}
+    if len(set(sizes.values())) > 1:
+        counts = " and ".join(f"{size} {FAMILY_NAMES[version]}" for version, size in sizes.items())
+        found.add(Problem(VARIABLE, f"a dual-stack pool needs as many addresses of each family (this one has {counts})", text.strip()))
+    found.raise_if_any()
+    pool = tuple((version, tuple(span for span, _ in spans)) for version, spans in families.items())
+    return Pool(pool, ranged=any("-" in item for item in items))
+
+
+def hostname_ordinal(hostname: str) -> int | None:
+    """A StatefulSet pod's ordinal: the number after the last '-' of its name (`egress-3` -> 3)."""
+    _, dash, tail = hostname.strip().rpartition("-")
+    if not dash or not tail.isascii() or not tail.isdigit() or (len(tail) > 1 and tail.startswith("0")) or len(tail) > 7:
+        return None
+    return int(tail)
+
+
+def pod_index(source_index: str | None, hostname: str | None, size: int) -> int:
+    """Which address of a pool of `size` this pod takes: EGRESS_SOURCE_INDEX, else HOSTNAME's ordinal."""
+    if source_index is not None and source_index.strip():
+        index = parse_count(source_index.strip(), INDEX_VARIABLE, 0, MAX_INDEX)
+        variable, shown = INDEX_VARIABLE, source_index.strip()
+    elif hostname is not None and hostname.strip():
+        ordinal = hostname_ordinal(hostname)
+        if ordinal is None:
+            raise ConfigError.single(
+                HOSTNAME_VARIABLE,
+                f"no StatefulSet ordinal at its end (NAME-<number>) to take an address of the pool in {VARIABLE} by;"
+                f" run the router pods as a StatefulSet, or set {INDEX_VARIABLE}",
+                hostname.strip(),
+            )
+        index, variable, shown = ordinal, HOSTNAME_VARIABLE, hostname.strip()
+    else:
+        raise ConfigError.single(
+            INDEX_VARIABLE,
+            f"unspecified: {VARIABLE} is a pool of {size} addresses; set {INDEX_VARIABLE} to this pod's place in it (0-{size - 1}),"
+            f" or run the pods as a StatefulSet, whose HOSTNAME ends in the ordinal",
+        )
+    if index >= size == 1:
+        raise ConfigError.single(variable, f"{VARIABLE} holds one address per family, no pool: the only index is 0", shown)
+    if index >= size:
+        raise ConfigError.single(
+            variable,
+            f"ordinal {index} is past the end of the pool in {VARIABLE} ({size} addresses: ordinals 0-{size - 1};"
+            " more replicas than addresses?)",
+            shown,
+        )
+    return index
+
+
+def select_source(text: str | None, source_index: str | None = None, hostname: str | None = None) -> str | None:
+    """EGRESS_SOURCE for this pod: one address per family. Text with one address per family is no pool: it comes
+    back unchanged, for the address parser alone (an index, when given, must then be 0)."""
+    given = source_index is not None and bool(source_index.strip())
+    if text is None or not text.strip():
+        return text
+    if "," not in text and "-" not in text:
+        if given:
+            pod_index(source_index, None, 1)
+        return text
+    pool = parse_pool(text)
+    if pool.size == 1:
+        index = pod_index(source_index, None, 1) if given else 0
+        return pool.member(index) if pool.ranged else text
+    return pool.member(pod_index(source_index, hostname, pool.size))
