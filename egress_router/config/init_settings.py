@@ -13,6 +13,7 @@ from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.errors import Collector, ConfigError, Problem
 from egress_router.config.options import METRICS_PORT, SHUTDOWN_DELAY, Choice, Duration, Flag, Option, Text
 from egress_router.config.source_pool import HOSTNAME_VARIABLE, INDEX_VARIABLE, select_source
+from egress_router.config.values import render_duration
 
 
 class Mode(enum.Enum):
@@ -94,6 +95,15 @@ NAT_BACKEND = Choice(
     fold_case=True,
 )
 
+PROBE_TIME = Duration(
+    "probe_time",
+    "EGRESS_ROUTER_PROBE_TIME",
+    "How long init probes with ARP that no other host holds EGRESS_SOURCE before taking it (3 probes; 100ms to 10s)",
+    default=1.0,
+)
+#: The probe's bounds: shorter could miss a slow host's answer; longer only delays the pod.
+PROBE_TIME_RANGE = (0.1, 10.0)
+
 #: Every option of `egress-router init`, in the order --help shows them.
 INIT_OPTIONS = (
     SOURCE,
@@ -116,6 +126,7 @@ INIT_OPTIONS = (
         " (give the monitor container's: the fallback then leaves it to the pod); off: none",
     ),
     SHUTDOWN_DELAY,  # legacy mode only: it stays running
+    PROBE_TIME,
 )
 
 CHECK_INTERVAL = Duration(
@@ -164,6 +175,7 @@ class InitSettings:
     metrics_port: int | None = None
     nat_backend: str = "auto"  # one of NAT_BACKENDS; init/nat_backend.py resolves auto on the machine
     shutdown_delay: float = 0.0  # legacy init and monitor: unready this long after SIGTERM before they exit
+    probe_time: float = PROBE_TIME.default_value()  # ARP probes for EGRESS_SOURCE before init takes it
 
 
 def interface_name_problem(name: str) -> str | None:
@@ -175,6 +187,14 @@ def interface_name_problem(name: str) -> str | None:
     if name in (".", "..") or any(ch in name for ch in "/:") or any(ch.isspace() for ch in name):
         return "is not a valid interface name (no '/', ':' or spaces)"
     return None
+
+
+def parse_probe_time(text: str | None) -> float:
+    seconds = PROBE_TIME.parse(text)
+    shortest, longest = PROBE_TIME_RANGE
+    if not shortest <= seconds <= longest:
+        raise ConfigError.single(PROBE_TIME.variable, f"must be from {render_duration(shortest)} to {render_duration(longest)}", text)
+    return seconds
 
 
 def metrics_port_problems(port: int | None, destinations: Destinations | None) -> list[Problem]:
@@ -216,6 +236,7 @@ def load_init_settings(
     metrics_port: str | None = None,
     nat_backend: str | None = None,
     shutdown_delay: str | None = None,
+    probe_time: str | None = None,
 ) -> InitSettings:
     """Validate every variable and raise one ConfigError listing all problems."""
     found = Collector()
@@ -228,6 +249,7 @@ def load_init_settings(
             "metrics_port": lambda: METRICS_PORT.parse(metrics_port),
             "nat_backend": lambda: NAT_BACKEND.parse(nat_backend),
             "shutdown_delay": lambda: SHUTDOWN_DELAY.parse(shutdown_delay),
+            "probe_time": lambda: parse_probe_time(probe_time),
         }
     )
     parsed_mode: Mode | None = parsed.get("mode")
@@ -280,6 +302,7 @@ def load_init_settings(
         metrics_port=port,
         nat_backend=parsed["nat_backend"],
         shutdown_delay=parsed["shutdown_delay"],
+        probe_time=parsed["probe_time"],
     )
 
 

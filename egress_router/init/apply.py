@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from egress_router.errors import ApplyError
-from egress_router.init import arp, cluster_routes, sysctl
+from egress_router.init import arp, arp_claims, cluster_routes, sysctl
 from egress_router.init.cluster_routes import KernelRoute, NoNextHop
 from egress_router.init.journal import Journal
 from egress_router.init.nat_backend import Backend
@@ -94,8 +94,10 @@ def apply_plan(plan: NetworkPlan, backend: Backend) -> bool:
     try:
         side = decide_cluster_side(routing, plan)
         index = _egress_link(net, plan)
-        changed = [
-            net.set_up(index, plan.interface),
+        changed = [net.set_up(index, plan.interface)]  # up without the address, to probe for it
+        if plan.address.ip not in {a.ip for a in net.ipv4_addresses(index)}:  # already ours: init again in this pod
+            arp_claims.refuse_if_taken(plan.interface, plan.address.ip, plan.probe)
+        changed += [
             net.set_only_address(index, plan.interface, plan.address),
             net.set_gateway_route(index, plan.interface, plan.gateway),
             keep_cluster_side(routing, side),

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from egress_router.config.init_settings import InitSettings, MacvlanRequest
+from egress_router.config.values import render_duration
+from egress_router.init.claim import DEFAULT_TIMING, ProbeTiming
 
 CLUSTER_INTERFACE = "eth0"
 DNAT_CHAIN = "EGRESS-ROUTER-DNAT"
@@ -123,6 +125,7 @@ class NetworkPlan:
     marks: ChainSet
     cluster_networks: tuple[IPv4Network, ...] = ()
     nameservers: tuple[IPv4Address, ...] = ()
+    probe: ProbeTiming = DEFAULT_TIMING  # ARP probes for the address before it is added
 
     @property
     def forwarding(self) -> bool:
@@ -153,6 +156,7 @@ def build_plan(settings: InitSettings, nameservers: tuple[IPv4Address, ...] = ()
         marks=mark_chains(),
         cluster_networks=settings.cluster_networks,
         nameservers=nameservers,
+        probe=ProbeTiming.lasting(settings.probe_time),
     )
 
 
@@ -220,6 +224,11 @@ def render_plan(plan: NetworkPlan, show: Callable[[ChainSet], str] = ChainSet.re
         )
     else:
         lines.append(f"link   {plan.interface}: must already exist in this pod")
+    lasting = render_duration(round(plan.probe.average, 3))
+    lines.append(
+        f"probe  ARP for {plan.address.ip} on {plan.interface}, {plan.probe.probes} probes in ~{lasting}"
+        " (unless it is on it already): another host answering stops init, nothing changed"
+    )
     lines.append(f"addr   {plan.address} dev {plan.interface} (only address on it)")
     hop = f"<{CLUSTER_INTERFACE}'s next hop>"
     lines.append(f"table  {REPLY_TABLE}: {CLUSTER_INTERFACE}'s routes as found, its default route via {hop} included (kept for replies)")

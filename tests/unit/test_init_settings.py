@@ -24,6 +24,7 @@ def test_defaults() -> None:
     assert settings.interface == "macvlan0"
     assert settings.macvlan is None
     assert not settings.debug
+    assert settings.probe_time == 1.0
 
 
 @pytest.mark.parametrize("mode", ["http-proxy", "dns-proxy"])
@@ -75,7 +76,27 @@ def test_macvlan_request() -> None:
 
 
 def test_blank_is_unset_for_every_option_with_a_default() -> None:
-    assert load(mode=" ", interface="", macvlan_master="ens3", macvlan_mode="\t", host_netns=" ") == load(mode=None, macvlan_master="ens3")
+    blank = load(mode=" ", interface="", macvlan_master="ens3", macvlan_mode="\t", host_netns=" ", probe_time=" ")
+    assert blank == load(mode=None, macvlan_master="ens3")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("100ms", 0.1), ("250ms", 0.25), ("2s", 2.0), ("10s", 10.0), ("7", 7.0)])
+def test_probe_time(text: str, seconds: float) -> None:
+    assert load(probe_time=text).probe_time == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("50ms", "must be from 100ms to 10s"),
+        ("11s", "must be from 100ms to 10s"),
+        ("1m", "must be from 100ms to 10s"),
+        ("0", "must be more than zero"),
+        ("soon", "not a duration (use e.g. 30, 30s, 500ms, 5m, 1h)"),
+    ],
+)
+def test_bad_probe_time(text: str, reason: str) -> None:
+    assert messages(probe_time=text) == [f'EGRESS_ROUTER_PROBE_TIME: {reason}: "{text}"']
 
 
 def test_debug_is_any_non_empty_value() -> None:
@@ -97,6 +118,7 @@ def test_debug_is_any_non_empty_value() -> None:
                 "macvlan_mode",
                 "host_netns",
                 "metrics_port",
+                "probe_time",
             )
         }
     )

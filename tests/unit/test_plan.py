@@ -17,6 +17,7 @@ def test_redirect_plan_in_iptables_save_form() -> None:
     assert plan.forwarding
     assert render_plan(plan).splitlines() == [
         "link   macvlan0: must already exist in this pod",
+        "probe  ARP for 192.168.12.99 on macvlan0, 3 probes in ~1s (unless it is on it already): another host answering stops init, nothing changed",
         "addr   192.168.12.99/32 dev macvlan0 (only address on it)",
         "table  201: eth0's routes as found, its default route via <eth0's next hop> included (kept for replies)",
         "rule   fwmark 0x400000/0x400000 lookup 201 priority 1000 (replies to connections that arrived on eth0 leave through eth0)",
@@ -133,3 +134,9 @@ def test_a_new_list_may_not_take_the_metrics_port_either() -> None:
         'EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 2 too (move one of them, or set it to off): "9191"'
     )
     assert check_metrics_port(taken, None) is taken and check_metrics_port(taken, 9292) is taken
+
+
+def test_the_probe_lasts_as_long_as_asked() -> None:
+    plan = build_plan(load_init_settings(**SETTINGS, mode="init", probe_time="300ms"))
+    assert plan.probe.probes == 3 and plan.probe.average == pytest.approx(0.3)
+    assert "3 probes in ~300ms" in render_plan(plan)
