@@ -1,10 +1,12 @@
-"""ARP on the egress interface for claim.py: init's probes before it takes EGRESS_SOURCE.
+"""ARP on the egress interface for claim.py and conflicts.py: init's probes before it takes EGRESS_SOURCE, and
+the monitor's watch for another host claiming it while the router holds it.
 
 One packet socket bound to the egress interface and to ARP, so the kernel hands us only ARP from that link.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import logging
@@ -17,6 +19,8 @@ from ipaddress import IPv4Address
 from types import TracebackType
 
 from egress_router.errors import ApplyError
+from egress_router.init import metrics
+from egress_router.init.arp import announcement
 from egress_router.init.claim import (
     DEFAULT_TIMING,
     ETH_P_ARP,
@@ -24,12 +28,15 @@ from egress_router.init.claim import (
     ProbeTiming,
     arp_claim,
     conflicts_while_probing,
+    mac_text,
     parse_arp,
     probe,
     probe_schedule,
     refusal,
 )
+from egress_router.init.conflicts import ConflictWatch, Heard, Step
 from egress_router.init.journal import describe
+from egress_router.observe.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +137,97 @@ def _listen(arp: ArpSocket, address: IPv4Address, until: float) -> Claim | None:
         left = until - time.monotonic()
         if left <= 0 or not arp.wait(left):
             return None
+
+
+# monitor: watching while the address is ours ------------------------------------------------------------
+
+
+class AddressGuard:
+    """Another host claiming EGRESS_SOURCE while the router holds it: read as it arrives on the event loop,
+    probed for and announced at each check (conflicts.py decides). Used from the loop's thread only."""
+
+    def __init__(self, interface: str, address: IPv4Address, stats: Stats) -> None:
+        self.interface = interface
+        self.address = address
+        self.watch = ConflictWatch(address)
+        self.arp: ArpSocket | None = None
+        self.failure: str | None = None  # why the socket could not be opened, logged once
+        self.conflicts = stats.counter(metrics.CONFLICTS)
+        self.conflicts[()] = 0
+        stats.computed(metrics.CONFLICT, lambda: {(): float(self.watch.conflict is not None)})
+
+    def reason(self) -> str | None:
+        return self.watch.reason()
+
+    def check(self) -> bool:
+        """At each check interval, on the loop: probe while a conflict lasts, announce once when it is over.
+        Returns whether the address was announced."""
+        arp = self.arp or self._open()
+        if arp is None:
+            return False
+        conflict = self.watch.conflict
+        step = self.watch.check(time.monotonic())
+        if step is Step.PROBE:
+            self._send(arp, probe(arp.mac, self.address), "probe")
+            return False
+        if step is Step.OVER and conflict is not None:
+            announced = self._send(arp, announcement(arp.mac, self.address), "announcement")
+            log.info(
+                "address conflict over: MAC %s no longer answers for %s on %s; %s",
+                mac_text(conflict.mac),
+                self.address,
+                self.interface,
+                "announced it with gratuitous ARP" if announced else "could not announce it",
+            )
+            return announced
+        return False
+
+    def _send(self, arp: ArpSocket, frame: bytes, what: str) -> bool:
+        try:
+            arp.send(frame)
+        except OSError as error:
+            log.warning("could not send an ARP %s for %s on %s: %s", what, self.address, self.interface, describe(error))
+            self.close()
+            return False
+        return True
+
+    def _open(self) -> ArpSocket | None:
+        try:
+            arp = ArpSocket(self.interface)
+        except OSError as error:
+            failure = describe(error)
+            if failure != self.failure:
+                log.warning(
+                    "cannot watch %s for other hosts claiming %s: %s (trying again at each check)", self.interface, self.address, failure
+                )
+            self.failure = failure
+            return None
+        asyncio.get_running_loop().add_reader(arp.fileno(), self._readable)
+        if self.failure is not None:
+            log.info("watching %s for other hosts claiming %s again", self.interface, self.address)
+        self.arp, self.failure = arp, None
+        return arp
+
+    def _readable(self) -> None:
+        arp = self.arp
+        if arp is None:
+            return
+        try:
+            claims = arp.claims()
+        except OSError as error:  # the interface went away: open it again at the next check
+            log.warning("stopped reading ARP on %s: %s", self.interface, describe(error))
+            self.close()
+            return
+        for claim in claims:
+            heard = self.watch.heard(claim, arp.mac)
+            if heard is Heard.STARTED:
+                self.conflicts[()] += 1
+                log.warning("address conflict: %s on %s; not ready until it stops", self.watch.reason(), self.interface)
+            elif heard is Heard.MOVED:
+                log.warning("address conflict goes on: now %s on %s", self.watch.reason(), self.interface)
+
+    def close(self) -> None:
+        if self.arp is not None:
+            asyncio.get_running_loop().remove_reader(self.arp.fileno())
+            self.arp.close()
+            self.arp = None

@@ -3,7 +3,8 @@
 It keeps what `init` set up true: it announces the egress address again (the init container may exit
 before its second gratuitous ARP), re-applies the NAT rules when EGRESS_DESTINATION_FILE changes
 (a bad new list is logged and ignored), and puts back the NAT rules, the reply marks, the mark rule,
-eth0's reply table and the routes kept on eth0 if anything removed them.
+eth0's reply table and the routes kept on eth0 if anything removed them. While another host claims the
+egress address, it is not ready (arp_claims.AddressGuard).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from egress_router.config.init_settings import InitSettings, Mode, check_metrics
 from egress_router.errors import ApplyError
 from egress_router.init import arp, metrics
 from egress_router.init.apply import ClusterSide, decide_cluster_side, keep_cluster_side
+from egress_router.init.arp_claims import AddressGuard
 from egress_router.init.journal import Journal
 from egress_router.init.nat_backend import Backend
 from egress_router.init.netlink import PodNetwork, PolicyRouting
@@ -70,6 +72,7 @@ class Keeper:
         self.stats.computed(metrics.ARP, lambda: {(): self.announced_at} if self.announced_at is not None else {})
         self.stats.computed(metrics.NAT_PACKETS, lambda: {rule: float(c[0]) for rule, c in self.nat_counters.items()})
         self.stats.computed(metrics.NAT_BYTES, lambda: {rule: float(c[1]) for rule, c in self.nat_counters.items()})
+        self.guard = AddressGuard(settings.interface, settings.source.ip, self.stats)
 
     def announce(self) -> None:
         settings = self.target.settings
@@ -136,7 +139,12 @@ class Keeper:
             self.nat_counters = {(label,): counts for label, counts in zip(labels, found, strict=True)}
 
     def ready(self) -> str | None:
-        return "draining: stopping on SIGTERM" if self.stopping else self.problem
+        return "draining: stopping on SIGTERM" if self.stopping else self.problem or self.guard.reason()
+
+    def check_claims(self) -> None:
+        """On the loop, before each pass (the first opens the watch): another host claiming our address (see AddressGuard)."""
+        if self.guard.check():
+            self.announced_at = time.time()
 
 
 def list_parser(settings: InitSettings) -> Callable[[str], Destinations]:
@@ -165,7 +173,10 @@ async def watch_until_stopped(
     probes = local_probes(settings.mode.value if settings.mode is Mode.LEGACY else "monitor", keeper.stats, keeper.ready)
     async with serving(settings.metrics_port, probes):
         with following(list_file, "EGRESS_DESTINATION_FILE", list_parser(settings), use, lambda result: count(reloads, result)):
-            await keep(keeper, stop, wake, interval)
+            try:
+                await keep(keeper, stop, wake, interval)
+            finally:
+                keeper.guard.close()
         keeper.stopping = True  # the NAT stays in the kernel: new connections still work until the pod is gone
         await linger(stop, settings.shutdown_delay)
     log.info("stopped")
@@ -174,6 +185,7 @@ async def watch_until_stopped(
 async def keep(keeper: Keeper, stop: asyncio.Event, wake: asyncio.Event, interval: float) -> None:
     while not stop.is_set():
         wake.clear()
+        keeper.check_claims()
         # pyroute2's synchronous API runs an event loop of its own: in a thread, not inside ours
         await asyncio.to_thread(keeper.apply)
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]

@@ -31,10 +31,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from typing import Any
 
+from egress_router.init import arp
 from egress_router.lab.dns import DnsServer
-from egress_router.lab.netns import family_of, socket_in
+from egress_router.lab.netns import entered, family_of, socket_in
 
 POD_PREFIX = 23
 NODE_IP = "192.168.12.11"
@@ -260,6 +262,20 @@ class Lab:
         done = self.run_in(role, [sys.executable, "-m", "egress_router", "init"], env=environment(**env))
         if done.returncode != 0:
             raise LabError(f"egress-router init failed in {role}: {done.stderr.strip()}")
+
+    def add_lan_host(self, role: str, address: str) -> str:
+        """A host on the site network (the lan) with `address`/24, say one given an address that a router holds;
+        returns its MAC. Like any Linux host it answers ARP for its address, but announces it only when told."""
+        self.add_namespace(role)
+        self.veth(role, "eth0", "lan", role)
+        self.ip("lan", "link", "set", role, "master", "br0", "up")
+        self.up(role, "eth0", f"{address}/24")
+        return self.link_mac(role, "eth0")
+
+    def announce(self, role: str, address: str, dev: str = "eth0") -> None:
+        """A gratuitous ARP for `address` from `dev` of `role`, as a host that takes an address sends one."""
+        with entered(self.ns(role)):
+            arp.announce(dev, IPv4Address(address))
 
     def add_macvlan(self, role: str, name: str = "macvlan0", mode: str = "bridge", node: str = "node") -> None:
         """What the SDN does for the assign-macvlan annotation (or Multus for an attachment, with name net1):

@@ -1,0 +1,145 @@
+"""EGRESS_SOURCE is claimed only when it is free (issue 11, point 2): init probes with ARP first and refuses an address
+another host holds, changing nothing; the monitor drops readiness while another host claims the address."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from egress_router.config.init_settings import PROBE_TIME
+from egress_router.init.conflicts import ANSWER_TIME
+from egress_router.lab import Lab
+from egress_router.lab import topology as t
+from egress_router.lab.topology import Process, environment
+from tests.lab.conftest import Pod, new_pod
+from tests.lab.http_helpers import http_get, samples
+from tests.lab.waiting import eventually
+
+INTERVAL = "300ms"
+
+
+def redirect_env(source: str) -> dict[str, str]:
+    """The probe as it is outside the lab (its default), not the lab's shorter one."""
+    return {
+        "EGRESS_SOURCE": source,
+        "EGRESS_GATEWAY": t.GATEWAY_IP,
+        "EGRESS_DESTINATION": "80 tcp 203.0.113.25",
+        "EGRESS_ROUTER_PROBE_TIME": PROBE_TIME.render(PROBE_TIME.default_value()),
+    }
+
+
+def start_monitor(lab: Lab, pod: Pod) -> Process:
+    env = environment(**redirect_env(pod.source), EGRESS_ROUTER_MONITOR_INTERVAL=INTERVAL)
+    monitor = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=env)
+    lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
+    eventually(lambda: readyz(lab, pod) == (200, "ok\n"))
+    return monitor
+
+
+def readyz(lab: Lab, pod: Pod) -> tuple[int, str]:
+    return http_get(lab, "node", pod.ip, 9191, "/readyz")
+
+
+def metric(lab: Lab, pod: Pod, name: str) -> float | None:
+    return samples(http_get(lab, "node", pod.ip, 9191, "/metrics")[1]).get((name, ()))
+
+
+def test_an_address_another_router_holds_is_refused_and_nothing_changes(lab: Lab, pod: Pod) -> None:
+    assert pod.init(EGRESS_ROUTER_MODE="init", **redirect_env(pod.source)).returncode == 0
+    start_monitor(lab, pod)
+    holder = lab.link_mac(pod.role, "macvlan0")
+    second = new_pod(lab)
+    try:
+        before = second.snapshot()
+        done = second.init(EGRESS_ROUTER_MODE="init", **redirect_env(pod.source))
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        errors = [line for line in done.stderr.splitlines() if "error:" in line]
+        assert errors == [
+            f"egress-router init: error: EGRESS_SOURCE: {pod.source} is already in use: MAC {holder} answered for it on macvlan0"
+            " (another router pod or host holds it); give each router its own address, or stop the other holder;"
+            " 1 earlier change(s) rolled back, the pod's network is as it was"
+        ]
+        assert second.snapshot() == before  # the macvlan is down again, without an address
+        # the holder saw only probes (from 0.0.0.0): no conflict for it, still ready and still the source
+        assert readyz(lab, pod) == (200, "ok\n")
+        assert metric(lab, pod, "egress_router_address_conflicts_total") == 0
+        assert lab.tcp("client", pod.ip, 80).client == pod.source
+    finally:
+        lab.remove_namespace(second.role)
+
+
+def test_a_macvlan_init_created_is_removed_when_the_address_is_taken(lab: Lab, pod: Pod, bare_pod: Pod) -> None:
+    assert pod.init(EGRESS_ROUTER_MODE="init", **redirect_env(pod.source)).returncode == 0
+    before = bare_pod.snapshot()
+    done = bare_pod.init(
+        EGRESS_ROUTER_MODE="init",
+        EGRESS_MACVLAN_MASTER="eth0",
+        EGRESS_HOST_NETNS=f"/run/netns/{lab.ns('node')}",
+        **redirect_env(pod.source),
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"is already in use: MAC {lab.link_mac(pod.role, 'macvlan0')} answered for it" in done.stderr
+    assert bare_pod.snapshot() == before
+
+
+def test_without_net_raw_init_cannot_probe_says_so_and_changes_nothing(lab: Lab, pod: Pod) -> None:
+    before = pod.snapshot()
+    argv = ["setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw", sys.executable, "-m", "egress_router", "init"]
+    done = lab.run_in(pod.role, argv, env=environment(EGRESS_ROUTER_MODE="init", **redirect_env(pod.source)))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"egress-router init: error: cannot send ARP probes for EGRESS_SOURCE {pod.source} on macvlan0: Operation not permitted"
+        " (the init container needs NET_RAW); 1 earlier change(s) rolled back, the pod's network is as it was"
+    ]
+    assert pod.snapshot() == before
+
+
+def test_two_routers_racing_for_one_address_never_both_get_it(lab: Lab) -> None:
+    pods = [new_pod(lab), new_pod(lab)]
+    try:
+        source = pods[0].source
+        argv = [sys.executable, "-m", "egress_router", "init"]
+        env = environment(EGRESS_ROUTER_MODE="init", **redirect_env(source))
+        started = [subprocess.Popen(lab.exec_argv(p.role, argv), env=env, stderr=subprocess.PIPE, text=True) for p in pods]
+        results = [(proc.wait(30), proc.communicate()[1]) for proc in started]
+        assert [code for code, _ in results].count(0) <= 1, results
+        for (code, stderr), other in zip(results, reversed(pods), strict=True):
+            if code != 0:  # refused, naming the other one: it answered (it got there first) or probed at the same time
+                assert f"EGRESS_SOURCE: {source} is already in use: MAC {lab.link_mac(other.role, 'macvlan0')}" in stderr, stderr
+    finally:
+        for p in pods:
+            lab.remove_namespace(p.role)
+
+
+def test_a_host_taking_the_address_later_makes_the_router_unready_until_it_is_gone(lab: Lab, pod: Pod) -> None:
+    assert pod.init(EGRESS_ROUTER_MODE="init", **redirect_env(pod.source)).returncode == 0
+    monitor = start_monitor(lab, pod)
+    router = lab.link_mac(pod.role, "macvlan0")
+    assert lab.tcp("client", pod.ip, 80).client == pod.source  # the gateway now knows the source at the router's MAC
+    assert metric(lab, pod, "egress_router_address_conflict") == 0
+
+    intruder = lab.add_lan_host("intruder", pod.source)
+    try:
+        lab.announce("intruder", pod.source)
+        reason = f"another host (MAC {intruder}) claims {pod.source}"
+        eventually(lambda: readyz(lab, pod) == (503, reason + "\n"), what=lambda: f"{readyz(lab, pod)}; {monitor.stderr()}")
+        assert metric(lab, pod, "egress_router_address_conflict") == 1
+        assert metric(lab, pod, "egress_router_address_conflicts_total") == 1
+        assert f"WARNING address conflict: {reason} on macvlan0; not ready until it stops" in monitor.stderr()
+        assert lab.neighbour_mac("gw", pod.source) == intruder  # what the conflict does: replies go to the intruder
+        # it answers the monitor's probes, so the conflict lasts
+        time.sleep(2 * ANSWER_TIME + 0.5)
+        assert readyz(lab, pod) == (503, reason + "\n")
+    finally:
+        lab.remove_namespace("intruder")
+
+    eventually(lambda: readyz(lab, pod) == (200, "ok\n"))
+    assert metric(lab, pod, "egress_router_address_conflict") == 0
+    assert metric(lab, pod, "egress_router_address_conflicts_total") == 1
+    over = f"address conflict over: MAC {intruder} no longer answers for {pod.source} on macvlan0; announced it with gratuitous ARP"
+    assert monitor.stderr().count(over) == 1
+    # the one announcement points the gateway at the router again, and traffic flows
+    eventually(lambda: lab.neighbour_mac("gw", pod.source) == router)
+    assert lab.tcp("client", pod.ip, 80).client == pod.source
+    assert "Traceback" not in monitor.stderr()
