@@ -143,8 +143,12 @@ class Keeper:
 
     def check_claims(self) -> None:
         """On the loop, before each pass (the first opens the watch): another host claiming our address (see AddressGuard)."""
-        if self.guard.check():
-            self.announced_at = time.time()
+        try:
+            if self.guard.check():
+                self.announced_at = time.time()
+        except Exception as error:  # like a pass: reported and tried again at the next check, never a dead monitor
+            log.error("watching for another host claiming the address failed: %s: %s", type(error).__name__, error)
+            log.debug("the traceback of that failure", exc_info=True)
 
 
 def list_parser(settings: InitSettings) -> Callable[[str], Destinations]:
