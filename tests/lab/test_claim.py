@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from egress_router.config.init_settings import PROBE_TIME
 from egress_router.init.conflicts import ANSWER_TIME
 from egress_router.lab import Lab
@@ -114,9 +116,22 @@ def test_two_routers_racing_for_one_address_never_both_get_it(lab: Lab) -> None:
             lab.remove_namespace(p.role)
 
 
-def test_a_host_taking_the_address_later_makes_the_router_unready_until_it_is_gone(lab: Lab, pod: Pod) -> None:
-    assert pod.init(EGRESS_ROUTER_MODE="init", **redirect_env(pod.source)).returncode == 0
-    monitor = start_monitor(lab, pod)
+def start_legacy(lab: Lab, pod: Pod) -> Process:
+    """`init` in legacy mode: set up, then watch as the monitor does, every 10 s (its interval is not configurable)."""
+    env = environment(**redirect_env(pod.source), EGRESS_ROUTER_MODE="legacy")
+    legacy = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "init"], env=env)
+    lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=legacy)
+    eventually(lambda: readyz(lab, pod) == (200, "ok\n"))
+    return legacy
+
+
+@pytest.mark.parametrize("command", ["monitor", "legacy"])
+def test_a_host_taking_the_address_later_makes_the_router_unready_until_it_is_gone(lab: Lab, pod: Pod, command: str) -> None:
+    if command == "monitor":
+        assert pod.init(EGRESS_ROUTER_MODE="init", **redirect_env(pod.source)).returncode == 0
+        monitor = start_monitor(lab, pod)
+    else:
+        monitor = start_legacy(lab, pod)
     router = lab.link_mac(pod.role, "macvlan0")
     assert lab.tcp("client", pod.ip, 80).client == pod.source  # the gateway now knows the source at the router's MAC
     assert metric(lab, pod, "egress_router_address_conflict") == 0
@@ -136,7 +151,8 @@ def test_a_host_taking_the_address_later_makes_the_router_unready_until_it_is_go
     finally:
         lab.remove_namespace("intruder")
 
-    eventually(lambda: readyz(lab, pod) == (200, "ok\n"))
+    # a probe at each check: over at most two check intervals after the host went (300 ms here, legacy's 10 s)
+    eventually(lambda: readyz(lab, pod) == (200, "ok\n"), seconds=6 if command == "monitor" else 25)
     assert metric(lab, pod, "egress_router_address_conflict") == 0
     assert metric(lab, pod, "egress_router_address_conflicts_total") == 1
     over = f"address conflict over: MAC {intruder} no longer answers for {pod.source} on macvlan0; announced it with gratuitous ARP"
