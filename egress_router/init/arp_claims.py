@@ -152,6 +152,7 @@ class AddressGuard:
         self.watch = ConflictWatch(address)
         self.arp: ArpSocket | None = None
         self.failure: str | None = None  # why the socket could not be opened, logged once
+        self.watched = False  # the socket was open before (it is opened again after a failure)
         self.conflicts = stats.counter(metrics.CONFLICTS)
         self.conflicts[()] = 0
         stats.computed(metrics.CONFLICT, lambda: {(): float(self.watch.conflict is not None)})
@@ -203,9 +204,9 @@ class AddressGuard:
             self.failure = failure
             return None
         asyncio.get_running_loop().add_reader(arp.fileno(), self._readable)
-        if self.failure is not None:
-            log.info("watching %s for other hosts claiming %s again", self.interface, self.address)
-        self.arp, self.failure = arp, None
+        again = " again" if self.failure is not None or self.watched else ""
+        log.info("watching %s for other hosts claiming %s%s", self.interface, self.address, again)
+        self.arp, self.failure, self.watched = arp, None, True
         return arp
 
     def _readable(self) -> None:

@@ -142,7 +142,7 @@ class Keeper:
         return "draining: stopping on SIGTERM" if self.stopping else self.problem or self.guard.reason()
 
     def check_claims(self) -> None:
-        """On the loop, before each pass (the first opens the watch): another host claiming our address (see AddressGuard)."""
+        """On the loop, after each pass (the first opens the watch): another host claiming our address (see AddressGuard)."""
         try:
             if self.guard.check():
                 self.announced_at = time.time()
@@ -189,9 +189,9 @@ async def watch_until_stopped(
 async def keep(keeper: Keeper, stop: asyncio.Event, wake: asyncio.Event, interval: float) -> None:
     while not stop.is_set():
         wake.clear()
-        keeper.check_claims()
         # pyroute2's synchronous API runs an event loop of its own: in a thread, not inside ours
         await asyncio.to_thread(keeper.apply)
+        keeper.check_claims()
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
         await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
         for waiting in waits:

@@ -36,6 +36,7 @@ def start_monitor(lab: Lab, pod: Pod) -> Process:
     monitor = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=env)
     lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
     eventually(lambda: readyz(lab, pod) == (200, "ok\n"))
+    eventually(lambda: f"watching macvlan0 for other hosts claiming {pod.source}\n" in monitor.stderr())
     return monitor
 
 
@@ -122,6 +123,7 @@ def start_legacy(lab: Lab, pod: Pod) -> Process:
     legacy = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "init"], env=env)
     lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=legacy)
     eventually(lambda: readyz(lab, pod) == (200, "ok\n"))
+    eventually(lambda: f"watching macvlan0 for other hosts claiming {pod.source}\n" in legacy.stderr())
     return legacy
 
 
