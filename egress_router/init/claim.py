@@ -1,7 +1,7 @@
 """Claiming EGRESS_SOURCE only when no other host holds it (RFC 5227, IPv4 Address Conflict Detection).
 
 Pure: ARP frames in and out, who a frame says holds which address, when a claim is a conflict, and when to
-send the probes. The packet socket that carries them is `arp_watch.py`.
+send the probes. The packet socket that carries them is `arp_claims.py`.
 
 A received frame becomes a `Claim` (an address and the MAC that holds it, or probes for it); everything after
 that is family-neutral, so IPv6 (a neighbour advertisement for our address, or another host's duplicate address
