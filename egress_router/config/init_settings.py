@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
 
-from egress_router.config.addresses import Source, parse_gateway, parse_source
+from egress_router.config.addresses import Gateways, IPNetwork, Sources, family_problems, parse_gateways, parse_sources
 from egress_router.config.cluster_networks import VARIABLE, parse_cluster_networks
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.errors import Collector, Problem
@@ -29,8 +28,12 @@ class Mode(enum.Enum):
 
 MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
 
-SOURCE = Option("source", "EGRESS_SOURCE", "Reserved egress address, A.B.C.D or A.B.C.D/len. Required")
-GATEWAY = Option("gateway", "EGRESS_GATEWAY", "Next hop on the node's network. Required")
+SOURCE = Option(
+    "source",
+    "EGRESS_SOURCE",
+    "Reserved egress address, A.B.C.D or A.B.C.D/len or IPv6 addr[/len]; dual-stack: one of each family, comma-separated. Required",
+)
+GATEWAY = Option("gateway", "EGRESS_GATEWAY", "Next hop on the node's network; dual-stack: one of each family, comma-separated. Required")
 DESTINATION = Option(
     "destination", "EGRESS_DESTINATION", "Redirect rules, one a line: '<port> <proto> <addr> [<remote-port>]', or a fallback '<addr>' last"
 )
@@ -111,13 +114,13 @@ class MacvlanRequest:
 @dataclass(frozen=True)
 class InitSettings:
     mode: Mode
-    source: Source
-    gateway: IPv4Address
+    sources: Sources
+    gateways: Gateways
     destinations: Destinations | None
     interface: str
     macvlan: MacvlanRequest | None
     debug: bool
-    cluster_networks: tuple[IPv4Network, ...]
+    cluster_networks: tuple[IPNetwork, ...]
     metrics_port: int | None = None  # legacy init and monitor serve /healthz, /readyz, /metrics; never DNATed
 
 
@@ -146,6 +149,25 @@ def metrics_port_problems(port: int | None, destinations: Destinations | None) -
     ]
 
 
+def egress_problems(sources: Sources | None, gateways: Gateways | None, networks: tuple[IPNetwork, ...]) -> list[Problem]:
+    """Sources and gateways that do not fit together, or that a cluster network would take from the egress interface."""
+    problems = family_problems(sources, gateways, SOURCE.variable, GATEWAY.variable) if sources and gateways else []
+    egress = [(SOURCE.variable, s.ip) for s in sources.values()] if sources else []
+    egress += [(GATEWAY.variable, g) for g in gateways.values()] if gateways else []
+    for network in networks:
+        for name, address in egress:
+            if address.version == network.version and address in network:
+                problems.append(
+                    Problem(CLUSTER_NETWORKS.variable, f"contains {name} {address}, which must stay on the egress interface", str(network))
+                )
+    return problems
+
+
+def destinations_for(text: str | None, sources: Sources | None) -> Destinations:
+    """EGRESS_DESTINATION for a router with `sources`: a destination of a family it has no address of is an error."""
+    return parse_destinations(text, families=sources.families if sources else None)
+
+
 def load_init_settings(
     *,
     source: str | None,
@@ -165,27 +187,21 @@ def load_init_settings(
     parsed = found.gather(
         {
             "mode": lambda: Mode(MODE.parse(mode)),
-            "source": lambda: parse_source(source),
-            "gateway": lambda: parse_gateway(gateway),
+            "source": lambda: parse_sources(source),
+            "gateway": lambda: parse_gateways(gateway),
             "cluster_networks": lambda: parse_cluster_networks(cluster_networks),
             "metrics_port": lambda: METRICS_PORT.parse(metrics_port),
         }
     )
     parsed_mode: Mode | None = parsed.get("mode")
-    parsed_source: Source | None = parsed.get("source")
-    parsed_gateway: IPv4Address | None = parsed.get("gateway")
+    parsed_source: Sources | None = parsed.get("source")
+    parsed_gateway: Gateways | None = parsed.get("gateway")
     parsed_destinations: Destinations | None = None
-    if parsed_source and parsed_gateway and parsed_source.ip == parsed_gateway:
-        found.add(Problem(GATEWAY.variable, f"must differ from {SOURCE.variable}", str(parsed_gateway)))
-    networks: tuple[IPv4Network, ...] = parsed.get("cluster_networks", ())
-    for network in networks:
-        for name, address in ((SOURCE.variable, parsed_source and parsed_source.ip), (GATEWAY.variable, parsed_gateway)):
-            if address and address in network:
-                found.add(
-                    Problem(CLUSTER_NETWORKS.variable, f"contains {name} {address}, which must stay on the egress interface", str(network))
-                )
+    networks: tuple[IPNetwork, ...] = parsed.get("cluster_networks", ())
+    for problem in egress_problems(parsed_source, parsed_gateway, networks):
+        found.add(problem)
     if parsed_mode is None or parsed_mode.installs_nat:
-        parsed_destinations = found.gather({"destinations": lambda: parse_destinations(destination)}).get("destinations")
+        parsed_destinations = found.gather({"destinations": lambda: destinations_for(destination, parsed_source)}).get("destinations")
     for problem in metrics_port_problems(parsed.get("metrics_port"), parsed_destinations):
         found.add(problem)
     ifname = INTERFACE.parse(interface)
@@ -209,8 +225,8 @@ def load_init_settings(
     assert parsed_mode and parsed_source and parsed_gateway
     return InitSettings(
         mode=parsed_mode,
-        source=parsed_source,
-        gateway=parsed_gateway,
+        sources=parsed_source,
+        gateways=parsed_gateway,
         destinations=parsed_destinations,
         interface=ifname,
         macvlan=request,

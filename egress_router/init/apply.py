@@ -5,12 +5,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from egress_router.config.addresses import FAMILY_NAMES, IPV6
 from egress_router.errors import ApplyError
 from egress_router.init import arp, cluster_routes, nat, sysctl
 from egress_router.init.cluster_routes import KernelRoute, NoNextHop
 from egress_router.init.journal import Journal
 from egress_router.init.netlink import PodNetwork, PolicyRouting
-from egress_router.init.plan import CLUSTER_INTERFACE, REPLY_MARK, REPLY_RULE_PRIORITY, REPLY_TABLE, ROUTE_PROTO, NetworkPlan, render_plan
+from egress_router.init.plan import (
+    CLUSTER_INTERFACE,
+    REPLY_MARK,
+    REPLY_RULE_PRIORITY,
+    REPLY_TABLE,
+    ROUTE_PROTO,
+    FamilyPlan,
+    NetworkPlan,
+    render_plan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +40,9 @@ def _egress_link(net: PodNetwork, plan: NetworkPlan) -> int:
 
 @dataclass(frozen=True)
 class ClusterSide:
-    """What eth0 keeps, decided from the pod's routes before anything changes."""
+    """What eth0 keeps for one address family, decided from the pod's routes before anything changes."""
 
+    family: str
     names: dict[int, str]
     reply_routes: tuple[KernelRoute, ...]
     pinned: tuple[KernelRoute, ...]
@@ -39,47 +50,66 @@ class ClusterSide:
     pinned_now: tuple[KernelRoute, ...]  # main-table routes of ours as read
 
 
-def decide_cluster_side(routing: PolicyRouting, plan: NetworkPlan) -> ClusterSide:
-    """Read eth0's routes and how each nameserver is reached now; raise ApplyError when eth0 has no next hop."""
+def decide_cluster_side(routing: PolicyRouting, plan: NetworkPlan) -> tuple[ClusterSide, ...]:
+    """Read eth0's routes and how each nameserver is reached now, for each family the router moves the default route of;
+    raise ApplyError when eth0 has no next hop. A family eth0 has no address of (an IPv4-only pod network under an
+    IPv6 egress, say) has nothing arriving to answer and nothing to keep."""
     names = routing.names()
     eth0 = next((index for index, name in names.items() if name == CLUSTER_INTERFACE), None)
     if eth0 is None:
         raise ApplyError(f"no {CLUSTER_INTERFACE} in this pod: the router needs the pod network's interface to answer its clients")
-    main, kept = routing.routes(cluster_routes.MAIN_TABLE), routing.routes(REPLY_TABLE)
+    sides = []
+    for family in plan.families:
+        if not routing.has_global_address(eth0, family.family):
+            name = FAMILY_NAMES[family.family]
+            log.debug("%s has no %s address: nothing arrives over %s to answer, its routes stay", CLUSTER_INTERFACE, name, name)
+            continue
+        sides.append(_decide_family(routing, plan, family, names, eth0))
+    return tuple(sides)
+
+
+def _decide_family(routing: PolicyRouting, plan: NetworkPlan, family: FamilyPlan, names: dict[int, str], eth0: int) -> ClusterSide:
+    main, kept = routing.routes(cluster_routes.MAIN_TABLE, family.family), routing.routes(REPLY_TABLE, family.family)
     try:
         default = cluster_routes.eth0_default(main, kept, eth0)
     except NoNextHop:
-        others = [r.describe(names) for r in main if r.dst == cluster_routes.DEFAULT]
+        others = [r.describe(names) for r in main if r.is_default]
         now = f" (the pod's default route is {', '.join(others)})" if others else ""
+        which = "IPv6 " if family.family == IPV6 else ""
         raise ApplyError(
-            f"{CLUSTER_INTERFACE} has no default route to keep{now}: replies to clients on other nodes, probes from the node "
+            f"{CLUSTER_INTERFACE} has no {which}default route to keep{now}: replies to clients on other nodes, probes from the node "
             f"and the cluster DNS need {CLUSTER_INTERFACE}'s next hop; let the pod network give {CLUSTER_INTERFACE} the default "
             f'route (with Multus, leave the default route out of the attachment: no "gateway" or default-route for '
             f"{plan.interface}) and the router moves it to {plan.interface} itself"
         ) from None
-    ways = cluster_routes.nameserver_ways(plan.nameservers, {ns: routing.lookup(ns) for ns in plan.nameservers}, main, eth0, names)
+    nameservers = family.nameservers
+    ways = cluster_routes.nameserver_ways(nameservers, {ns: routing.lookup(ns) for ns in nameservers}, main, eth0, names)
     for way in ways:
         log.debug("nameserver %s: %s", way.nameserver, way.reason)
     return ClusterSide(
+        family.family,
         names,
         cluster_routes.reply_table(main, kept, eth0),
-        cluster_routes.pinned_routes(default, ways, plan.cluster_networks),
+        cluster_routes.pinned_routes(default, ways, family.cluster_networks),
         tuple(kept),
         tuple(r for r in main if r.proto == ROUTE_PROTO),
     )
 
 
-def keep_cluster_side(routing: PolicyRouting, side: ClusterSide, *, reread: bool = False) -> bool:
-    """REPLY_TABLE, the mark rule and the pinned routes: replies and cluster traffic keep leaving by eth0.
+def keep_cluster_side(routing: PolicyRouting, sides: tuple[ClusterSide, ...], *, reread: bool = False) -> bool:
+    """REPLY_TABLE, the mark rule and the pinned routes of each family: replies and cluster traffic keep leaving by eth0.
 
-    `reread`: read the routes again instead of using what `side` read (the monitor, long after).
+    `reread`: read the routes again instead of using what `sides` read (the monitor, long after).
     """
-    names = side.names
-    kept = routing.routes(REPLY_TABLE) if reread else list(side.kept_now)
-    changed = routing.replace_routes(kept, *cluster_routes.differences(kept, side.reply_routes), names)
-    changed |= routing.set_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY)
-    ours = [r for r in routing.routes(cluster_routes.MAIN_TABLE) if r.proto == ROUTE_PROTO] if reread else list(side.pinned_now)
-    changed |= routing.replace_routes(ours, *cluster_routes.differences(ours, side.pinned), names)
+    changed = False
+    for side in sides:
+        names, family = side.names, side.family
+        kept = routing.routes(REPLY_TABLE, family) if reread else list(side.kept_now)
+        changed |= routing.replace_routes(kept, *cluster_routes.differences(kept, side.reply_routes), names)
+        changed |= routing.set_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY, family)
+        main = routing.routes(cluster_routes.MAIN_TABLE, family) if reread else list(side.pinned_now)
+        ours = [r for r in main if r.proto == ROUTE_PROTO]
+        changed |= routing.replace_routes(ours, *cluster_routes.differences(ours, side.pinned), names)
     return changed
 
 
@@ -93,16 +123,17 @@ def apply_plan(plan: NetworkPlan) -> bool:
     try:
         side = decide_cluster_side(routing, plan)
         index = _egress_link(net, plan)
-        changed = [
-            net.set_up(index, plan.interface),
-            net.set_only_address(index, plan.interface, plan.address),
-            net.set_gateway_route(index, plan.interface, plan.gateway),
-            keep_cluster_side(routing, side),
-            net.set_default_route(index, plan.interface, plan.gateway),
-            *[sysctl.set_sysctl(journal, key, value) for key, value in plan.sysctls],
-            nat.apply_chains(plan.marks, journal),
-            plan.nat is not None and nat.apply_chains(plan.nat),
-        ]
+        changed = [net.set_up(index, plan.interface)]
+        for family in plan.families:
+            changed.append(net.set_only_address(index, plan.interface, family.address))
+            net.wait_for_dad(index, plan.interface, family.address.ip)
+            changed.append(net.set_gateway_route(index, plan.interface, family.gateway))
+        changed.append(keep_cluster_side(routing, side))
+        for family in plan.families:
+            source = family.address.ip if family.family == IPV6 else None
+            changed.append(net.set_default_route(index, plan.interface, family.gateway, source))
+        changed += [sysctl.set_sysctl(journal, key, value) for key, value in plan.sysctls]
+        changed += [nat.apply_chains(chains, journal) for chains in plan.chain_sets]
     except BaseException as error:
         steps = len(journal)
         failed = journal.rollback()
@@ -117,15 +148,14 @@ def apply_plan(plan: NetworkPlan) -> bool:
     net.close()
     if any(changed):
         log.info(
-            "%s is %s via %s%s; replies to what arrives on %s leave through %s",
+            "%s is %s%s; replies to what arrives on %s leave through %s",
             plan.interface,
-            plan.address,
-            plan.gateway,
+            " and ".join(f"{f.address} via {f.gateway}" for f in plan.families),
             "" if plan.nat_rules is None else f", {len(plan.nat_rules)} NAT rules installed",
             CLUSTER_INTERFACE,
             CLUSTER_INTERFACE,
         )
     else:
         log.info("nothing to change: %s is already set up as planned", plan.interface)
-    arp.announce_now_and_later(plan.interface, plan.address.ip)
+    arp.announce_now_and_later(plan.interface, tuple(f.address.ip for f in plan.families))
     return any(changed)

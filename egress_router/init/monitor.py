@@ -13,16 +13,17 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv4Address
+from functools import partial
 
-from egress_router.config.destinations import Destinations, parse_destinations
-from egress_router.config.init_settings import InitSettings, Mode
+from egress_router.config.addresses import IPAddress
+from egress_router.config.destinations import Destinations
+from egress_router.config.init_settings import InitSettings, Mode, destinations_for
 from egress_router.errors import ApplyError
 from egress_router.init import arp, metrics, nat
 from egress_router.init.apply import ClusterSide, decide_cluster_side, keep_cluster_side
 from egress_router.init.journal import Journal
 from egress_router.init.netlink import PodNetwork, PolicyRouting
-from egress_router.init.plan import ChainSet, NetworkPlan, build_plan, labelled_nat_rules
+from egress_router.init.plan import NetworkPlan, build_plan, labelled_nat_rules
 from egress_router.observe.endpoints import local_probes, serving
 from egress_router.observe.stats import CONFIG_RELOADS, Counter, Stats, count
 from egress_router.runtime.watch import ListFile, following
@@ -41,7 +42,7 @@ class Keeper:
     def __init__(self, settings: InitSettings, plan: NetworkPlan) -> None:
         self.settings = settings
         self.plan = plan
-        self.side: ClusterSide | None = None
+        self.side: tuple[ClusterSide, ...] | None = None
         self.reason = "installed (they were missing or different)"  # what the next pass's repairs are called
         self.problem: str | None = "not checked yet"
         self.address_present = False
@@ -55,7 +56,7 @@ class Keeper:
         self.stats.computed(metrics.NAT_BYTES, lambda: {rule: float(c[1]) for rule, c in self.nat_counters.items()})
 
     def announce(self) -> None:
-        if arp.announce_now_and_later(self.settings.interface, self.settings.source.ip):
+        if arp.announce_now_and_later(self.settings.interface, tuple(s.ip for s in self.settings.sources.values())):
             self.announced_at = time.time()
 
     def apply(self, reason: str) -> None:
@@ -66,10 +67,12 @@ class Keeper:
             if self.side is None:
                 self.side = decide_cluster_side(routing, self.plan)
             self.repaired("reply-routing", keep_cluster_side(routing, self.side, reread=True), f"reply routing {reason}")
-            self.repaired("reply-marks", nat.apply_chains(self.plan.marks), f"reply marks {reason}")
-            if self.plan.nat is not None:
-                self.repaired("nat", nat.apply_chains(self.plan.nat), f"NAT rules {reason}")
-                self.read_counters(self.plan.nat)
+            for family in self.plan.families:
+                self.repaired("reply-marks", nat.apply_chains(family.marks), f"reply marks {reason}")
+            for family in self.plan.families:
+                if family.nat is not None:
+                    self.repaired("nat", nat.apply_chains(family.nat), f"NAT rules {reason}")
+            self.read_counters()
         except ApplyError as error:
             log.error("%s", error)
             self.problem = str(error)
@@ -77,28 +80,40 @@ class Keeper:
             net.close()
 
     def check_address(self, net: PodNetwork) -> None:
-        name, address = self.settings.interface, self.settings.source.ip
+        name = self.settings.interface
         index = net.link_index(name)
-        self.address_present = index is not None and any(a.ip == address for a in net.ipv4_addresses(index))
-        self.problem = None if self.address_present else f"{address} is not on {name} (run init again)"
+        missing = [
+            s.ip for s in self.settings.sources.values() if index is None or all(a.ip != s.ip for a in net.addresses(index, s.family))
+        ]
+        self.address_present = not missing
+        verb = "is" if len(missing) == 1 else "are"
+        self.problem = f"{' and '.join(map(str, missing))} {verb} not on {name} (run init again)" if missing else None
 
     def repaired(self, what: str, changed: bool, message: str) -> None:
         if changed:
             log.info("%s", message)
             count(self.restores, what)
 
-    def read_counters(self, chains: ChainSet) -> None:
-        found = nat.counters(chains)
-        if found is not None:
-            labels = [label for _, label in labelled_nat_rules(self.settings)]
-            self.nat_counters = {(label,): counts for label, counts in zip(labels, found, strict=True)}
+    def read_counters(self) -> None:
+        """Each rule's packets and bytes by its label; `snat` and `metrics-port` add up both families' rules."""
+        totals: dict[tuple[str, ...], tuple[int, int]] = {}
+        for family in self.plan.families:
+            found = nat.counters(family.nat) if family.nat is not None else None
+            if found is None:
+                continue
+            labels = [label for _, label in labelled_nat_rules(self.settings, family.family)]
+            for label, (packets, size) in zip(labels, found, strict=True):
+                before = totals.get((label,), (0, 0))
+                totals[(label,)] = (before[0] + packets, before[1] + size)
+        if totals:
+            self.nat_counters = totals
 
     def ready(self) -> str | None:
         return self.problem
 
 
 async def watch_until_stopped(
-    settings: InitSettings, nameservers: tuple[IPv4Address, ...], list_file: ListFile | None, interval: float, stop: asyncio.Event
+    settings: InitSettings, nameservers: tuple[IPAddress, ...], list_file: ListFile | None, interval: float, stop: asyncio.Event
 ) -> None:
     keeper = Keeper(settings, build_plan(settings, nameservers))
     keeper.announce()
@@ -127,7 +142,8 @@ async def keep(
     use: Callable[[Destinations], None],
     reloads: Counter,
 ) -> None:
-    with following(list_file, "EGRESS_DESTINATION_FILE", parse_destinations, use, lambda result: count(reloads, result)):
+    parse = partial(destinations_for, sources=keeper.settings.sources)  # an IPv6 line on an IPv4-only router is an error
+    with following(list_file, "EGRESS_DESTINATION_FILE", parse, use, lambda result: count(reloads, result)):
         while not stop.is_set():
             wake.clear()
             # pyroute2's synchronous API runs an event loop of its own: in a thread, not inside ours
@@ -139,6 +155,6 @@ async def keep(
                 waiting.cancel()
 
 
-def run(settings: InitSettings, nameservers: tuple[IPv4Address, ...], list_file: ListFile | None, interval: float) -> int:
+def run(settings: InitSettings, nameservers: tuple[IPAddress, ...], list_file: ListFile | None, interval: float) -> int:
     run_loop(lambda stop: watch_until_stopped(settings, nameservers, list_file, interval, stop))
     return 0

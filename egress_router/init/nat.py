@@ -9,6 +9,7 @@ import sysconfig
 import types
 from typing import Any
 
+from egress_router.config.addresses import IPV4, IPV6
 from egress_router.errors import ApplyError
 from egress_router.init.journal import Journal
 from egress_router.init.plan import ChainSet
@@ -46,8 +47,8 @@ def _iptc() -> Any:
     return iptc
 
 
-def _build(iptc: Any, shape: dict[str, Any]) -> Any:
-    return iptc.easy.encode_iptc_rule(shape)
+def _build(iptc: Any, shape: dict[str, Any], family: str = IPV4) -> Any:
+    return iptc.easy.encode_iptc_rule(shape, family == IPV6)
 
 
 def _jump(chain: str) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def _jump(chain: str) -> dict[str, Any]:
 
 def _shape(iptc: Any, rule: Any) -> dict[str, Any]:
     """A rule as comparable data: python-iptables' own equality sees stray bytes in SNAT targets."""
-    decoded = dict(iptc.easy.decode_iptc_rule(rule))
+    decoded = dict(iptc.easy.decode_iptc_rule(rule, isinstance(rule, iptc.Rule6)))
     decoded.pop("counters", None)
     return decoded
 
@@ -64,9 +65,10 @@ def _shape(iptc: Any, rule: Any) -> dict[str, Any]:
 _TABLES = {"nat": "NAT", "mangle": "MANGLE"}
 
 
-def _open(iptc: Any, name: str) -> Any:
-    """The table, fresh from the kernel, collecting changes for one commit."""
-    table = iptc.Table(getattr(iptc.Table, _TABLES[name]))
+def _open(iptc: Any, name: str, family: str = IPV4) -> Any:
+    """The table (ip6tables' for `ipv6`), fresh from the kernel, collecting changes for one commit."""
+    kind = iptc.Table6 if family == IPV6 else iptc.Table
+    table = kind(getattr(kind, _TABLES[name]))
     table.autocommit = False
     table.refresh()
     return table
@@ -98,7 +100,7 @@ def _write(iptc: Any, table: Any, chains: ChainSet, rules: dict[str, list[Any] |
             for rule in jumps[keep:]:
                 parent.delete_rule(rule)
             if keep and not jumps:
-                jump = iptc.Rule()
+                jump = iptc.Rule6() if chains.family == IPV6 else iptc.Rule()
                 jump.create_target(chain_name)
                 parent.insert_rule(jump)
         if wanted is None and table.is_chain(chain_name):
@@ -114,24 +116,24 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
     """
     iptc = _iptc()
     try:
-        table = _open(iptc, chains.table)
+        table = _open(iptc, chains.table, chains.family)
         wanted = {chain: [r.as_dict() for r in chains.rules if r.chain == chain] for chain, _ in chains.chains}
         before = _state(iptc, table, chains)
-        built = {chain: [_build(iptc, shape) for shape in shapes] for chain, shapes in wanted.items()}
+        built = {chain: [_build(iptc, shape, chains.family) for shape in shapes] for chain, shapes in wanted.items()}
         if _unchanged(iptc, chains, before, built):
-            log.debug("%s rules already in place (%d rules)", chains.table, len(chains.rules))
+            log.debug("%s rules already in place (%d rules)", _name(chains), len(chains.rules))
             return False
         _write(iptc, table, chains, built)  # type: ignore[arg-type]
         table.commit()
         table.refresh()
         table.autocommit = True
-        log.debug("%s: %d rules committed in one transaction", chains.table, len(chains.rules))
+        log.debug("%s: %d rules committed in one transaction", _name(chains), len(chains.rules))
     except iptc.IPTCError as error:
         raise ApplyError(
-            f"cannot install {chains.table} rules: {error} (is the init container privileged, with the iptables modules loaded?)"
+            f"cannot install {_name(chains)} rules: {error} (is the init container privileged, with the iptables modules loaded?)"
         ) from error
     if journal is not None:
-        journal.record(f"{chains.table} rules", lambda: _restore(chains, before))
+        journal.record(f"{_name(chains)} rules", lambda: _restore(chains, before))
     return True
 
 
@@ -144,10 +146,17 @@ def _unchanged(iptc: Any, chains: ChainSet, before: dict[str, Any], built: dict[
     return all(before[chain] == [_shape(iptc, r) for r in built[chain]] for chain, _ in chains.chains)
 
 
+def _name(chains: ChainSet) -> str:
+    """How logs and messages name the table: `nat`, or `ip6 nat` for ip6tables'."""
+    return f"ip6 {chains.table}" if chains.family == IPV6 else chains.table
+
+
 def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
     iptc = _iptc()
-    table = _open(iptc, chains.table)
-    previous = {chain: None if before[chain] is None else [_build(iptc, s) for s in before[chain]] for chain, _ in chains.chains}
+    table = _open(iptc, chains.table, chains.family)
+    previous = {
+        chain: None if before[chain] is None else [_build(iptc, s, chains.family) for s in before[chain]] for chain, _ in chains.chains
+    }
     _write(iptc, table, chains, previous)
     table.commit()
     table.autocommit = True
@@ -158,7 +167,7 @@ def counters(chains: ChainSet) -> list[tuple[int, int]] | None:
     iptc = _iptc()
     found: list[tuple[int, int]] = []
     try:
-        table = _open(iptc, chains.table)
+        table = _open(iptc, chains.table, chains.family)
         for chain, _ in chains.chains:
             if not table.is_chain(chain):
                 return None
