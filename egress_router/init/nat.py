@@ -7,12 +7,15 @@ import os
 import sys
 import sysconfig
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from egress_router.config.addresses import IPV4, IPV6
 from egress_router.errors import ApplyError
-from egress_router.init.journal import Journal
+from egress_router.init import nat_helper
 from egress_router.init.plan import ChainSet
+
+if TYPE_CHECKING:  # not imported at run time: the helper process starts without pyroute2
+    from egress_router.init.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -114,27 +117,38 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
 
     With a journal, the chains' previous content is recorded, so a later failure puts it back.
     """
+    changed, before = nat_helper.call("apply", chains) if nat_helper.served_elsewhere(chains.family) else apply_here(chains)
+    if not changed:
+        log.debug("%s rules already in place (%d rules)", _name(chains), len(chains.rules))
+        return False
+    log.debug("%s: %d rules committed in one transaction", _name(chains), len(chains.rules))
+    if journal is not None:
+        journal.record(f"{_name(chains)} rules", lambda: restore(chains, before))
+    return True
+
+
+def apply_here(chains: ChainSet, *, absent: bool = False) -> tuple[bool, dict[str, Any]]:
+    """apply_chains (or, `absent`, remove_chains) in this process: whether anything changed, and the chains' state before."""
     iptc = _iptc()
     try:
         table = _open(iptc, chains.table, chains.family)
         wanted = {chain: [r.as_dict() for r in chains.rules if r.chain == chain] for chain, _ in chains.chains}
         before = _state(iptc, table, chains)
-        built = {chain: [_build(iptc, shape, chains.family) for shape in shapes] for chain, shapes in wanted.items()}
-        if _unchanged(iptc, chains, before, built):
-            log.debug("%s rules already in place (%d rules)", _name(chains), len(chains.rules))
-            return False
-        _write(iptc, table, chains, built)  # type: ignore[arg-type]
+        built: dict[str, list[Any] | None] = {
+            chain: None if absent else [_build(iptc, shape, chains.family) for shape in shapes] for chain, shapes in wanted.items()
+        }
+        nothing_there = all(value in (None, 0) for value in before.values())  # no chain, no jump
+        if nothing_there if absent else _unchanged(iptc, chains, before, built):  # type: ignore[arg-type]
+            return False, before
+        _write(iptc, table, chains, built)
         table.commit()
         table.refresh()
         table.autocommit = True
-        log.debug("%s: %d rules committed in one transaction", _name(chains), len(chains.rules))
     except iptc.IPTCError as error:
         raise ApplyError(
             f"cannot install {_name(chains)} rules: {error} (is the init container privileged, with the iptables modules loaded?)"
         ) from error
-    if journal is not None:
-        journal.record(f"{_name(chains)} rules", lambda: _restore(chains, before))
-    return True
+    return True, before
 
 
 def _unchanged(iptc: Any, chains: ChainSet, before: dict[str, Any], built: dict[str, list[Any]]) -> bool:
@@ -151,7 +165,11 @@ def _name(chains: ChainSet) -> str:
     return f"ip6 {chains.table}" if chains.family == IPV6 else chains.table
 
 
-def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
+def restore(chains: ChainSet, before: dict[str, Any]) -> None:
+    """Put our chains back as `before` (what apply found)."""
+    if nat_helper.served_elsewhere(chains.family):
+        nat_helper.call("restore", chains, before)
+        return
     iptc = _iptc()
     table = _open(iptc, chains.table, chains.family)
     previous = {
@@ -164,6 +182,9 @@ def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
 
 def counters(chains: ChainSet) -> list[tuple[int, int]] | None:
     """Packets and bytes of each of our rules, in the order of `chains.rules`; None when our chains do not hold them."""
+    if nat_helper.served_elsewhere(chains.family):
+        answer = nat_helper.call("counters", chains)
+        return None if answer is None else [(packets, size) for packets, size in answer]
     iptc = _iptc()
     found: list[tuple[int, int]] = []
     try:
@@ -175,3 +196,16 @@ def counters(chains: ChainSet) -> list[tuple[int, int]] | None:
     except iptc.IPTCError:
         return None
     return found if len(found) == len(chains.rules) else None
+
+
+def remove_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
+    """Remove our chains of `chains.table` (of its family) and the jumps to them; False when there were none."""
+    if nat_helper.served_elsewhere(chains.family):
+        changed, before = nat_helper.call("remove", chains)
+    else:
+        changed, before = apply_here(chains, absent=True)
+    if changed:
+        log.info("removed the router's %s chains", _name(chains))
+        if journal is not None:
+            journal.record(f"remove {_name(chains)} rules", lambda: restore(chains, before))
+    return bool(changed)
