@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from egress_router.config.addresses import FAMILY_NAMES, IPV6
+from egress_router.config.addresses import FAMILIES, FAMILY_NAMES, IPV6
 from egress_router.errors import ApplyError
 from egress_router.init import arp, cluster_routes, nat, sysctl
 from egress_router.init.cluster_routes import KernelRoute, NoNextHop
@@ -13,12 +13,15 @@ from egress_router.init.journal import Journal
 from egress_router.init.netlink import PodNetwork, PolicyRouting
 from egress_router.init.plan import (
     CLUSTER_INTERFACE,
+    NAT_CHAINS,
     REPLY_MARK,
     REPLY_RULE_PRIORITY,
     REPLY_TABLE,
     ROUTE_PROTO,
+    ChainSet,
     FamilyPlan,
     NetworkPlan,
+    mark_chains,
     render_plan,
 )
 
@@ -113,6 +116,42 @@ def keep_cluster_side(routing: PolicyRouting, sides: tuple[ClusterSide, ...], *,
     return changed
 
 
+def served_before(routing: PolicyRouting, family: str, egress: int) -> bool:
+    """Whether an earlier run served `family`: its reply rule or table, or a default route through the egress interface."""
+    main = routing.routes(cluster_routes.MAIN_TABLE, family)
+    return (
+        routing.has_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY, family)
+        or bool(routing.routes(REPLY_TABLE, family))
+        or any(r.is_default and r.oif == egress for r in main)
+    )
+
+
+def drop_family(net: PodNetwork, routing: PolicyRouting, plan: NetworkPlan, egress: int, family: str, journal: Journal) -> bool:
+    """Undo what an earlier run did for a family this plan no longer serves (dual-stack to single, or the other family):
+    its address and routes on the egress interface, reply rule, table and routes on eth0, and chains go, and eth0's
+    default route of that family (kept in REPLY_TABLE) comes back to the main table."""
+    log.info("%s is no longer in EGRESS_SOURCE: removing what an earlier run set up for it", FAMILY_NAMES[family])
+    names = routing.names()
+    eth0 = next((index for index, name in names.items() if name == CLUSTER_INTERFACE), None)
+    kept = routing.routes(REPLY_TABLE, family)
+    changed = net.clear_family(egress, plan.interface, family)
+    main = routing.routes(cluster_routes.MAIN_TABLE, family)
+    ours = [r for r in kept + main if r.proto == ROUTE_PROTO]
+    changed |= routing.replace_routes(ours, *cluster_routes.differences(ours, []), names)
+    if eth0 is not None and not any(r.is_default for r in main):
+        try:
+            default = cluster_routes.eth0_default([], kept, eth0)
+        except NoNextHop:
+            pass
+        else:
+            back = replace(default, table=cluster_routes.MAIN_TABLE, proto=cluster_routes.RTPROT_BOOT)
+            changed |= routing.replace_routes([], [], [back], names)
+    changed |= routing.set_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY, family, keep=False)
+    for chains in (mark_chains(family), ChainSet("nat", NAT_CHAINS, (), family)):
+        changed |= nat.remove_chains(chains, journal)
+    return changed
+
+
 def apply_plan(plan: NetworkPlan) -> bool:
     """Returns whether anything changed. On failure, undoes what was done and raises ApplyError."""
     for line in render_plan(plan).splitlines():
@@ -123,7 +162,11 @@ def apply_plan(plan: NetworkPlan) -> bool:
     try:
         side = decide_cluster_side(routing, plan)
         index = _egress_link(net, plan)
-        changed = [net.set_up(index, plan.interface)]
+        served = {f.family for f in plan.families}
+        changed = [
+            drop_family(net, routing, plan, index, f, journal) for f in FAMILIES if f not in served and served_before(routing, f, index)
+        ]
+        changed.append(net.set_up(index, plan.interface))
         for family in plan.families:
             changed.append(net.set_only_address(index, plan.interface, family.address))
             net.wait_for_dad(index, plan.interface, family.address.ip)

@@ -18,6 +18,7 @@ from egress_router.config.addresses import IPAddress, IPNetwork
 from egress_router.init.plan import REPLY_TABLE, ROUTE_PROTO
 
 MAIN_TABLE = 254
+RTPROT_BOOT = 3  # what `ip route add` gives a route
 RTPROT_STATIC = 4
 SCOPE_UNIVERSE = 0
 SCOPE_LINK = 253

@@ -18,7 +18,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from egress_router.config.addresses import IPV4, IPV6, IPAddress, IPInterface, family_of
+from egress_router.config.addresses import FAMILY_NAMES, IPV4, IPV6, IPAddress, IPInterface, family_of
 from egress_router.config.init_settings import MacvlanRequest
 from egress_router.errors import ApplyError
 from egress_router.init.cluster_routes import KernelRoute
@@ -232,6 +232,23 @@ class PodNetwork:
         self.change(f"delete route {what}", partial(self.ipr.route, "del", **spec), partial(self.ipr.route, "add", **spec))
         log.info("removed route %s", what)
 
+    def clear_family(self, index: int, name: str, family: str) -> bool:
+        """A family the router no longer serves: its routes through the egress interface (the kernel's aside) and its
+        addresses there (IPv6 link-local aside) go."""
+        changed = False
+        for route in sorted(self._routes(AF[family], oif=index), key=lambda r: r.get_attr("RTA_GATEWAY") is None):
+            if route["proto"] != RTPROT_KERNEL:
+                self._delete_route(route, kernel_route(route).describe({index: name}))
+                changed = True
+        for current in self.addresses(index, family):
+            address = {"index": index, "address": str(current.ip), "prefixlen": current.network.prefixlen}
+            self.change(
+                f"remove address {current} from {name}", partial(self.ipr.addr, "del", **address), partial(self.ipr.addr, "add", **address)
+            )
+            log.info("removed address %s from %s (%s is no longer in EGRESS_SOURCE)", current, name, FAMILY_NAMES[family])
+            changed = True
+        return changed
+
     def set_gateway_route(self, index: int, name: str, gateway: IPAddress) -> bool:
         """Gateway on-link through the egress interface; stale on-link routes of earlier runs (of its family) go.
 
@@ -368,11 +385,21 @@ class PolicyRouting:
             log.debug("%d route(s) already in place", len(current))
         return bool(remove or add)
 
-    def set_mark_rule(self, mark: int, table: int, priority: int, family: str = IPV4) -> bool:
-        """Exactly one rule of `family` at `priority`: packets carrying `mark` look up `table`."""
+    def has_mark_rule(self, mark: int, table: int, priority: int, family: str) -> bool:
+        return any(
+            r.get_attr("FRA_PRIORITY") == priority
+            and (r.get_attr("FRA_TABLE") or r["table"]) == table
+            and r.get_attr("FRA_FWMARK") == mark
+            and r.get_attr("FRA_FWMASK") == mark
+            for r in self.ipr.get_rules(family=AF[family])
+        )
+
+    def set_mark_rule(self, mark: int, table: int, priority: int, family: str = IPV4, *, keep: bool = True) -> bool:
+        """Exactly one rule of `family` at `priority`: packets carrying `mark` look up `table` (`keep` False: that rule
+        goes, a family the router no longer serves)."""
         wanted = {"family": AF[family], "table": table, "priority": priority, "fwmark": mark, "fwmask": mark}
         what = f"{'-6 ' if family != IPV4 else ''}rule fwmark {mark:#x}/{mark:#x} lookup {table} priority {priority}"
-        present = False
+        present = removed = False
         for rule in self.ipr.get_rules(family=AF[family]):
             if rule.get_attr("FRA_PRIORITY") != priority:
                 continue
@@ -383,14 +410,19 @@ class PolicyRouting:
                 "fwmark": rule.get_attr("FRA_FWMARK"),
                 "fwmask": rule.get_attr("FRA_FWMASK"),
             }
-            if shape == wanted and not present:
+            if keep and shape == wanted and not present:
                 present = True
+                continue
+            if not keep and shape != wanted:
                 continue
             stale = {k: v for k, v in shape.items() if v is not None}
             self.net.change(
                 f"delete rule at priority {priority}", partial(self.ipr.rule, "del", **stale), partial(self.ipr.rule, "add", **stale)
             )
             log.info("removed rule %s", stale)
+            removed = True
+        if not keep:
+            return removed
         if present:
             log.debug("%s already present", what)
             return False
