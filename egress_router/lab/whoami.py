@@ -1,6 +1,6 @@
 """A lab server that answers every TCP connection and UDP datagram with the client address it saw.
 
-Run: python -m egress_router.lab.whoami tcp:203.0.113.25:80 udp:203.0.113.25:53 ...
+Run: python -m egress_router.lab.whoami tcp:203.0.113.25:80 udp:203.0.113.25:53 tcp:2001:db8:113::25:80 ...
 It prints "ready" once every socket is bound, then one JSON object per answer goes to the peer.
 TCP connections receive the answer line, then whatever they send is echoed back until they close.
 """
@@ -46,7 +46,8 @@ class _Udp(asyncio.DatagramProtocol):
 async def serve(specs: list[str]) -> None:
     loop = asyncio.get_running_loop()
     for spec in specs:
-        proto, host, port_text = spec.split(":")
+        proto, _, address = spec.partition(":")
+        host, _, port_text = address.rpartition(":")  # an IPv6 host has colons of its own
         port = int(port_text)
         if proto == "tcp":
             await asyncio.start_server(_tcp, host, port, reuse_address=True)
