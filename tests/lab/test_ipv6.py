@@ -199,6 +199,27 @@ def test_proxy_modes_with_an_ipv6_source(lab: Lab, pod: Pod, mode: str) -> None:
     assert lab.tcp(pod.role, t.PUBLIC_SERVER, 443).client == t.NODE_IP  # IPv4 is not the router's: it leaves by eth0
 
 
+def test_a_link_local_gateway(lab: Lab, pod: Pod) -> None:
+    lab.ip("gw", "addr", "add", "fe80::1/64", "dev", "eth0", "nodad")  # as routers advertise themselves
+    try:
+        redirect6(pod, EGRESS_GATEWAY="fe80::1")
+        assert "default via fe80::1 dev macvlan0" in pod.snapshot()["routes6"]
+        assert lab.tcp("client", v6(pod.ip), 80).client == source6(pod)
+    finally:
+        lab.ip("gw", "addr", "del", "fe80::1/64", "dev", "eth0")
+
+
+def test_an_ipv4_only_pod_network_with_an_ipv6_egress(lab: Lab, pod: Pod) -> None:
+    """The proxies of an IPv4-only cluster may leave over IPv6: eth0 has no IPv6 to keep, nothing of it is touched."""
+    lab.ip(pod.role, "-6", "addr", "flush", "dev", "eth0", "scope", "global")
+    done = pod.init(EGRESS_SOURCE=source6(pod), EGRESS_GATEWAY=GATEWAY6, EGRESS_ROUTER_MODE="http-proxy", EGRESS_ROUTER_DEBUG="1")
+    assert done.returncode == 0, done.stderr
+    assert "eth0 has no IPv6 address: nothing arrives over IPv6 to answer, its routes stay" in done.stderr
+    assert "from all fwmark" not in pod.snapshot()["rules6"]
+    assert lab.tcp(pod.role, SERVER25, 443).client == source6(pod)
+    assert "default via 10.128.0.1 dev eth0" in pod.snapshot()["routes"]
+
+
 def test_dual_stack_proxy_mode(lab: Lab, pod: Pod) -> None:
     done = pod.init(
         EGRESS_SOURCE=f"{pod.source},{source6(pod)}", EGRESS_GATEWAY=f"{t.GATEWAY_IP},{GATEWAY6}", EGRESS_ROUTER_MODE="http-proxy"
