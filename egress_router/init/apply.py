@@ -116,14 +116,10 @@ def keep_cluster_side(routing: PolicyRouting, sides: tuple[ClusterSide, ...], *,
     return changed
 
 
-def served_before(routing: PolicyRouting, family: str, egress: int) -> bool:
-    """Whether an earlier run served `family`: its reply rule or table, or a default route through the egress interface."""
-    main = routing.routes(cluster_routes.MAIN_TABLE, family)
-    return (
-        routing.has_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY, family)
-        or bool(routing.routes(REPLY_TABLE, family))
-        or any(r.is_default and r.oif == egress for r in main)
-    )
+def served_before(routing: PolicyRouting, family: str) -> bool:
+    """Whether an earlier run served `family`: its reply rule or REPLY_TABLE routes, which nothing but the router makes
+    (addresses or a default route on the egress interface could be a Multus attachment's, and are left alone)."""
+    return routing.has_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY, family) or bool(routing.routes(REPLY_TABLE, family))
 
 
 def drop_family(net: PodNetwork, routing: PolicyRouting, plan: NetworkPlan, egress: int, family: str, journal: Journal) -> bool:
@@ -163,9 +159,7 @@ def apply_plan(plan: NetworkPlan) -> bool:
         side = decide_cluster_side(routing, plan)
         index = _egress_link(net, plan)
         served = {f.family for f in plan.families}
-        changed = [
-            drop_family(net, routing, plan, index, f, journal) for f in FAMILIES if f not in served and served_before(routing, f, index)
-        ]
+        changed = [drop_family(net, routing, plan, index, f, journal) for f in FAMILIES if f not in served and served_before(routing, f)]
         changed.append(net.set_up(index, plan.interface))
         for family in plan.families:
             changed.append(net.set_only_address(index, plan.interface, family.address))

@@ -180,6 +180,11 @@ class PodNetwork:
         if wanted in self.addresses(index, family):
             log.debug("%s already has %s", name, wanted)
         else:
+            if family == IPV6 and ipv6_disabled(name):
+                raise ApplyError(
+                    f"EGRESS_SOURCE: IPv6 is disabled on {name} (net.ipv6.conf.{name}.disable_ipv6 is not 0, or the kernel has no"
+                    " IPv6): enable it in the pod, or give EGRESS_SOURCE no IPv6 address"
+                )
             address = {"index": index, "address": str(wanted.ip), "prefixlen": wanted.network.prefixlen}
             self.change(
                 f"add address {wanted} to {name}", partial(self.ipr.addr, "add", **address), partial(self.ipr.addr, "del", **address)
@@ -307,6 +312,14 @@ class PodNetwork:
             self._add_route(what, **spec)
             log.info("added route %s", what)
         return True
+
+
+def ipv6_disabled(interface: str) -> bool:
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{interface}/disable_ipv6", encoding="ascii") as f:
+            return f.read().strip() != "0"
+    except OSError:
+        return True  # no such file: a kernel without IPv6
 
 
 def kernel_route(message: Any) -> KernelRoute:

@@ -340,6 +340,18 @@ def test_an_address_another_host_has_fails_duplicate_address_detection_and_chang
         lab.ip("gw", "addr", "del", f"{source6(pod)}/64", "dev", "eth0")
 
 
+def test_ipv6_disabled_on_the_egress_interface_is_explained_and_changes_nothing(lab: Lab, pod: Pod) -> None:
+    lab.sysctl(pod.role, "net.ipv6.conf.macvlan0.disable_ipv6", "1")
+    before = pod.snapshot()
+    done = pod.init(
+        EGRESS_SOURCE=f"{pod.source},{source6(pod)}", EGRESS_GATEWAY=f"{t.GATEWAY_IP},{GATEWAY6}", EGRESS_ROUTER_MODE="http-proxy"
+    )
+    assert done.returncode == 1
+    assert "EGRESS_SOURCE: IPv6 is disabled on macvlan0 (net.ipv6.conf.macvlan0.disable_ipv6 is not 0" in done.stderr.splitlines()[-1]
+    assert "rolled back, the pod's network is as it was" in done.stderr
+    assert pod.snapshot() == before
+
+
 BAD = [
     (
         {"EGRESS_GATEWAY": GATEWAY6},
