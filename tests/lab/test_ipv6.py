@@ -365,13 +365,23 @@ BAD = [
         f"EGRESS_DESTINATION line 2: {SERVER25} is an IPv6 destination, but this router is IPv4-only (EGRESS_SOURCE has no IPv6 address):"
         f' "80 tcp {SERVER25}"',
     ),
+    (
+        {"EGRESS_SOURCE": "2001:db8:12::99", "EGRESS_GATEWAY": GATEWAY6},
+        'EGRESS_DESTINATION line 1: 203.0.113.25 is an IPv4 destination, but this router is IPv6-only (EGRESS_SOURCE has no IPv4 address): "80 tcp 203.0.113.25"',
+    ),
+    (
+        {"EGRESS_SOURCE": "192.168.12.99,2001:db8:12::99"},
+        "EGRESS_GATEWAY: no IPv6 gateway for EGRESS_SOURCE's IPv6 address 2001:db8:12::99 (give one next hop of each family",
+    ),
     ({"EGRESS_SOURCE": "fe80::99", "EGRESS_GATEWAY": GATEWAY6}, "EGRESS_SOURCE: a link-local address cannot be the egress address"),
     ({"EGRESS_CLUSTER_NETWORKS": "fd00:10:128::1/48"}, "EGRESS_CLUSTER_NETWORKS: has host bits set (did you mean fd00:10:128::/48?)"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("changes", "message"), BAD, ids=["wrong-family-gateway", "two-ipv4", "two-ipv6", "ipv6-destination", "link-local", "cidr"]
+    ("changes", "message"),
+    BAD,
+    ids=["wrong-family-gateway", "two-ipv4", "two-ipv6", "ipv6-destination", "ipv4-destination", "no-ipv6-gateway", "link-local", "cidr"],
 )
 def test_bad_ipv6_input_is_explained_and_changes_nothing(pod: Pod, changes: dict[str, str], message: str) -> None:
     env = {
