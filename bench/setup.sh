@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# What the benchmarks need beyond the tests: squid, haproxy, nginx and wrk, without letting Debian start squid or
+# What the benchmarks need beyond the tests: squid, haproxy, nginx, wrk, ab and valgrind, without letting Debian start squid or
 # nginx as services in the root namespace (the benchmarks start their own, inside a lab namespace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/setup
 missing=()
-for pkg in squid haproxy nginx wrk; do
+for pkg in squid haproxy nginx wrk apache2-utils valgrind; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -139,6 +139,9 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
         return
     from egress_router.init.apply import apply_plan
 
+    if settings.mode.serves_endpoints:
+        claim_metrics_port("init", settings.metrics_port)
+
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         apply_plan(plan)
@@ -153,7 +156,22 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
 
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # held until the loop's handlers are in
         log.info("set up; waiting for SIGTERM")
-        sys.exit(monitor_module.run(settings, nameservers, None, init_settings.CHECK_INTERVAL.default_value()))
+        try:
+            sys.exit(monitor_module.run(settings, nameservers, None, init_settings.CHECK_INTERVAL.default_value()))
+        except ApplyError as error:
+            fail("init", str(error))
+
+
+def claim_metrics_port(command: str, port: int | None) -> None:
+    """monitor and legacy init serve the probes: a port another process holds stops them before they change anything."""
+    if port is None:
+        return
+    from egress_router.observe.endpoints import check_port
+
+    try:
+        check_port(port)
+    except ApplyError as error:
+        fail(command, str(error))
 
 
 def pod_nameservers(path: str = "/etc/resolv.conf") -> tuple[IPv4Address | IPv6Address, ...]:
@@ -240,4 +258,8 @@ def monitor(destination: str | None, destination_file: str | None, debug: str | 
     except ConfigError as error:
         fail("monitor", str(error))
         return
-    sys.exit(monitor_module.run(settings.init, pod_nameservers(), list_file(destination_file, rules), settings.check_interval))
+    claim_metrics_port("monitor", settings.init.metrics_port)
+    try:
+        sys.exit(monitor_module.run(settings.init, pod_nameservers(), list_file(destination_file, rules), settings.check_interval))
+    except ApplyError as error:
+        fail("monitor", str(error))

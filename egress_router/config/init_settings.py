@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from egress_router.config.addresses import Gateways, IPNetwork, Sources, family_problems, parse_gateways, parse_sources
 from egress_router.config.cluster_networks import VARIABLE, parse_cluster_networks
 from egress_router.config.destinations import Destinations, parse_destinations
-from egress_router.config.errors import Collector, Problem
+from egress_router.config.errors import Collector, ConfigError, Problem
 from egress_router.config.options import METRICS_PORT, Choice, Duration, Flag, Option, Text
 
 
@@ -24,6 +24,12 @@ class Mode(enum.Enum):
     def installs_nat(self) -> bool:
         """The proxy modes only need the network: their own sockets leave from EGRESS_SOURCE."""
         return self not in (Mode.HTTP_PROXY, Mode.DNS_PROXY)
+
+    @property
+    def serves_endpoints(self) -> bool:
+        """Legacy mode stays running and answers on the metrics port. In the others nothing of ours listens there,
+        so only a port set explicitly (the monitor container's) is kept from the fallback and from redirect rules."""
+        return self is Mode.LEGACY
 
 
 MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
@@ -81,7 +87,11 @@ INIT_OPTIONS = (
     MACVLAN_MODE,
     HOST_NETNS,
     CLUSTER_NETWORKS,
-    METRICS_PORT,
+    dataclasses.replace(
+        METRICS_PORT,
+        help="Port of /healthz, /readyz and /metrics in legacy mode; in init and unit-test modes only a port set here counts"
+        " (give the monitor container's: the fallback then leaves it to the pod); off: none",
+    ),
 )
 
 CHECK_INTERVAL = Duration(
@@ -121,7 +131,9 @@ class InitSettings:
     macvlan: MacvlanRequest | None
     debug: bool
     cluster_networks: tuple[IPNetwork, ...]
-    metrics_port: int | None = None  # legacy init and monitor serve /healthz, /readyz, /metrics; never DNATed
+    #: legacy init and monitor serve /healthz, /readyz, /metrics there; init and unit-test modes only keep a port
+    #: set explicitly (the monitor's) from the fallback and the redirect rules. Never DNATed.
+    metrics_port: int | None = None
 
 
 def interface_name_problem(name: str) -> str | None:
@@ -168,6 +180,14 @@ def destinations_for(text: str | None, sources: Sources | None) -> Destinations:
     return parse_destinations(text, families=sources.families if sources else None)
 
 
+def check_metrics_port(destinations: Destinations, port: int | None) -> Destinations:
+    """`destinations` when no rule takes the metrics port (at start, and in every new version of the list file)."""
+    problems = metrics_port_problems(port, destinations)
+    if problems:
+        raise ConfigError(problems)
+    return destinations
+
+
 def load_init_settings(
     *,
     source: str | None,
@@ -194,6 +214,8 @@ def load_init_settings(
         }
     )
     parsed_mode: Mode | None = parsed.get("mode")
+    served = parsed_mode is not None and parsed_mode.serves_endpoints
+    port: int | None = parsed.get("metrics_port") if served or (metrics_port and metrics_port.strip()) else None
     parsed_source: Sources | None = parsed.get("source")
     parsed_gateway: Gateways | None = parsed.get("gateway")
     parsed_destinations: Destinations | None = None
@@ -202,7 +224,7 @@ def load_init_settings(
         found.add(problem)
     if parsed_mode is None or parsed_mode.installs_nat:
         parsed_destinations = found.gather({"destinations": lambda: destinations_for(destination, parsed_source)}).get("destinations")
-    for problem in metrics_port_problems(parsed.get("metrics_port"), parsed_destinations):
+    for problem in metrics_port_problems(port, parsed_destinations):
         found.add(problem)
     ifname = INTERFACE.parse(interface)
     reason = interface_name_problem(ifname)
@@ -232,7 +254,7 @@ def load_init_settings(
         macvlan=request,
         debug=DEBUG.parse(debug),
         cluster_networks=networks,
-        metrics_port=parsed.get("metrics_port"),
+        metrics_port=port,
     )
 
 
@@ -242,11 +264,16 @@ class MonitorSettings:
     check_interval: float
 
 
-def load_monitor_settings(*, check_interval: str | None = None, **given: str | None) -> MonitorSettings:
-    """init's settings in mode `init` (the monitor keeps them true) and the check interval; all problems at once."""
+def load_monitor_settings(*, check_interval: str | None = None, metrics_port: str | None = None, **given: str | None) -> MonitorSettings:
+    """init's settings in mode `init` (the monitor keeps them true) and the check interval; all problems at once.
+    The monitor serves the metrics port, so unset means the default, which mode `init` takes only when it is given."""
+    served = metrics_port if metrics_port is not None and metrics_port.strip() else METRICS_PORT.shown_default
     found = Collector()
     values = found.gather(
-        {"init": lambda: load_init_settings(mode="init", **given), "check_interval": lambda: CHECK_INTERVAL.parse(check_interval)}
+        {
+            "init": lambda: load_init_settings(mode="init", metrics_port=served, **given),
+            "check_interval": lambda: CHECK_INTERVAL.parse(check_interval),
+        }
     )
     found.raise_if_any()
     return MonitorSettings(**values)

@@ -94,7 +94,7 @@ class Forwarder:
         self.port = str(destination.target.local_port)
         self.open = 0  # relayed connections open now (a gauge)
         self.connections = stats.counter(metrics.CONNECTIONS)
-        self.bytes = stats.counter(metrics.BYTES)
+        self.bytes = stats.relayed(metrics.BYTES)
         self.connect_failures = stats.counter(metrics.CONNECT_FAILURES)
         self.use_splice = settings.splice and splice.available()
 
@@ -168,14 +168,14 @@ class Forwarder:
             client.join(tunnel)
             server.join(tunnel)
             closed, counts, finish = tunnel.closed, tunnel.sent, tunnel.close
+        self.bytes.start((self.port,), counts)
         try:
             why = await closed
         except asyncio.CancelledError:  # the drain deadline after SIGTERM
             finish("drain deadline")
             raise
         finally:
-            count(self.bytes, self.port, "in", amount=counts[0])
-            count(self.bytes, self.port, "out", amount=counts[1])
+            self.bytes.end(counts)
         self._log(peer, str(address), counts[0], counts[1], started, why)
 
     @staticmethod

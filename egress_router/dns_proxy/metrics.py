@@ -15,7 +15,7 @@ STALE = "egress_router_dns_answer_stale"
 METRICS = (
     Metric(CONNECTIONS, "counter", "Connections accepted, by local port", ("port",)),
     Metric(OPEN, "gauge", "Open relayed connections, by local port", ("port",)),
-    Metric(BYTES, "counter", "Bytes relayed by connections that ended: in from clients, out to clients", ("port", "direction")),
+    Metric(BYTES, "counter", "Bytes relayed, counted as they flow: in from clients, out to clients", ("port", "direction")),
     Metric(CONNECT_FAILURES, "counter", "Connections to a destination address that failed", ("address",)),
     Metric(
         LOOKUPS, "counter", "DNS lookups of the list's names, by result (ok, negative: no such name or no address, failed)", ("result",)

@@ -19,6 +19,7 @@ class FlowControl(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.reading_paused = False
+        self.reading_held = False  # held by the connection itself: body streams' resume calls do not undo it
         self.writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
 
@@ -38,13 +39,23 @@ class FlowControl(asyncio.Protocol):
             self.reading_stopped()
 
     def resume_reading(self, resume_parser: bool = True) -> None:
-        if self.reading_paused and self.transport is not None:
+        if self.reading_paused and not self.reading_held and self.transport is not None:
             self.reading_paused = False
             try:  # noqa: SIM105 - hot path: try costs less than contextlib.suppress()
                 self.transport.resume_reading()
             except NO_FLOW_CONTROL:
                 pass
             self.reading_started()
+
+    def hold_reading(self) -> None:
+        """Stop reading until `release_reading()`, whatever the body streams ask meanwhile."""
+        self.reading_held = True
+        self.pause_reading()
+
+    def release_reading(self) -> None:
+        if self.reading_held:
+            self.reading_held = False
+            self.resume_reading()
 
     def reading_stopped(self) -> None:
         """Called when reading really pauses (aiohttp's streams call pause/resume on every read, paused or not)."""

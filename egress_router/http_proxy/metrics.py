@@ -13,6 +13,10 @@ CONNECT_ERRORS = "egress_router_http_upstream_connect_errors_total"
 DURATION = "egress_router_http_request_duration_seconds"
 CONNECTIONS = "egress_router_http_client_connections"
 TUNNELS = "egress_router_http_tunnels"
+TUNNEL_DURATION = "egress_router_http_tunnel_duration_seconds"
+
+#: Tunnels live from seconds (an API call) to a day (a database session): their own, longer buckets.
+TUNNEL_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 24 * 3600.0)
 
 METRICS = (
     Metric(
@@ -22,9 +26,21 @@ METRICS = (
         ("method", "code", "decision"),
     ),
     Metric(LIST_DECISIONS, "counter", "The list's decisions by the line that made them (none: no line did)", ("line", "decision")),
-    Metric(BYTES, "counter", "Body and tunnel bytes passed on: in from clients to servers, out from servers to clients", ("direction",)),
+    Metric(
+        BYTES,
+        "counter",
+        "Body and tunnel bytes passed on (tunnels' as they flow): in from clients to servers, out from servers to clients",
+        ("direction",),
+    ),
     Metric(CONNECT_ERRORS, "counter", "Connections to servers that failed, by kind", ("kind",)),
-    Metric(DURATION, "histogram", "From a request's head to the end of its answer, seconds", (), DURATION_BUCKETS),
+    Metric(
+        DURATION,
+        "histogram",
+        "From a request's head to the end of its answer (a CONNECT: until the tunnel is up), seconds",
+        (),
+        DURATION_BUCKETS,
+    ),
+    Metric(TUNNEL_DURATION, "histogram", "How long CONNECT tunnels stayed open, seconds", (), TUNNEL_BUCKETS),
     Metric(CONNECTIONS, "gauge", "Open client connections"),
     Metric(TUNNELS, "gauge", "Open CONNECT tunnels"),
     CONFIG_RELOADS,

@@ -36,6 +36,10 @@ from egress_router.runtime.tunnel import Tunnel, TunnelEnd, abort_with_reset
 
 log = logging.getLogger(__name__)
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+#: Reading stops while this many parsed requests wait for their turn, or this many bytes wait for a tunnel:
+#: a client cannot make the proxy hold more than that (the kernel's socket buffer holds the rest).
+MAX_QUEUED = 32
+MAX_PENDING_TUNNEL_BYTES = 1 << 16
 IN, OUT = ("in",), ("out",)
 
 #: Host name, port -> getaddrinfo-shaped answers; replaceable so tests need no DNS.
@@ -75,8 +79,10 @@ class Proxy:
         self.stats = Stats(metrics.METRICS)
         self.requests = self.stats.counter(metrics.REQUESTS)  # the hot path adds to these dicts directly
         self.list_decisions = self.stats.counter(metrics.LIST_DECISIONS)
-        self.bytes = self.stats.counter(metrics.BYTES)
+        self.relayed = self.stats.relayed(metrics.BYTES)
+        self.bytes = self.relayed.done
         self.durations = self.stats.histogram(metrics.DURATION)
+        self.tunnel_durations = self.stats.histogram(metrics.TUNNEL_DURATION)
         self.pool.errors = self.stats.counter(metrics.CONNECT_ERRORS)
         self.stats.computed(metrics.CONNECTIONS, lambda: {(): len(self.connections)})
         self.stats.computed(metrics.TUNNELS, lambda: {(): sum(1 for c in self.connections if c.tunnel is not None)})
@@ -136,7 +142,10 @@ class ClientConnection(TunnelEnd, FlowControl):
             auto_decompress=False,
         )
         self.state = State.IDLE
+        #: Requests parsed and waiting for their turn; an Answer in it is a refusal of what came after them.
         self.queue: collections.deque[tuple[Any, Any]] = collections.deque()
+        self.client_done = False  # the client half-closed: once the queue is answered, nothing more comes
+        self.refused = False  # bytes that were no request came: reading never resumes
         self.body: Any = None  # the body stream of the request last parsed
         self.head_bytes = 0  # bytes of the request head under way (State.HEAD)
         self.bytes_in = 0  # request body bytes passed to the server, this request
@@ -147,6 +156,7 @@ class ClientConnection(TunnelEnd, FlowControl):
         self.deadline = Deadline(proxy.loop, self.on_deadline)
         self.tunnel: Tunnel | None = None
         self.tunnel_pending: list[bytes] = []  # bytes that came after CONNECT, before the tunnel is up
+        self.pending_bytes = 0
         self.tunnel_eof = False  # and whether the client half-closed meanwhile
         self._peer: str | None = None
 
@@ -174,11 +184,11 @@ class ClientConnection(TunnelEnd, FlowControl):
         try:
             messages, upgraded, tail = self.parser.feed_data(data)
         except (HttpProcessingError, LineTooLong) as error:
-            self.answer(self.parse_failure(error))
+            self.refuse(self.parse_failure(error))
             return
         problem = self.took(messages)
         if problem is not None:
-            self.answer(problem)
+            self.refuse(problem)
             return
         if upgraded:  # CONNECT: what follows its head is for the tunnel
             self.state = State.TUNNEL
@@ -199,9 +209,25 @@ class ClientConnection(TunnelEnd, FlowControl):
             self.deadline.clear()
         self.body = messages[-1][1]
         self.queue.extend(messages)
+        if len(self.queue) >= MAX_QUEUED:
+            self.hold_reading()
+        self.wake()
+        return None
+
+    def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
-        return None
+
+    def refuse(self, answer: Answer) -> None:
+        """Bytes that are no request: answered in their turn, after every request that came before them, and
+        the connection ends there. Nothing more is read: the parser cannot find where a next request starts."""
+        self.refused = True
+        self.hold_reading()
+        if self.state in (State.IDLE, State.HEAD):  # nothing is being answered: now
+            self.answer(answer)
+        else:
+            self.queue.append((answer, None))
+            self.wake()
 
     def parse_failure(self, error: Exception) -> Answer:
         if isinstance(error, LineTooLong):
@@ -215,6 +241,9 @@ class ClientConnection(TunnelEnd, FlowControl):
             self.tunnel.forward(0, data)
         elif data:
             self.tunnel_pending.append(data)
+            self.pending_bytes += len(data)
+            if self.pending_bytes >= MAX_PENDING_TUNNEL_BYTES:
+                self.hold_reading()
 
     def eof_received(self) -> bool:
         if self.state is State.TUNNEL:
@@ -224,9 +253,11 @@ class ClientConnection(TunnelEnd, FlowControl):
                 self.tunnel_eof = True
             return True
         self.end_of_requests()
+        self.client_done = True
         if self.state in (State.IDLE, State.HEAD):
             self.close()
-        return True  # half-closed clients still get their response
+        self.wake()
+        return True  # half-closed clients still get their response, then the connection closes
 
     def connection_lost(self, exc: BaseException | None) -> None:
         _ = self.peer  # still needed for log lines written after the connection is gone (tunnels)
@@ -275,17 +306,25 @@ class ClientConnection(TunnelEnd, FlowControl):
         if answer.close:
             self.close()
 
-    def log_exchange(self, message: Any, status: int, started: float | None, reason: str) -> None:
-        """Once per request, whatever its end: the access-log line and the request's metrics."""
+    def log_exchange(self, message: Any, status: int, started: float | None, reason: str, tunnel_up: float | None = None) -> None:
+        """Once per request, whatever its end: the access-log line and the request's metrics.
+
+        `tunnel_up`: when a CONNECT's tunnel was up; its bytes were counted as they flowed."""
         proxy = self.proxy
+        self.logged = True
         method = message.method if message is not None and message.method in metrics.METHODS else "other"
         code = str(status)
         key = (method, code if code in metrics.CODES else "other", "allow" if self.allowed else "deny")
         proxy.requests[key] = proxy.requests.get(key, 0) + 1
-        proxy.bytes[IN] = proxy.bytes.get(IN, 0) + self.bytes_in
-        proxy.bytes[OUT] = proxy.bytes.get(OUT, 0) + self.bytes_out
-        if started is not None:
-            observe(proxy.durations, DURATION_BUCKETS, time.monotonic() - started)
+        now = time.monotonic()
+        if tunnel_up is None:
+            proxy.bytes[IN] = proxy.bytes.get(IN, 0) + self.bytes_in
+            proxy.bytes[OUT] = proxy.bytes.get(OUT, 0) + self.bytes_out
+            if started is not None:
+                observe(proxy.durations, DURATION_BUCKETS, now - started)
+        else:
+            observe(proxy.durations, DURATION_BUCKETS, tunnel_up - (started or tunnel_up))
+            observe(proxy.tunnel_durations, metrics.TUNNEL_BUCKETS, now - tunnel_up)
         self.proxy.access_log.write(
             self.peer,
             message.method if message is not None else "-",
@@ -293,7 +332,7 @@ class ClientConnection(TunnelEnd, FlowControl):
             status,
             self.bytes_in,
             self.bytes_out,
-            time.monotonic() - started if started is not None else 0.0,
+            now - started if started is not None else 0.0,
             reason,
         )
         self.bytes_in = self.bytes_out = 0  # counted: a refusal logged next (no request) must not count them again
@@ -320,20 +359,33 @@ class ClientConnection(TunnelEnd, FlowControl):
 
     async def next_request(self) -> tuple[Any, Any] | None:
         while not self.queue:
-            if self.state is State.CLOSED or self.transport is None or self.transport.is_closing():
+            if self.client_done or self.state is State.CLOSED or self.transport is None or self.transport.is_closing():
                 return None
             self.waiter = self.loop.create_future()
             try:
                 await self.waiter
             finally:
                 self.waiter = None
-        return self.queue.popleft()
+        request = self.queue.popleft()
+        if self.reading_held and not self.backlogged():
+            self.release_reading()
+        return request
+
+    def backlogged(self) -> bool:
+        """Whether reading stays held: a refusal is queued, the queue is still long, or a tunnel's bytes wait."""
+        waiting = self.tunnel is None and self.pending_bytes >= MAX_PENDING_TUNNEL_BYTES
+        return self.refused or waiting or len(self.queue) >= MAX_QUEUED // 2
 
     async def serve(self) -> None:
         try:
             while not self.proxy.draining:
                 request = await self.next_request()
-                if request is None or not await self.answer_request(*request):
+                if request is None:
+                    break
+                if isinstance(request[0], Answer):  # what came after the requests before it was no request
+                    self.answer(request[0])
+                    break
+                if not await self.answer_request(*request):
                     break
                 if not self.queue and self.state is State.BUSY:
                     self.state = State.IDLE
@@ -353,12 +405,19 @@ class ClientConnection(TunnelEnd, FlowControl):
         self.state = State.TUNNEL if message.method == "CONNECT" or self.state is State.TUNNEL else State.BUSY
         self.bytes_in = self.bytes_out = 0
         self.allowed = False
+        self.logged = False
         started = time.monotonic()
         try:
-            return await self.handle(message, payload, started)
+            keep = await self.handle(message, payload, started)
         except (ConnectionError, asyncio.CancelledError):
-            self.log_exchange(message, 499, started, "client went away")  # as nginx logs it
+            if not self.logged:
+                self.log_exchange(message, 499, started, "client went away")  # as nginx logs it
             raise
+        if not self.logged:  # every path answers and logs; this only keeps the one-line-per-request promise
+            log.error("a %s request from %s ended without an answer", message.method, self.peer)
+            self.answer(Answer(500, "internal error: the request ended without an answer"), message, started)
+            return False
+        return keep
 
     async def handle(self, message: Any, payload: Any, started: float) -> bool:
         te = message.headers.get("Transfer-Encoding")
@@ -545,21 +604,32 @@ class ClientConnection(TunnelEnd, FlowControl):
         except UpstreamError as error:
             self.answer(error.answer, message, started)
             return False
-        if self.transport is None or self.transport.is_closing() or upstream.transport is None:
+        if self.transport is None or self.transport.is_closing():
             upstream.close()
+            raise ConnectionResetError("client went away before the tunnel was up")
+        if upstream.transport is None or upstream.transport.is_closing():
+            upstream.close()
+            self.answer(Answer(502, "the server closed the connection before the tunnel was up"), message, started)
             return False
         self.deadline.cancel()
         self.transport.write(ESTABLISHED)
+        up = time.monotonic()
         tunnel = Tunnel(self.loop, (self.transport, upstream.transport), self.settings.tunnel_idle_timeout)
         self.tunnel = upstream.tunnel = tunnel
+        self.proxy.relayed.start((), tunnel.sent)
         for data in self.tunnel_pending:
             tunnel.forward(0, data)
         self.tunnel_pending.clear()
+        self.pending_bytes = 0
+        self.release_reading()
         if self.tunnel_eof:
             tunnel.end_of_data(0)
-        why = await tunnel.closed
+        try:
+            why = await tunnel.closed
+        finally:
+            self.proxy.relayed.end(tunnel.sent)
         self.bytes_in, self.bytes_out = tunnel.sent
-        self.log_exchange(message, 200, started, f"{decision.reason}; {why}")
+        self.log_exchange(message, 200, started, f"{decision.reason}; {why}", tunnel_up=up)
         return False
 
 

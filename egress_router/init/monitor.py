@@ -12,12 +12,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from functools import partial
+from dataclasses import dataclass, replace
 
 from egress_router.config.addresses import IPAddress
 from egress_router.config.destinations import Destinations
-from egress_router.config.init_settings import InitSettings, Mode, destinations_for
+from egress_router.config.init_settings import InitSettings, Mode, check_metrics_port, destinations_for
 from egress_router.errors import ApplyError
 from egress_router.init import arp, metrics, nat
 from egress_router.init.apply import ClusterSide, decide_cluster_side, keep_cluster_side
@@ -25,25 +24,39 @@ from egress_router.init.journal import Journal
 from egress_router.init.netlink import PodNetwork, PolicyRouting
 from egress_router.init.plan import NetworkPlan, build_plan, labelled_nat_rules
 from egress_router.observe.endpoints import local_probes, serving
-from egress_router.observe.stats import CONFIG_RELOADS, Counter, Stats, count
+from egress_router.observe.stats import CONFIG_RELOADS, Stats, count
 from egress_router.runtime.watch import ListFile, following
 from egress_router.runtime.workers import run_loop
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Target:
+    """What the monitor keeps in place: settings and the plan made from them, always replaced together."""
+
+    settings: InitSettings
+    plan: NetworkPlan
+
+
+#: What a pass calls the changes it had to make, by how it came to make them.
+FIRST = "installed: what init left differed (give the init container this monitor's variables, EGRESS_METRICS_PORT too)"
+REPLACED = "replaced from the new list"
+RESTORED = "restored (something had changed them)"
+
+
 class Keeper:
     """Puts the plan's policy routing and rules back; what eth0 keeps is read once, while init's setup is intact.
 
     Each pass also leaves what the endpoints report: why the pod is not ready (None when it is) and the
-    NAT rules' counters. Passes run in a thread (pyroute2 and python-iptables block); the loop only reads.
+    NAT rules' counters. Passes run in a thread (pyroute2 and python-iptables block) while the loop may hand
+    over a new list (use()): a pass reads `target` once and keeps to what it read; the loop only reads the rest.
     """
 
     def __init__(self, settings: InitSettings, plan: NetworkPlan) -> None:
-        self.settings = settings
-        self.plan = plan
+        self.target = Target(settings, plan)
+        self.kept: Target | None = None  # what the last complete pass put in place
         self.side: tuple[ClusterSide, ...] | None = None
-        self.reason = "installed (they were missing or different)"  # what the next pass's repairs are called
         self.problem: str | None = "not checked yet"
         self.address_present = False
         self.nat_counters: dict[tuple[str, ...], tuple[int, int]] = {}
@@ -56,52 +69,72 @@ class Keeper:
         self.stats.computed(metrics.NAT_BYTES, lambda: {rule: float(c[1]) for rule, c in self.nat_counters.items()})
 
     def announce(self) -> None:
-        if arp.announce_now_and_later(self.settings.interface, tuple(s.ip for s in self.settings.sources.values())):
+        settings = self.target.settings
+        if arp.announce_now_and_later(settings.interface, tuple(s.ip for s in settings.sources.values())):
             self.announced_at = time.time()
 
-    def apply(self, reason: str) -> None:
-        net = PodNetwork(Journal())  # nothing is rolled back here: every step that lands is a repair
+    def use(self, destinations: Destinations) -> None:
+        """A new list (on the loop): the next pass replaces the NAT rules; one running now finishes with the old."""
+        settings = replace(self.target.settings, destinations=destinations)
+        self.target = Target(settings, build_plan(settings, self.target.plan.nameservers))
+
+    def apply(self) -> None:
+        """One pass (in a thread). Whatever fails becomes the readiness reason; the next pass tries again."""
+        target = self.target
+        reason = FIRST if self.kept is None else RESTORED if target is self.kept else REPLACED
+        net = None
         try:
-            self.check_address(net)
+            net = PodNetwork(Journal())  # nothing is rolled back here: every step that lands is a repair
+            self.check_address(net, target.settings)
             routing = PolicyRouting(net)
             if self.side is None:
-                self.side = decide_cluster_side(routing, self.plan)
-            self.repaired("reply-routing", keep_cluster_side(routing, self.side, reread=True), f"reply routing {reason}")
-            for family in self.plan.families:
-                self.repaired("reply-marks", nat.apply_chains(family.marks), f"reply marks {reason}")
-            for family in self.plan.families:
+                self.side = decide_cluster_side(routing, target.plan)
+            self.repaired("reply-routing", keep_cluster_side(routing, self.side, reread=True), "reply routing", reason)
+            for family in target.plan.families:
+                self.repaired("reply-marks", nat.apply_chains(family.marks), "reply marks", reason)
+            for family in target.plan.families:
                 if family.nat is not None:
-                    self.repaired("nat", nat.apply_chains(family.nat), f"NAT rules {reason}")
-            self.read_counters()
+                    self.repaired("nat", nat.apply_chains(family.nat), "NAT rules", reason)
+            self.read_counters(target)
+            self.kept = target
         except ApplyError as error:
             log.error("%s", error)
             self.problem = str(error)
+        except Exception as error:  # a pass that fails is reported and retried, never a dead monitor
+            log.error("checking the setup failed: %s: %s", type(error).__name__, error)
+            log.debug("the traceback of that failure", exc_info=True)
+            self.problem = f"checking the setup failed: {type(error).__name__}: {error}"
         finally:
-            net.close()
+            if net is not None:
+                net.close()
 
-    def check_address(self, net: PodNetwork) -> None:
-        name = self.settings.interface
+    def check_address(self, net: PodNetwork, settings: InitSettings) -> None:
+        name = settings.interface
         index = net.link_index(name)
-        missing = [
-            s.ip for s in self.settings.sources.values() if index is None or all(a.ip != s.ip for a in net.addresses(index, s.family))
-        ]
+        missing = [s.ip for s in settings.sources.values() if index is None or all(a.ip != s.ip for a in net.addresses(index, s.family))]
         self.address_present = not missing
         verb = "is" if len(missing) == 1 else "are"
         self.problem = f"{' and '.join(map(str, missing))} {verb} not on {name} (run init again)" if missing else None
 
-    def repaired(self, what: str, changed: bool, message: str) -> None:
-        if changed:
-            log.info("%s", message)
+    def repaired(self, what: str, changed: bool, name: str, reason: str) -> None:
+        """Only a change found after a pass kept the same target counts as a restore: something changed it."""
+        if not changed:
+            return
+        if reason == FIRST:
+            log.warning("%s %s", name, reason)
+        else:
+            log.info("%s %s", name, reason)
+        if reason == RESTORED:
             count(self.restores, what)
 
-    def read_counters(self) -> None:
+    def read_counters(self, target: Target) -> None:
         """Each rule's packets and bytes by its label; `snat` and `metrics-port` add up both families' rules."""
         totals: dict[tuple[str, ...], tuple[int, int]] = {}
-        for family in self.plan.families:
+        for family in target.plan.families:
             found = nat.counters(family.nat) if family.nat is not None else None
             if found is None:
                 continue
-            labels = [label for _, label in labelled_nat_rules(self.settings, family.family)]
+            labels = [label for _, label in labelled_nat_rules(target.settings, family.family)]
             for label, (packets, size) in zip(labels, found, strict=True):
                 before = totals.get((label,), (0, 0))
                 totals[(label,)] = (before[0] + packets, before[1] + size)
@@ -110,6 +143,12 @@ class Keeper:
 
     def ready(self) -> str | None:
         return self.problem
+
+
+def list_parser(settings: InitSettings) -> Callable[[str], Destinations]:
+    """A new version of the list file is checked as init checks it: no rule may take the metrics port, and no
+    destination may be of a family the router has no source of."""
+    return lambda text: check_metrics_port(destinations_for(text, settings.sources), settings.metrics_port)
 
 
 async def watch_until_stopped(
@@ -121,38 +160,26 @@ async def watch_until_stopped(
     reloads = keeper.stats.counter(CONFIG_RELOADS.name)
 
     def use(destinations: Destinations) -> None:
-        keeper.settings = replace(keeper.settings, destinations=destinations)
-        keeper.plan = build_plan(keeper.settings, nameservers)
-        keeper.reason = "replaced from the new list"
+        keeper.use(destinations)
         wake.set()
 
     log.info("watching %s every %g s%s", settings.interface, interval, f" and {list_file.path}" if list_file else "")
     probes = local_probes(settings.mode.value if settings.mode is Mode.LEGACY else "monitor", keeper.stats, keeper.ready)
     async with serving(settings.metrics_port, probes):
-        await keep(keeper, stop, wake, interval, list_file, use, reloads)
+        with following(list_file, "EGRESS_DESTINATION_FILE", list_parser(settings), use, lambda result: count(reloads, result)):
+            await keep(keeper, stop, wake, interval)
     log.info("stopped")
 
 
-async def keep(
-    keeper: Keeper,
-    stop: asyncio.Event,
-    wake: asyncio.Event,
-    interval: float,
-    list_file: ListFile | None,
-    use: Callable[[Destinations], None],
-    reloads: Counter,
-) -> None:
-    parse = partial(destinations_for, sources=keeper.settings.sources)  # an IPv6 line on an IPv4-only router is an error
-    with following(list_file, "EGRESS_DESTINATION_FILE", parse, use, lambda result: count(reloads, result)):
-        while not stop.is_set():
-            wake.clear()
-            # pyroute2's synchronous API runs an event loop of its own: in a thread, not inside ours
-            await asyncio.to_thread(keeper.apply, keeper.reason)
-            keeper.reason = "restored (something had changed them)"
-            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-            await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-            for waiting in waits:
-                waiting.cancel()
+async def keep(keeper: Keeper, stop: asyncio.Event, wake: asyncio.Event, interval: float) -> None:
+    while not stop.is_set():
+        wake.clear()
+        # pyroute2's synchronous API runs an event loop of its own: in a thread, not inside ours
+        await asyncio.to_thread(keeper.apply)
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+        await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
 
 
 def run(settings: InitSettings, nameservers: tuple[IPAddress, ...], list_file: ListFile | None, interval: float) -> int:

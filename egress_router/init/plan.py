@@ -154,6 +154,11 @@ class NetworkPlan:
     def chain_sets(self) -> tuple[ChainSet, ...]:
         return tuple(chains for family in self.families for chains in family.chain_sets)
 
+    @property
+    def nameservers(self) -> tuple[IPAddress, ...]:
+        """The nameservers the plan was made with, of the families it serves."""
+        return tuple(n for family in self.families for n in family.nameservers)
+
 
 def build_plan(settings: InitSettings, nameservers: tuple[IPAddress, ...] = ()) -> NetworkPlan:
     """`nameservers`: the pod's /etc/resolv.conf ones; those eth0 reaches now stay on eth0 (each with its family)."""

@@ -2,7 +2,7 @@
 
 Probes answer 200 `ok`, or 503 with the one-line reason the process is not live or not ready. They run
 on the event loop of the process they describe (so an answer also shows that loop is responsive), or,
-for a supervisor of several workers, on a loop of their own in a thread.
+for a supervisor of several workers, in a process of their own beside the workers (observe/reports.py).
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from egress_router.config.options import METRICS_PORT
+from egress_router.errors import ApplyError
 from egress_router.observe.exposition import CONTENT_TYPE, SnapshotCollector, registry_of, render
 from egress_router.observe.stats import Stats, merge
 from egress_router.runtime.sockets import check_free, listen
@@ -60,33 +61,45 @@ def application(probes: Probes) -> web.Application:
     return app
 
 
+@contextlib.contextmanager
+def _naming_the_variable() -> Iterator[None]:
+    """A port that cannot be had is the user's setting: say which variable it came from."""
+    try:
+        yield
+    except ApplyError as error:
+        raise ApplyError(f"{METRICS_PORT.variable}: {error}") from error
+
+
+def check_port(port: int) -> None:
+    """Fail now (ApplyError naming EGRESS_METRICS_PORT) if the port is taken: before the caller changes or starts anything."""
+    with _naming_the_variable():
+        check_free(port)
+
+
 async def start(port: int, probes: Probes) -> web.AppRunner:
     """Serve on the running loop until the returned runner is cleaned up."""
+    with _naming_the_variable():
+        sock = listen(port, reuse_port=False, backlog=64)
     runner = web.AppRunner(application(probes), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.SockSite(runner, listen(port, reuse_port=False, backlog=64)).start()
+    await web.SockSite(runner, sock).start()
     log.info("health, readiness and metrics on port %d (/healthz, /readyz, /metrics)", port)
     return runner
 
 
-def start_in_thread(port: int, probes: Probes, setup: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> threading.Thread:
-    """Serve from a daemon thread with its own loop: for a process that has no loop of its own (a supervisor).
-    `setup` runs first on that loop (to add readers of its own)."""
-    check_free(port)
-    ready = threading.Event()
-
-    def run() -> None:
-        loop = asyncio.new_event_loop()
+def serve_forever(port: int, probes: Probes, setup: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> None:
+    """Serve on a loop of its own until `setup`'s code stops it: for a process that does nothing else (a supervisor's
+    endpoints). `setup` runs first on that loop (to add readers of its own)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
         if setup is not None:
             setup(loop)
-        loop.run_until_complete(start(port, probes))
-        ready.set()
+        runner = loop.run_until_complete(start(port, probes))
         loop.run_forever()
-
-    thread = threading.Thread(target=run, name="endpoints", daemon=True)
-    thread.start()
-    ready.wait(10)
-    return thread
+        loop.run_until_complete(runner.cleanup())
+    finally:
+        loop.close()
 
 
 @contextlib.asynccontextmanager

@@ -1,9 +1,12 @@
-"""Several workers, one /metrics: each worker sends its snapshot to the supervisor once a second.
+"""Several workers, one /metrics: each worker sends its snapshot to the supervisor's endpoints once a second.
 
-One datagram socket pair, made before the first fork: every worker writes to one end, the supervisor's
-endpoint thread reads the other. The supervisor sums the latest snapshot of each live worker with what
-exited workers had counted (so counters never go back), and judges health and readiness from the
-reports: a worker that has not reported for a while has an unresponsive loop.
+The endpoints run in a process of their own, a child of the supervisor forked before the workers (the
+supervisor stays single-threaded, so forking a worker never copies a running server). One datagram socket
+pair, made before the first fork: every worker writes its reports to one end, and the supervisor its news
+(a worker reaped, a stop signal) to the same end, so a worker's last report is always read before its exit;
+the endpoints' process reads the other end. It sums the latest snapshot of each live worker with what exited
+workers had counted (so counters never go back), and judges health and readiness from the reports: a worker
+that has not reported for a while has an unresponsive loop.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import asyncio
 import json
 import logging
 import os
+import select
 import socket
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from egress_router.observe.endpoints import Check, Probes, start_in_thread
+from egress_router.observe.endpoints import Check, Probes, check_port, serve_forever
 from egress_router.observe.exposition import SnapshotCollector, registry_of, render
 from egress_router.observe.stats import Labels, Metric, Stats, merge, without_gauges
 
@@ -27,6 +31,8 @@ EVERY = 1.0
 #: A worker silent this long is not live: its event loop is stuck.
 SILENT_LIMIT = 10.0
 MAX_DATAGRAM = 1 << 20
+#: How long the supervisor waits for room in the socket for its news (the endpoints read it at once unless stuck).
+NEWS_WAIT = 1.0
 
 
 def rows(merged: Mapping[str, Mapping[Labels, Any]]) -> dict[str, list[list[Any]]]:
@@ -35,7 +41,7 @@ def rows(merged: Mapping[str, Mapping[Labels, Any]]) -> dict[str, list[list[Any]
 
 
 class Reports:
-    """The supervisor's side."""
+    """What the endpoints' process knows of the workers, from what it reads."""
 
     def __init__(self, metrics: Mapping[str, Metric], workers: int) -> None:
         self.metrics = metrics
@@ -49,8 +55,6 @@ class Reports:
         self.lock = threading.Lock()
         self.stopping = False
 
-    # the supervisor's main thread -------------------------------------------------------------
-
     def exited(self, pid: int) -> None:
         with self.lock:
             self.gone.add(pid)
@@ -61,22 +65,26 @@ class Reports:
     def stop(self) -> None:
         self.stopping = True
 
-    # the endpoint thread ----------------------------------------------------------------------
-
     def listen(self, loop: asyncio.AbstractEventLoop) -> None:
         self.receiver.setblocking(False)
         loop.add_reader(self.receiver.fileno(), self.receive)
 
     def receive(self) -> None:
+        """Every datagram waiting: a worker's report, or the supervisor's news."""
         while True:
             try:
                 data = self.receiver.recv(MAX_DATAGRAM)
             except BlockingIOError:
                 return
-            report = json.loads(data)
-            with self.lock:
-                if report["pid"] not in self.gone:
-                    self.latest[report["pid"]] = (time.monotonic(), report["snapshot"], report["ready"])
+            message = json.loads(data)
+            if "exited" in message:
+                self.exited(message["exited"])
+            elif "stopping" in message:
+                self.stop()
+            else:
+                with self.lock:
+                    if message["pid"] not in self.gone:
+                        self.latest[message["pid"]] = (time.monotonic(), message["snapshot"], message["ready"])
 
     def merged(self) -> dict[str, dict[Labels, Any]]:
         with self.lock:
@@ -122,19 +130,56 @@ async def report_forever(sender: socket.socket, stats: Stats, ready: Check) -> N
 
 
 class SupervisorEndpoints:
-    """The supervisor's endpoints (a runtime.workers.Watcher): started in a thread once the signals are blocked."""
+    """The supervisor's endpoints (a runtime.workers.Watcher): served by a process of their own, which the
+    supervisor forks before the workers and tells, through the report socket, what it does."""
 
     def __init__(self, port: int, mode: str, metrics: Mapping[str, Metric], workers: int) -> None:
         self.port = port
         self.reports = Reports(metrics, workers)
         self.registry = registry_of(SnapshotCollector(mode, metrics, self.reports.merged))
 
-    def start(self) -> None:
-        probes = Probes(self.reports.health, self.reports.ready, lambda: render(self.registry))
-        start_in_thread(self.port, probes, self.reports.listen)
+    # the supervisor ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        check_port(self.port)
 
     def exited(self, pid: int) -> None:
-        self.reports.exited(pid)
+        self.tell({"exited": pid})
 
     def stop(self) -> None:
-        self.reports.stop()
+        self.tell({"stopping": True})
+
+    def tell(self, news: dict[str, Any]) -> None:
+        """Send news even though the workers made the shared socket non-blocking: wait a little for room."""
+        data = json.dumps(news).encode()
+        deadline = time.monotonic() + NEWS_WAIT
+        while True:
+            try:
+                self.reports.sender.send(data)
+                return
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.error("the endpoints' process is not reading; it missed: %s", news)
+                    return
+                select.select([], [self.reports.sender], [], left)
+
+    # the endpoints' process -------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Until the supervisor kills this process, or is gone itself (then it stops: nothing would end it)."""
+        probes = Probes(self.reports.health, self.reports.ready, lambda: render(self.registry))
+        supervisor = os.getppid()
+
+        def setup(loop: asyncio.AbstractEventLoop) -> None:
+            self.reports.listen(loop)
+
+            def orphaned() -> None:
+                if os.getppid() != supervisor:
+                    loop.stop()
+                else:
+                    loop.call_later(EVERY, orphaned)
+
+            loop.call_later(EVERY, orphaned)
+
+        serve_forever(self.port, probes, setup)

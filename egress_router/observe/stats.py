@@ -40,6 +40,7 @@ class Stats:
         self.series: dict[str, dict[Labels, float]] = {m.name: {} for m in self.metrics.values() if m.kind == "counter"}
         self.histograms: dict[str, dict[Labels, list[float]]] = {m.name: {} for m in self.metrics.values() if m.kind == "histogram"}
         self.computed_series: dict[str, Callable[[], Mapping[Labels, float]]] = {}
+        self.relays: dict[str, Relayed] = {}
 
     def counter(self, name: str) -> dict[Labels, float]:
         """The series of a counter, for a hot path to add to directly: `series[labels] = series.get(labels, 0) + n`."""
@@ -64,6 +65,12 @@ class Stats:
         """A series read from state kept elsewhere when a snapshot is taken (open connections, the kernel's rule
         counters): nothing to keep up to date on the hot path."""
         self.computed_series[name] = read
+
+    def relayed(self, name: str) -> Relayed:
+        """The byte counter `name` (labels ..., direction), kept by one `Relayed` however many users it has."""
+        if name not in self.relays:
+            self.relays[name] = Relayed(self, name)
+        return self.relays[name]
 
     def snapshot(self) -> dict[str, list[list[Any]]]:
         """Every series as [labels, value] (histograms: [labels, bucket counts..., sum]); JSON as it stands."""
@@ -96,6 +103,37 @@ def merge(snapshots: Iterable[Mapping[str, list[list[Any]]]]) -> dict[str, dict[
 def without_gauges(snapshot: Mapping[str, list[list[Any]]], metrics: Mapping[str, Metric]) -> dict[str, list[list[Any]]]:
     """What of a finished process still counts: its counters and histograms (its gauges ended with it)."""
     return {name: rows for name, rows in snapshot.items() if name in metrics and metrics[name].kind != "gauge"}
+
+
+class Relayed:
+    """Bytes of relays that may run for hours (tunnels, the DNS proxy's connections), counted as they flow.
+
+    A relay registers its live `sent` pair (in, out); a snapshot adds live pairs to what ended relays moved,
+    so a long tunnel's traffic shows while it flows and the total never goes back when it ends.
+    """
+
+    def __init__(self, stats: Stats, name: str) -> None:
+        self.done: Counter = {}  # what ended relays (and plain request bodies) moved; hot paths add to it directly
+        self.live: dict[int, tuple[Labels, list[int]]] = {}
+        stats.computed(name, self.read)
+
+    def start(self, labels: Labels, sent: list[int]) -> None:
+        self.live[id(sent)] = (labels, sent)
+
+    def end(self, sent: list[int]) -> None:
+        """The relay is over: its bytes move from live to done in one step (no scrape sees them twice or not at all)."""
+        found = self.live.pop(id(sent), None)
+        if found is not None:
+            labels, _ = found
+            count(self.done, *labels, "in", amount=sent[0])
+            count(self.done, *labels, "out", amount=sent[1])
+
+    def read(self) -> Counter:
+        total = dict(self.done)
+        for labels, sent in list(self.live.values()):
+            count(total, *labels, "in", amount=sent[0])
+            count(total, *labels, "out", amount=sent[1])
+        return total
 
 
 #: Every mode that follows a list file counts its reloads (result: applied or rejected).

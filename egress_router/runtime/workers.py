@@ -35,11 +35,16 @@ def run_loop(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None
     stop = asyncio.Event()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    # A caller may hold the stop signals blocked until here (legacy init, between its setup and this loop). One
-    # that came meanwhile is taken here: uvloop loses a signal delivered before it runs.
-    if signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
-        stop.set()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def release() -> None:
+        # A caller may hold the stop signals blocked until here (legacy init between its setup and this loop, a
+        # forked worker from its fork on). One that came meanwhile is taken here, once the loop runs (uvloop loses
+        # a signal delivered before it runs), and only then are they let through to the handlers.
+        if signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
+            stop.set()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    loop.call_soon(release)  # before main's first step
     try:
         loop.run_until_complete(main(stop))
     finally:
@@ -52,20 +57,32 @@ KILL_AFTER = 5.0
 
 
 class Watcher(Protocol):
-    """Told what the supervisor does (the endpoints' view of the workers)."""
+    """The endpoints of a supervisor: a process of their own beside the workers, told what the supervisor does.
 
-    def start(self) -> None:
-        """Called once, before the first fork, with the stop signals blocked (so a thread started here inherits that)."""
+    The supervisor itself never runs a thread or an event loop, so each fork (the first ones and a dead worker's
+    replacement alike) copies a plain single-threaded process: no lock held by another thread, no server's state."""
 
-    def exited(self, pid: int) -> None: ...
+    def prepare(self) -> None:
+        """In the supervisor, before any fork: fail now (ApplyError) when it could not serve."""
 
-    def stop(self) -> None: ...
+    def serve(self) -> None:
+        """In a child of its own, forked before the workers (and again should it die), the stop signals blocked:
+        serve until the supervisor ends it (SIGKILL, after the last worker) or goes away."""
+
+    def exited(self, pid: int) -> None:
+        """In the supervisor: a worker was reaped."""
+
+    def stop(self) -> None:
+        """In the supervisor: a stop signal came; the workers drain."""
 
 
 def run_workers(
     count: int, worker: Callable[[], None], grace: float, kill_after: float = KILL_AFTER, watcher: Watcher | None = None
 ) -> int:
-    """Fork `count` workers running `worker()`; restart one that dies; stop all on a signal."""
+    """Fork `count` workers running `worker()`; restart one that dies; stop all on a signal.
+
+    A forked worker starts with SIGTERM and SIGINT blocked, so one sent before its loop runs is not lost (nor
+    fatal): run_loop takes it and unblocks them. A worker that does not use run_loop unblocks them itself."""
     if count == 1:
         worker()
         return 0
@@ -90,12 +107,16 @@ class Supervisor:
         self.started = time.monotonic()
         self.restarts: dict[int, float] = {}  # slot -> when its replacement may start
         self.last_start: dict[int, float] = {}  # slot -> when its worker last started
+        self.watcher_pid: int | None = None  # the endpoints' process
+        self.watcher_due: float | None = None  # when a new one may start, after the last one died
+        self.watcher_started = 0.0
 
     def run(self, count: int) -> int:
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
         try:
             if self.watcher is not None:
-                self.watcher.start()
+                self.watcher.prepare()
+                self.start_watcher()
             for slot in range(count):
                 self.start(slot)
             while self.children or self.restarts:
@@ -108,30 +129,52 @@ class Supervisor:
                 if self.children or self.restarts:
                     self.wait()
         finally:
+            self.end_watcher()
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         return 0
 
-    def start(self, slot: int) -> None:
+    def fork(self, name: str, run: Callable[[], None], unblock: set[signal.Signals]) -> int:
+        """A child running `run()` with only `unblock` let through; it never returns here."""
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
                 for sig in STOP_SIGNALS:
                     signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
-                self.worker()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock)
+                run()
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else 1
             except BaseException as error:
-                log.error("worker %d failed: %s: %s", slot, type(error).__name__, error)
+                log.error("%s failed: %s: %s", name, type(error).__name__, error)
                 log.debug("the traceback of that failure", exc_info=True)
                 code = 1
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        return pid
+
+    def start(self, slot: int) -> None:
+        pid = self.fork(f"worker {slot}", self.worker, {signal.SIGCHLD})  # the stop signals wait for run_loop
         self.children[pid] = slot
         self.last_start[slot] = time.monotonic()
+
+    def start_watcher(self) -> None:
+        """The endpoints' process keeps the stop signals blocked: it answers through the drain ("draining")."""
+        assert self.watcher is not None
+        self.watcher_due = None
+        self.watcher_started = time.monotonic()
+        self.watcher_pid = self.fork("the endpoints' process", self.watcher.serve, set())
+        if self.deadline is not None:
+            self.watcher.stop()  # a new one must know too
+
+    def end_watcher(self) -> None:
+        if self.watcher_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.watcher_pid, signal.SIGKILL)
+            os.waitpid(self.watcher_pid, 0)
+            self.watcher_pid = None
 
     def start_due(self) -> None:
         now = time.monotonic()
@@ -139,13 +182,24 @@ class Supervisor:
             if when <= now:
                 del self.restarts[slot]
                 self.start(slot)
+        if self.watcher_due is not None and self.watcher_due <= now:
+            self.start_watcher()
+
+    def watcher_exited(self, status: int) -> None:
+        """The endpoints died (they should not): a new process, at most one a second, with the numbers from then on."""
+        self.watcher_pid = None
+        log.error("the endpoints' process exited with %d; starting a new one", os.waitstatus_to_exitcode(status))
+        self.watcher_due = self.watcher_started + RESTART_EVERY
 
     def reap(self) -> int | None:
         """Collect exited workers and replace them; an exit code when a worker fails right after starting."""
-        while self.children:
+        while self.children or self.watcher_pid is not None:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 return None
+            if pid == self.watcher_pid:
+                self.watcher_exited(status)
+                continue
             slot = self.children.pop(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.watcher is not None:
@@ -168,7 +222,8 @@ class Supervisor:
             log.error("%d worker(s) still running %g s after SIGTERM; killing them", len(self.children), self.kill_within)
             self.stop_all(signal.SIGKILL)
             self.deadline = float("inf")
-        soonest = min([1.0, *(when - now for when in self.restarts.values())])
+        due = [*self.restarts.values(), *([self.watcher_due] if self.watcher_due is not None else [])]
+        soonest = min([1.0, *(when - now for when in due)])
         timeout = max(0.0, soonest if self.deadline is None else min(soonest, self.deadline - now))
         info = signal.sigtimedwait(WATCHED, timeout)
         if info is not None and info.si_signo in STOP_SIGNALS and self.deadline is None:
@@ -187,6 +242,8 @@ class Supervisor:
         """After a failed start: wait for the stopped workers until `deadline`, then kill what is left."""
         while self.children and time.monotonic() < deadline:
             pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid == self.watcher_pid:
+                self.watcher_pid = None
             if pid:
                 self.children.pop(pid, None)
             else:

@@ -231,7 +231,7 @@ def test_runs_unprivileged(lab: Lab, proxy: Pod) -> None:
         for pid in run(["ip", "netns", "pids", lab.ns(proxy.role)]).stdout.split()
         if b"http-proxy" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
-    assert len(pids) == 3  # the supervisor and two workers
+    assert len(pids) == 4  # the supervisor, its endpoints' process and two workers
     for pid in pids:
         status = Path(f"/proc/{pid}/status").read_text()
         uid = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]

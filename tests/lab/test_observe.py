@@ -95,6 +95,59 @@ def test_readiness_fails_while_draining(lab: Lab) -> None:
         stop(proxy)
 
 
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except (FileNotFoundError, ProcessLookupError):  # gone meanwhile
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state: the parent
+            found.add(int(entry))
+    return found
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def listener(lab: Lab, port: int) -> int:
+    """The process that listens on `port` in the namespace."""
+    out = lab.run_in(ROLE, ["ss", "-Hltnp", f"sport = :{port}"]).stdout
+    return int(out.split("pid=")[1].split(",")[0])
+
+
+def test_the_supervisor_forks_from_a_single_thread_and_replaces_what_dies(lab: Lab) -> None:
+    """The endpoints of several workers run in a process of their own: the supervisor never has a second thread (a
+    fork would copy it mid-operation), not at start, not when it replaces a dead worker or a dead endpoints' process."""
+    proxy = start_proxy(lab, ROLE, EGRESS_HTTP_PROXY_DESTINATION="127.0.0.1", EGRESS_HTTP_PROXY_WORKERS="2")
+    started = time.monotonic()
+    try:
+        lab.wait_for_port(ROLE, "127.0.0.1", 9191, process=proxy)
+        supervisor = proxy.popen.pid
+        endpoints = listener(lab, 9191)
+        workers = children(supervisor) - {endpoints}
+        assert len(workers) == 2 and endpoints in children(supervisor)
+        assert threads(supervisor) == 1
+        eventually(lambda: probe(lab, "/readyz") == (200, "ok\n"), 5, lambda: str(probe(lab, "/readyz")))
+
+        time.sleep(max(0.0, started + 2.5 - time.monotonic()))  # past the start, when a dying worker stops them all
+        os.kill(min(workers), signal.SIGKILL)
+        replaced = eventually(lambda: len(children(supervisor) - {endpoints} - workers) == 1, 5)
+        assert replaced and threads(supervisor) == 1
+        eventually(lambda: probe(lab, "/readyz") == (200, "ok\n"), 5, lambda: str(probe(lab, "/readyz")))
+        assert request(lab, "http://127.0.0.1:8000/x") == 200
+
+        os.kill(endpoints, signal.SIGKILL)  # should never happen; if it does, the probes come back
+        eventually(lambda: probe(lab, "/readyz") == (200, "ok\n"), 5)
+        assert listener(lab, 9191) != endpoints and threads(supervisor) == 1
+        assert "the endpoints' process exited with -9; starting a new one" in proxy.stderr()
+    finally:
+        stop(proxy)
+    assert children(supervisor) == set()
+
+
 def run(lab: Lab, command: str, **env: str) -> subprocess.CompletedProcess[str]:
     return lab.run_in(ROLE, [sys.executable, "-m", "egress_router", command], env=environment(**env))
 

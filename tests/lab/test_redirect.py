@@ -195,7 +195,7 @@ def test_debug_logs_every_step_one_line_each(pod: Pod) -> None:
     for line in first.stderr.splitlines() + again.stderr.splitlines():
         assert " egress-router init " in line and line.split(" ", 4)[3] in ("DEBUG", "INFO")
     assert "DEBUG plan: sysctl net.ipv4.ip_forward=1" in first.stderr
-    assert "DEBUG nat: 7 rules committed in one transaction" in first.stderr  # with the metrics port kept from the fallback
+    assert "DEBUG nat: 6 rules committed in one transaction" in first.stderr  # init mode: no metrics port unless one is set
     assert "DEBUG nat rules already in place" in again.stderr
     assert f"DEBUG macvlan0 already has {pod.source}/32" in again.stderr
     assert "DEBUG" not in redirect(pod).stderr

@@ -32,6 +32,18 @@ def test_unit_test_mode_prints_the_plan() -> None:
     assert "-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 80 -j DNAT --to-destination 203.0.113.25" in result.stdout
 
 
+def test_unit_test_mode_keeps_the_metrics_port_from_the_fallback_only_when_it_is_set() -> None:
+    """It shows what an init container does: that serves nothing, so it reserves only the port it is given."""
+    env = {**ENV, "EGRESS_DESTINATION": "9191 tcp 203.0.113.25\n203.0.113.50"}
+    result = invoke(["init"], env)
+    assert result.exit_code == 0, result.output
+    assert "RETURN" not in result.stdout and "--dport 9191 -j DNAT --to-destination 203.0.113.25" in result.stdout
+    result = invoke(["init"], {**env, "EGRESS_DESTINATION": "203.0.113.50", "EGRESS_METRICS_PORT": "9191"})
+    assert "-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 9191 -j RETURN" in result.stdout
+    result = invoke(["init"], {**env, "EGRESS_METRICS_PORT": "9191"})
+    assert result.exit_code == 1 and "EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 1 too" in result.stderr
+
+
 def test_options_equal_environment_variables() -> None:
     by_option = invoke(
         ["init", "--source", "192.168.12.99", "--gateway", "192.168.12.1", "--destination", "80 tcp 203.0.113.25", "--mode", "unit-test"]

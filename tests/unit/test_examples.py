@@ -4,6 +4,7 @@ probes, resources and least privilege for every long-running container."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from egress_router.cli import command_from_environment
 from egress_router.config.dns_settings import load_dns_settings
 from egress_router.config.http_settings import load_http_settings
-from egress_router.config.init_settings import load_init_settings
+from egress_router.config.init_settings import load_init_settings, load_monitor_settings
 from egress_router.init.plan import build_plan
 from tests.manifests import (
     COMPONENTS,
@@ -47,6 +48,7 @@ OPTION_FOR = {
     "EGRESS_MACVLAN_MODE": "macvlan_mode",
     "EGRESS_HOST_NETNS": "host_netns",
     "EGRESS_ROUTER_DEBUG": "debug",
+    "EGRESS_METRICS_PORT": "metrics_port",
 }
 FILES = manifest_files()
 #: the base alone, and with each of its components
@@ -163,11 +165,17 @@ def test_redirect_monitor_keeps_what_init_set_up(path: Path) -> None:
     assert monitor["command"] == ["egress-router", "monitor"] and monitor["image"] == init["image"]
     assert monitor["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "NET_RAW"]
     env = monitor["resolved_env"]
-    for variable in ("EGRESS_SOURCE", "EGRESS_GATEWAY", "EGRESS_INTERFACE"):
+    for variable in ("EGRESS_SOURCE", "EGRESS_GATEWAY", "EGRESS_INTERFACE", "EGRESS_METRICS_PORT"):
         assert env.get(variable) == init["resolved_env"].get(variable), variable
-    assert monitor["mounted_files"][env["EGRESS_DESTINATION_FILE"]] == init["resolved_env"]["EGRESS_DESTINATION"]
+    rules = monitor["mounted_files"][env["EGRESS_DESTINATION_FILE"]]
+    assert rules == init["resolved_env"]["EGRESS_DESTINATION"]
     settings = load_init_settings(**{OPTION_FOR[k]: v for k, v in init["resolved_env"].items()})
     assert settings.destinations is not None and settings.destinations.rules
+    # the monitor plans what init installed, so it never "repairs" init's rules; both keep the probes' port from the fallback
+    given = {OPTION_FOR[k]: v for k, v in env.items() if k in OPTION_FOR}
+    kept = load_monitor_settings(**given, destination=rules).init
+    made = replace(build_plan(settings), create_macvlan=None)  # the macvlan is init's business only
+    assert build_plan(kept) == made and kept.metrics_port == METRICS_PORT
 
 
 def workloads() -> list[tuple[str, dict[str, Any]]]:

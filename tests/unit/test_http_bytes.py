@@ -482,3 +482,93 @@ def test_a_status_a_server_makes_up_is_counted_as_other(h: Harness) -> None:
         h.server().send(f"HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n".encode())
         h.settle()
     assert ("GET", "200", "allow") in h.proxy.requests and ("GET", "other", "allow") in h.proxy.requests
+
+
+def test_a_malformed_request_behind_a_busy_one_is_answered_after_it_in_order(h: Harness) -> None:
+    client = h.client()
+    client.send(GET)
+    server = h.server()
+    server.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+    h.settle()
+    client.send(b"GET http://origin.test/ HTTP/1.1\r\nBad Header\r\n\r\n")  # pipelined, mid-response
+    h.settle()
+    assert client.take() == b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345"  # nothing wedged into the body
+    server.send(b"67890")
+    h.settle()
+    answered = client.take()
+    assert answered.startswith(b"67890HTTP/1.1 400 ") and client.closed
+    assert [line.split("status=")[1][:3] for line in h.log_lines()] == ["200", "400"]
+
+
+def test_a_pipelining_client_cannot_make_the_proxy_queue_without_bound(h: Harness) -> None:
+    client = h.client()
+    client.send(GET * 40)
+    h.settle()
+    assert not client.reading  # held at MAX_QUEUED parsed requests
+    for _ in range(40):
+        h.server().send(ok())
+        h.settle()
+    assert client.reading and client.take().count(b"HTTP/1.1 200 OK") == 40
+
+
+def test_bytes_waiting_for_a_tunnel_are_bounded_then_passed_on(h: Harness) -> None:
+    h.silent.add(("203.0.113.10", 443))
+    client = h.client()
+    client.send(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+    for _ in range(3):
+        client.send(b"x" * 30000)
+    h.settle()
+    assert not client.reading and h.connection(client).pending_bytes == 90000
+
+
+def test_bytes_held_for_a_tunnel_are_released_when_it_is_up(h: Harness) -> None:
+    client = h.client()
+    client.send(GET + b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+    server = h.server()
+    client.send(b"y" * 70000)
+    h.settle()
+    assert not client.reading
+    server.send(ok())
+    h.settle()
+    assert client.reading and h.server().take() == b"y" * 70000
+
+
+def test_a_connect_whose_server_hangs_up_before_the_tunnel_gets_502_and_a_log_line(h: Harness) -> None:
+    real_open = h.open
+
+    async def open_then_hang_up(factory, host, port):  # type: ignore[no-untyped-def]
+        transport, upstream = await real_open(factory, host, port)
+        transport.hang_up()
+        return transport, upstream
+
+    h.proxy.pool.open_connection = open_then_hang_up
+    client, response = h.ask(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+    assert status_of(response) == 502 and b"closed the connection before the tunnel was up" in response
+    assert "status=502" in log_line(h, "method=CONNECT")
+
+
+def test_a_half_closed_client_is_closed_once_answered_not_at_the_idle_timeout(h: Harness) -> None:
+    client = h.client()
+    client.send(GET)
+    client.send_eof()
+    h.server().send(ok())
+    h.settle()
+    assert status_of(client.take()) == 200 and client.closed
+
+
+def test_tunnel_bytes_count_while_they_flow_and_its_lifetime_has_its_own_histogram(h: Harness) -> None:
+    client = h.client()
+    client.send(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+    server = h.server()
+    client.send(b"a" * 10)
+    server.send(b"b" * 20)
+    h.settle()
+    bytes_now = h.proxy.stats.snapshot()["egress_router_http_bytes_total"]
+    assert sorted(bytes_now) == [[["in"], 10], [["out"], 20]]
+    client.hang_up()
+    h.settle()
+    taken = h.proxy.stats.snapshot()
+    assert sorted(taken["egress_router_http_bytes_total"]) == [[["in"], 10], [["out"], 20]]  # not counted twice
+    for histogram in ("egress_router_http_tunnel_duration_seconds", "egress_router_http_request_duration_seconds"):
+        (series,) = taken[histogram]
+        assert sum(series[1][:-1]) == 1  # one observation each: the tunnel's lifetime, the CONNECT until it was up

@@ -87,7 +87,17 @@ def test_debug_is_any_non_empty_value() -> None:
     st.fixed_dictionaries(
         {
             k: st.one_of(st.none(), st.text(max_size=20))
-            for k in ("source", "gateway", "destination", "mode", "interface", "macvlan_master", "macvlan_mode", "host_netns")
+            for k in (
+                "source",
+                "gateway",
+                "destination",
+                "mode",
+                "interface",
+                "macvlan_master",
+                "macvlan_mode",
+                "host_netns",
+                "metrics_port",
+            )
         }
     )
 )

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from egress_router.observe.exposition import SnapshotCollector, registry_of, render
-from egress_router.observe.reports import SILENT_LIMIT, Reports, send_report
+from egress_router.observe.reports import SILENT_LIMIT, Reports, SupervisorEndpoints, send_report
 from egress_router.observe.stats import Metric, Stats, by_name, merge, without_gauges
 
 METRICS = (
@@ -107,6 +107,23 @@ def test_a_report_read_after_its_worker_was_reaped_is_dropped() -> None:
     assert reports.latest == {}
 
 
+def test_the_supervisors_news_come_in_order_with_the_reports() -> None:
+    """A worker's last report, still unread when it is reaped, is read before the news of its exit: counted once."""
+    endpoints = SupervisorEndpoints(0, "test", by_name(METRICS), workers=1)
+    reports = endpoints.reports
+    reports.receiver.setblocking(False)
+    worker = stats({"200": 5}, 1, [])
+    send_report(reports.sender, worker, lambda: None)
+    worker.add("t_requests_total", ("200",), 2)
+    send_report(reports.sender, worker, lambda: None)  # its last report
+    endpoints.exited(os.getpid())  # the supervisor reaped it
+    endpoints.stop()
+    reports.receive()
+    assert reports.merged()["t_requests_total"][("200",)] == 7 and reports.latest == {}
+    assert "t_open" not in reports.merged()  # its gauges went with it
+    assert reports.ready() == "draining: stopping on SIGTERM"
+
+
 def test_a_report_too_large_for_a_datagram_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     receiver, sender = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -117,3 +134,16 @@ def test_a_report_too_large_for_a_datagram_is_logged_not_raised(caplog: pytest.L
     assert "cannot send this worker's metrics to the supervisor" in caplog.text
     receiver.close()
     sender.close()
+
+
+def test_relayed_bytes_count_while_they_flow_and_never_go_back() -> None:
+    stats = Stats([Metric("relayed_bytes_total", "counter", "bytes", ("port", "direction"))])
+    relayed = stats.relayed("relayed_bytes_total")
+    assert stats.relayed("relayed_bytes_total") is relayed  # one keeper per counter, however many users
+    sent = [0, 0]
+    relayed.start(("53",), sent)
+    sent[0], sent[1] = 5, 7
+    while_flowing = merge([stats.snapshot()])["relayed_bytes_total"]
+    relayed.end(sent)
+    relayed.end(sent)  # a second end counts nothing
+    assert while_flowing == merge([stats.snapshot()])["relayed_bytes_total"] == {("53", "in"): 5, ("53", "out"): 7}

@@ -1,8 +1,9 @@
 import pytest
 
 from egress_router.config.addresses import IPV4, IPV6
+from egress_router.config.destinations import parse_destinations
 from egress_router.config.errors import ConfigError
-from egress_router.config.init_settings import load_init_settings
+from egress_router.config.init_settings import InitSettings, check_metrics_port, load_init_settings, load_monitor_settings
 from egress_router.init.plan import build_plan, dnat_target, labelled_nat_rules, render_plan
 
 SETTINGS = {
@@ -13,7 +14,7 @@ SETTINGS = {
 
 
 def test_redirect_plan_in_iptables_save_form() -> None:
-    plan = build_plan(load_init_settings(**SETTINGS, mode="init"))
+    plan = build_plan(load_init_settings(**SETTINGS, mode="init", metrics_port="9191"))
     assert plan.forwarding
     assert render_plan(plan).splitlines() == [
         "link   macvlan0: must already exist in this pod",
@@ -77,20 +78,62 @@ def test_proxy_modes_mark_replies_too() -> None:
 
 
 def test_the_metrics_port_is_returned_before_the_fallback_only() -> None:
-    labelled = labelled_nat_rules(load_init_settings(**SETTINGS, mode="init"), IPV4)
+    labelled = labelled_nat_rules(load_init_settings(**SETTINGS, mode="legacy"), IPV4)
     assert [label for _, label in labelled] == ["1", "2", "3", "metrics-port", "4", "snat"]  # rule -> its destination line
-    without = labelled_nat_rules(load_init_settings(**SETTINGS, mode="init", metrics_port="off"), IPV4)
+    without = labelled_nat_rules(load_init_settings(**SETTINGS, mode="legacy", metrics_port="off"), IPV4)
     assert "metrics-port" not in [label for _, label in without]
     no_fallback = {**SETTINGS, "destination": "80 tcp 203.0.113.25"}
-    assert [label for _, label in labelled_nat_rules(load_init_settings(**no_fallback, mode="init"), IPV4)] == ["1", "snat"]
+    assert [label for _, label in labelled_nat_rules(load_init_settings(**no_fallback, mode="legacy"), IPV4)] == ["1", "snat"]
 
 
-def test_a_redirect_rule_on_the_metrics_port_is_refused() -> None:
+def labels(settings: InitSettings) -> list[str]:
+    return [label for _, label in labelled_nat_rules(settings, IPV4)]
+
+
+@pytest.mark.parametrize("mode", ["init", "unit-test"])
+def test_init_and_unit_test_modes_keep_only_a_metrics_port_that_is_set(mode: str) -> None:
+    """Nothing serves a port in these modes: unset, the fallback takes every port and 9191 may be redirected, as in
+    OpenShift's images; set (to the monitor container's port), the fallback leaves it to the pod and no rule may take it."""
+    assert load_init_settings(**SETTINGS, mode=mode).metrics_port is None
+    assert labels(load_init_settings(**SETTINGS, mode=mode)) == ["1", "2", "3", "4", "snat"]
+    assert labels(load_init_settings(**SETTINGS, mode=mode, metrics_port=" ")) == ["1", "2", "3", "4", "snat"]
+    assert labels(load_init_settings(**SETTINGS, mode=mode, metrics_port="9191")) == ["1", "2", "3", "metrics-port", "4", "snat"]
+    redirected = {**SETTINGS, "destination": "9191 tcp 203.0.113.25\n203.0.113.50"}
+    assert labels(load_init_settings(**redirected, mode=mode)) == ["1", "2", "snat"]
     with pytest.raises(ConfigError) as caught:
-        load_init_settings(**{**SETTINGS, "destination": "9191 tcp 203.0.113.25"}, mode="init")
+        load_init_settings(**redirected, mode=mode, metrics_port="9191")
     assert "EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 1 too" in str(caught.value)
-    load_init_settings(**{**SETTINGS, "destination": "9191 udp 203.0.113.25"}, mode="init")  # UDP is not the probes' port
-    load_init_settings(**{**SETTINGS, "destination": "9191 tcp 203.0.113.25"}, mode="init", metrics_port="9292")
+
+
+def test_the_monitor_plans_the_nat_of_an_init_given_its_metrics_port() -> None:
+    """The monitor serves 9191 unless told otherwise, and keeps init's NAT as init made it from the same variables."""
+    monitor = load_monitor_settings(**SETTINGS).init
+    assert monitor.metrics_port == 9191
+    assert build_plan(monitor) == build_plan(load_init_settings(**SETTINGS, mode="init", metrics_port="9191"))
+    assert load_monitor_settings(**SETTINGS, metrics_port="off").init.metrics_port is None
+    with pytest.raises(ConfigError) as caught:
+        load_monitor_settings(**{**SETTINGS, "destination": "9191 tcp 203.0.113.25"})
+    assert "EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 1 too" in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", ["legacy", None])
+def test_a_redirect_rule_on_the_metrics_port_is_refused_where_it_is_served(mode: str | None) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_init_settings(**{**SETTINGS, "destination": "9191 tcp 203.0.113.25"}, mode=mode)
+    assert "EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 1 too" in str(caught.value)
+    load_init_settings(**{**SETTINGS, "destination": "9191 udp 203.0.113.25"}, mode=mode)  # UDP is not the probes' port
+    load_init_settings(**{**SETTINGS, "destination": "9191 tcp 203.0.113.25"}, mode=mode, metrics_port="9292")
+
+
+def test_a_new_list_may_not_take_the_metrics_port_either() -> None:
+    """What the monitor checks each new version of its list file with."""
+    taken = parse_destinations("80 tcp 203.0.113.25\n9191 tcp 203.0.113.25")
+    with pytest.raises(ConfigError) as caught:
+        check_metrics_port(taken, 9191)
+    assert str(caught.value) == (
+        'EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 2 too (move one of them, or set it to off): "9191"'
+    )
+    assert check_metrics_port(taken, None) is taken and check_metrics_port(taken, 9292) is taken
 
 
 DUAL = {
@@ -127,7 +170,7 @@ def test_dual_stack_plan_shows_both_families() -> None:
     v6 = text[text.index("# IPv6: ip6tables-save form", text.index("*nat")) :]
     assert "203.0.113" not in "\n".join(v6)  # each family's rules in its own table
     assert text.count("-A EGRESS-ROUTER-MARK -i eth0 -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x400000/0x400000") == 2
-    assert [label for _, label in labelled_nat_rules(load_init_settings(**DUAL, mode="init"), IPV6)] == [
+    assert [label for _, label in labelled_nat_rules(load_init_settings(**DUAL, mode="legacy"), IPV6)] == [
         "2",
         "3",
         "metrics-port",

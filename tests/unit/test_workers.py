@@ -10,10 +10,13 @@ import time
 
 SCRIPT = """
 import os, signal, sys, time
-from egress_router.runtime.workers import run_workers
+from egress_router.runtime.workers import STOP_SIGNALS, run_loop, run_workers
+
+# a worker starts with the stop signals blocked (run_loop takes them): one without run_loop unblocks them itself
 
 def stubborn():
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     os.write(1, f"worker {os.getpid()}\\n".encode())  # one write: two workers share the pipe
     while True:
         time.sleep(1)
@@ -23,10 +26,21 @@ def brief():
 
 
 def polite():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     os.write(1, f"worker {os.getpid()}\\n".encode())  # one write: two workers share the pipe
     time.sleep(60)
 
-kinds = {"stubborn": stubborn, "polite": polite, "brief": brief}
+def slow_start():
+    os.write(1, f"worker {os.getpid()}\\n".encode())
+    time.sleep(1)  # started, its loop not running yet: a SIGTERM now must still drain it
+
+    async def main(stop):
+        await stop.wait()
+        os.write(1, f"drained {os.getpid()}\\n".encode())
+
+    run_loop(main)
+
+kinds = {"stubborn": stubborn, "polite": polite, "brief": brief, "slow_start": slow_start}
 sys.exit(run_workers(2, kinds[sys.argv[1]], grace=float(sys.argv[2]), kill_after=float(sys.argv[3])))
 """
 
@@ -114,3 +128,12 @@ def test_a_stop_signal_held_blocked_before_the_loop_is_not_lost() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
     assert done.returncode == 0 and done.stdout == "stopped\n", done.stderr
+
+
+def test_a_worker_stopped_before_its_loop_runs_still_drains() -> None:
+    """SIGTERM between the fork and run_loop's handlers: held blocked, taken by run_loop, a drain (not a kill)."""
+    proc, workers = supervise("slow_start", grace=5, kill_after=5)
+    os.killpg(proc.pid, signal.SIGTERM)  # the supervisor and both workers, as a container runtime's stop may
+    assert proc.wait(10) == 0
+    assert proc.stdout is not None
+    assert sorted(proc.stdout.read().split()) == sorted(["drained", "drained", *map(str, workers)])
