@@ -270,6 +270,9 @@ class Lab:
         self.namespaces.append(self.ns(role))  # first, so an interrupt right after the add still cleans it
         run(["ip", "netns", "add", self.ns(role)])
         self.ip(role, "link", "set", "lo", "up")
+        # a new namespace copies the machine's IPv4 settings (net.core.devconf_inherit_init_net=0): start from the
+        # kernel's default whatever this machine forwards, so what init sets is what the tests see
+        self.sysctl(role, "net.ipv4.ip_forward", "0")
 
     def veth(self, role: str, name: str, peer_role: str, peer_name: str) -> None:
         self.ip(role, "link", "add", name, "type", "veth", "peer", "name", peer_name, "netns", self.ns(peer_role))

@@ -78,6 +78,7 @@ def test_direct_ipv6_traffic_leaves_as_the_node_and_the_firewall_refuses_it(lab:
 
 
 def test_redirect_over_ipv6_every_rule_reaches_its_host_as_the_egress_source(lab: Lab, pod: Pod) -> None:
+    fresh = pod.snapshot()
     redirect6(pod)
     router = v6(pod.ip)
     seen = lab.tcp("client", router, 80)
@@ -100,7 +101,7 @@ def test_redirect_over_ipv6_every_rule_reaches_its_host_as_the_egress_source(lab
     assert "default via 10.128.0.1 dev eth0" in state["routes"]
     assert f"-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [{SERVER26}]:80" in state["nat6"]
     assert f"-A EGRESS-ROUTER-SNAT -o macvlan0 -j SNAT --to-source {source6(pod)}" in state["nat6"]
-    assert (state["forwarding6"], state["ip_forward"]) == ("1", "0")
+    assert (state["forwarding6"], state["ip_forward"]) == ("1", fresh["ip_forward"])  # a new namespace inherits the machine's
     assert "EGRESS-ROUTER" not in state["nat"] and "EGRESS-ROUTER" not in state["mangle"]
 
 
