@@ -1,12 +1,13 @@
-"""Time `egress-router init` against the old image's one-iptables-command-per-rule script.
+"""Time `egress-router init`, with each NAT backend, against the old image's one-iptables-command-per-rule script.
 
 Run as root: .venv/bin/python bench/init_rules.py [--rounds 3] [--sizes 10,100,1000] [--baseline DIR]
 Each trial gets a fresh router pod namespace in the lab; wall-clock time of the whole command. Every round runs
 each contender once, the order alternating from round to round. Prints a Markdown table, a row per rule count:
-medians over the rounds with their min-max, and old script / ours, the ratio of the medians with the min-max
-of the per-round ratios (above 1: we are faster).
+medians over the rounds with their min-max; nftables / iptables (our two backends), and old script / ours (the
+old script with iptables-legacy against our iptables backend, with iptables-nft against our nftables backend):
+the ratio of the medians with the min-max of the per-round ratios (above 1: we are faster).
 --baseline DIR times the `init` of another checkout (`git worktree add DIR COMMIT`) instead of the old script,
-interleaved with ours in the same rounds, and gives ours / baseline (below 1: we are faster).
+interleaved with ours (each backend) in the same rounds, and gives ours / baseline (below 1: we are faster).
 """
 
 from __future__ import annotations
@@ -64,33 +65,50 @@ def trial(lab: Lab, argv: list[str], env: dict[str, str], runs: int = 1) -> list
 Contender = Callable[[Lab, dict[str, str]], dict[str, float]]  # one trial: seconds for each of its columns
 
 
-def old_script_contenders() -> tuple[list[Contender], list[tuple[str, str | None]], str]:
-    """Ours (run twice: again with nothing to change), and the old script with each iptables backend; their columns
-    (name, the column its ratio is to); which code is ours."""
+BACKENDS = ("iptables", "nftables")
+#: The old script's iptables binary that drives the same kernel backend as each of ours.
+OLD_SCRIPT = {"iptables": "iptables-legacy", "nftables": "iptables-nft"}
 
-    def ours(lab: Lab, env: dict[str, str]) -> dict[str, float]:
-        first, again = trial(lab, THIS.argv("init"), env, runs=2)
-        return {"egress-router init": first, "init again (no change)": again}
+
+def old_script_contenders() -> tuple[list[Contender], list[tuple[str, str | None]], str]:
+    """Ours with each NAT backend (run twice: again with nothing to change), and the old script with each iptables
+    binary; their columns (name, the column its ratio is to); which code is ours."""
+
+    def ours(backend: str) -> Contender:
+        def timed(lab: Lab, env: dict[str, str]) -> dict[str, float]:
+            first, again = trial(lab, THIS.argv("init"), {**env, "EGRESS_NAT_BACKEND": backend}, runs=2)
+            return {f"init, {backend}": first, f"again, {backend}": again}
+
+        return timed
 
     def old(iptables: str) -> Contender:
         return lambda lab, env: {
             f"old script, {iptables}": trial(lab, ["bash", str(HERE / "old_image_init.sh")], {**env, "IPTABLES": iptables})[0]
         }
 
-    columns: list[tuple[str, str | None]] = [("egress-router init", None), ("init again (no change)", None)]
-    columns += [(f"old script, {iptables}", "egress-router init") for iptables in ("iptables-legacy", "iptables-nft")]
-    return [ours, old("iptables-legacy"), old("iptables-nft")], columns, f"egress-router: {THIS.describe()}"
+    columns: list[tuple[str, str | None]] = [
+        ("init, iptables", None),
+        ("again, iptables", None),
+        ("init, nftables", "init, iptables"),
+        ("again, nftables", None),
+    ]
+    columns += [(f"old script, {OLD_SCRIPT[backend]}", f"init, {backend}") for backend in BACKENDS]
+    contenders = [ours("iptables"), ours("nftables"), *[old(OLD_SCRIPT[backend]) for backend in BACKENDS]]
+    return contenders, columns, f"egress-router: {THIS.describe()}"
 
 
 def baseline_contenders(baseline: str) -> tuple[list[Contender], list[tuple[str, str | None]], str]:
-    """The baseline checkout's init and ours, each in a fresh pod; their columns; which code is which."""
+    """The baseline checkout's init and ours with each backend, each in a fresh pod; their columns; which code is which.
+    The baseline gets no EGRESS_NAT_BACKEND: a checkout from before the option takes iptables."""
     theirs = Checkout.at(baseline, "baseline")
 
-    def init(checkout: Checkout) -> Contender:
-        return lambda lab, env: {checkout.label: trial(lab, checkout.argv("init"), env)[0]}
+    def init(checkout: Checkout, label: str, backend: str | None = None) -> Contender:
+        extra = {"EGRESS_NAT_BACKEND": backend} if backend else {}
+        return lambda lab, env: {label: trial(lab, checkout.argv("init"), {**env, **extra})[0]}
 
-    contenders = [init(theirs), init(THIS)]
-    return contenders, [("baseline", None), ("ours", "baseline")], f"baseline: {theirs.describe()}; ours: {THIS.describe()}"
+    contenders = [init(theirs, "baseline"), *[init(THIS, f"ours, {backend}", backend) for backend in BACKENDS]]
+    columns: list[tuple[str, str | None]] = [("baseline", None), *[(f"ours, {backend}", "baseline") for backend in BACKENDS]]
+    return contenders, columns, f"baseline: {theirs.describe()}; ours: {THIS.describe()}"
 
 
 def main() -> None:

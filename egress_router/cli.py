@@ -134,8 +134,16 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
         return
     nameservers = pod_nameservers()
     plan = build_plan(settings, nameservers)
+    from egress_router.init import nat_backend
+
+    try:
+        backend = nat_backend.resolve(settings.nat_backend, plan, check=settings.mode is not Mode.UNIT_TEST)
+    except ApplyError as error:
+        fail("init", f"{error}; nothing was changed")
+        return
     if settings.mode is Mode.UNIT_TEST:
-        click.echo(render_plan(plan))
+        click.echo(render_plan(plan, backend.render))
+        click.echo(f"nat    backend {backend.name} ({backend.why})")
         return
     from egress_router.init.apply import apply_plan
 
@@ -144,7 +152,7 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        apply_plan(plan)
+        apply_plan(plan, backend)
     except ApplyError as error:
         fail("init", str(error))
     except Terminated:
@@ -157,7 +165,7 @@ def init(destination: str | None, destination_file: str | None, **values: str | 
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # held until the loop's handlers are in
         log.info("set up; waiting for SIGTERM")
         try:
-            sys.exit(monitor_module.run(settings, nameservers, None, init_settings.CHECK_INTERVAL.default_value()))
+            sys.exit(monitor_module.run(settings, nameservers, None, init_settings.CHECK_INTERVAL.default_value(), backend))
         except ApplyError as error:
             fail("init", str(error))
 
@@ -250,6 +258,8 @@ def dns_proxy(destination: str | None, destination_file: str | None, **values: s
 def monitor(destination: str | None, destination_file: str | None, debug: str | None, **values: str | None) -> None:
     """Keep a redirect pod's setup true: re-announce, follow the rules file, restore removed rules (NET_ADMIN, NET_RAW)."""
     from egress_router.init import monitor as monitor_module
+    from egress_router.init import nat_backend
+    from egress_router.init.plan import build_plan
 
     logs.setup(init_settings.DEBUG.parse(debug), "monitor")
     try:
@@ -259,7 +269,14 @@ def monitor(destination: str | None, destination_file: str | None, debug: str | 
         fail("monitor", str(error))
         return
     claim_metrics_port("monitor", settings.init.metrics_port)
+    nameservers = pod_nameservers()
     try:
-        sys.exit(monitor_module.run(settings.init, pod_nameservers(), list_file(destination_file, rules), settings.check_interval))
+        backend = nat_backend.resolve(settings.init.nat_backend, build_plan(settings.init, nameservers))
+    except ApplyError as error:
+        fail("monitor", str(error))
+        return
+    log.info("NAT backend: %s (%s)", backend.name, backend.why)
+    try:
+        sys.exit(monitor_module.run(settings.init, nameservers, list_file(destination_file, rules), settings.check_interval, backend))
     except ApplyError as error:
         fail("monitor", str(error))

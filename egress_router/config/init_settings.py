@@ -73,6 +73,17 @@ CLUSTER_NETWORKS = Option(
     VARIABLE,
     "CIDRs the pod's own connections reach through eth0 (cluster and Service networks), comma-separated",
 )
+NAT_BACKENDS = ("auto", "iptables", "nftables")
+NAT_BACKEND = Choice(
+    "nat_backend",
+    "EGRESS_NAT_BACKEND",
+    "How NAT and reply marks are installed: iptables (legacy xtables, python-iptables), nftables (libnftables),"
+    " or auto: iptables where the kernel and the image have it, nftables otherwise",
+    default="auto",
+    choices=NAT_BACKENDS,
+    what="NAT backend",
+    fold_case=True,
+)
 
 #: Every option of `egress-router init`, in the order --help shows them.
 INIT_OPTIONS = (
@@ -87,6 +98,7 @@ INIT_OPTIONS = (
     MACVLAN_MODE,
     HOST_NETNS,
     CLUSTER_NETWORKS,
+    NAT_BACKEND,
     dataclasses.replace(
         METRICS_PORT,
         help="Port of /healthz, /readyz and /metrics in legacy mode; in init and unit-test modes only a port set here counts"
@@ -106,6 +118,7 @@ MONITOR_OPTIONS = (
     dataclasses.replace(DESTINATION_FILE, help="File holding the redirect rules; re-applied whenever it changes"),
     INTERFACE,
     CLUSTER_NETWORKS,
+    NAT_BACKEND,
     CHECK_INTERVAL,
     METRICS_PORT,
     DEBUG,
@@ -134,6 +147,7 @@ class InitSettings:
     #: legacy init and monitor serve /healthz, /readyz, /metrics there; init and unit-test modes only keep a port
     #: set explicitly (the monitor's) from the fallback and the redirect rules. Never DNATed.
     metrics_port: int | None = None
+    nat_backend: str = "auto"  # one of NAT_BACKENDS; init/nat_backend.py resolves auto on the machine
 
 
 def interface_name_problem(name: str) -> str | None:
@@ -201,6 +215,7 @@ def load_init_settings(
     debug: str | None = None,
     cluster_networks: str | None = None,
     metrics_port: str | None = None,
+    nat_backend: str | None = None,
 ) -> InitSettings:
     """Validate every variable and raise one ConfigError listing all problems."""
     found = Collector()
@@ -211,6 +226,7 @@ def load_init_settings(
             "gateway": lambda: parse_gateways(gateway),
             "cluster_networks": lambda: parse_cluster_networks(cluster_networks),
             "metrics_port": lambda: METRICS_PORT.parse(metrics_port),
+            "nat_backend": lambda: NAT_BACKEND.parse(nat_backend),
         }
     )
     parsed_mode: Mode | None = parsed.get("mode")
@@ -255,6 +271,7 @@ def load_init_settings(
         debug=DEBUG.parse(debug),
         cluster_networks=networks,
         metrics_port=port,
+        nat_backend=parsed["nat_backend"],
     )
 
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass, replace
 
 from egress_router.config.addresses import FAMILIES, FAMILY_NAMES, IPV6
 from egress_router.errors import ApplyError
-from egress_router.init import arp, cluster_routes, nat, sysctl
+from egress_router.init import arp, cluster_routes, sysctl
 from egress_router.init.cluster_routes import KernelRoute, NoNextHop
 from egress_router.init.journal import Journal
+from egress_router.init.nat_backend import EDGES, Backend
 from egress_router.init.netlink import PodNetwork, PolicyRouting
 from egress_router.init.plan import (
     CLUSTER_INTERFACE,
@@ -144,13 +145,14 @@ def drop_family(net: PodNetwork, routing: PolicyRouting, plan: NetworkPlan, egre
             changed |= routing.replace_routes([], [], [back], names)
     changed |= routing.set_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY, family, keep=False)
     for chains in (mark_chains(family), ChainSet("nat", NAT_CHAINS, (), family)):
-        changed |= nat.remove_chains(chains, journal)
+        for edge in EDGES.values():  # whichever backend wrote them
+            changed |= edge.remove_chains(chains, journal)
     return changed
 
 
-def apply_plan(plan: NetworkPlan) -> bool:
+def apply_plan(plan: NetworkPlan, backend: Backend) -> bool:
     """Returns whether anything changed. On failure, undoes what was done and raises ApplyError."""
-    for line in render_plan(plan).splitlines():
+    for line in render_plan(plan, backend.render).splitlines():
         log.debug("plan: %s", line)
     journal = Journal()
     net = PodNetwork(journal)
@@ -170,7 +172,8 @@ def apply_plan(plan: NetworkPlan) -> bool:
             source = family.address.ip if family.family == IPV6 else None
             changed.append(net.set_default_route(index, plan.interface, family.gateway, source))
         changed += [sysctl.set_sysctl(journal, key, value) for key, value in plan.sysctls]
-        changed += [nat.apply_chains(chains, journal) for chains in plan.chain_sets]
+        log.info("NAT backend: %s (%s)", backend.name, backend.why)
+        changed += [backend.install(chains, journal) for chains in plan.chain_sets]
     except BaseException as error:
         steps = len(journal)
         failed = journal.rollback()

@@ -18,9 +18,10 @@ from egress_router.config.addresses import IPAddress
 from egress_router.config.destinations import Destinations
 from egress_router.config.init_settings import InitSettings, Mode, check_metrics_port, destinations_for
 from egress_router.errors import ApplyError
-from egress_router.init import arp, metrics, nat
+from egress_router.init import arp, metrics
 from egress_router.init.apply import ClusterSide, decide_cluster_side, keep_cluster_side
 from egress_router.init.journal import Journal
+from egress_router.init.nat_backend import Backend
 from egress_router.init.netlink import PodNetwork, PolicyRouting
 from egress_router.init.plan import NetworkPlan, build_plan, labelled_nat_rules
 from egress_router.observe.endpoints import local_probes, serving
@@ -53,9 +54,10 @@ class Keeper:
     over a new list (use()): a pass reads `target` once and keeps to what it read; the loop only reads the rest.
     """
 
-    def __init__(self, settings: InitSettings, plan: NetworkPlan) -> None:
+    def __init__(self, settings: InitSettings, plan: NetworkPlan, backend: Backend) -> None:
         self.target = Target(settings, plan)
         self.kept: Target | None = None  # what the last complete pass put in place
+        self.backend = backend
         self.side: tuple[ClusterSide, ...] | None = None
         self.problem: str | None = "not checked yet"
         self.address_present = False
@@ -91,10 +93,10 @@ class Keeper:
                 self.side = decide_cluster_side(routing, target.plan)
             self.repaired("reply-routing", keep_cluster_side(routing, self.side, reread=True), "reply routing", reason)
             for family in target.plan.families:
-                self.repaired("reply-marks", nat.apply_chains(family.marks), "reply marks", reason)
+                self.repaired("reply-marks", self.backend.install(family.marks), "reply marks", reason)
             for family in target.plan.families:
                 if family.nat is not None:
-                    self.repaired("nat", nat.apply_chains(family.nat), "NAT rules", reason)
+                    self.repaired("nat", self.backend.install(family.nat), "NAT rules", reason)
             self.read_counters(target)
             self.kept = target
         except ApplyError as error:
@@ -131,7 +133,7 @@ class Keeper:
         """Each rule's packets and bytes by its label; `snat` and `metrics-port` add up both families' rules."""
         totals: dict[tuple[str, ...], tuple[int, int]] = {}
         for family in target.plan.families:
-            found = nat.counters(family.nat) if family.nat is not None else None
+            found = self.backend.counters(family.nat) if family.nat is not None else None
             if found is None:
                 continue
             labels = [label for _, label in labelled_nat_rules(target.settings, family.family)]
@@ -152,9 +154,14 @@ def list_parser(settings: InitSettings) -> Callable[[str], Destinations]:
 
 
 async def watch_until_stopped(
-    settings: InitSettings, nameservers: tuple[IPAddress, ...], list_file: ListFile | None, interval: float, stop: asyncio.Event
+    settings: InitSettings,
+    nameservers: tuple[IPAddress, ...],
+    list_file: ListFile | None,
+    interval: float,
+    backend: Backend,
+    stop: asyncio.Event,
 ) -> None:
-    keeper = Keeper(settings, build_plan(settings, nameservers))
+    keeper = Keeper(settings, build_plan(settings, nameservers), backend)
     keeper.announce()
     wake = asyncio.Event()
     reloads = keeper.stats.counter(CONFIG_RELOADS.name)
@@ -182,6 +189,6 @@ async def keep(keeper: Keeper, stop: asyncio.Event, wake: asyncio.Event, interva
             waiting.cancel()
 
 
-def run(settings: InitSettings, nameservers: tuple[IPAddress, ...], list_file: ListFile | None, interval: float) -> int:
-    run_loop(lambda stop: watch_until_stopped(settings, nameservers, list_file, interval, stop))
+def run(settings: InitSettings, nameservers: tuple[IPAddress, ...], list_file: ListFile | None, interval: float, backend: Backend) -> int:
+    run_loop(lambda stop: watch_until_stopped(settings, nameservers, list_file, interval, backend, stop))
     return 0

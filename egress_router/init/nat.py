@@ -1,4 +1,7 @@
-"""NAT rules in chains the router owns, committed to the kernel in one transaction (python-iptables)."""
+"""NAT rules in chains the router owns, committed to the kernel in one transaction (python-iptables, legacy xtables).
+
+The iptables NAT backend; init/nft.py is the nftables one, with the same functions.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import sysconfig
 import types
 from typing import TYPE_CHECKING, Any
 
-from egress_router.config.addresses import IPV4, IPV6
 from egress_router.errors import ApplyError
 from egress_router.init import nat_helper
 from egress_router.init.plan import ChainSet
@@ -18,6 +20,12 @@ if TYPE_CHECKING:  # not imported at run time: the helper process starts without
     from egress_router.init.journal import Journal
 
 log = logging.getLogger(__name__)
+
+render = ChainSet.render
+
+#: The legacy tables instantiated in this network namespace; the file exists once the kernel has legacy iptables
+#: (built in, or its module loaded), and lists a table once something in the namespace has used it.
+TABLE_NAMES = {"ipv4": "/proc/net/ip_tables_names", "ipv6": "/proc/net/ip6_tables_names"}
 
 
 def _prepare_iptc_import() -> None:
@@ -50,28 +58,69 @@ def _iptc() -> Any:
     return iptc
 
 
-def _build(iptc: Any, shape: dict[str, Any], family: str = IPV4) -> Any:
-    return iptc.easy.encode_iptc_rule(shape, family == IPV6)
+def image_problem() -> str | None:
+    """Why this image cannot drive legacy iptables (python-iptables or the iptables package's extensions missing), or None."""
+    try:
+        _iptc()
+    except ApplyError as error:
+        return str(error)
+    libdir = os.environ.get("XTABLES_LIBDIR")
+    if not libdir or not os.path.isdir(libdir):
+        return "no xtables extensions here (is the iptables package installed?)"
+    return None
+
+
+def kernel_has_legacy(family: str) -> bool:
+    """Read-only: whether the kernel has legacy iptables for `family` now (nothing is loaded or created to find out)."""
+    return os.path.exists(TABLE_NAMES[family])
+
+
+def legacy_tables(family: str) -> set[str]:
+    """The legacy tables that exist in this network namespace (empty without legacy iptables)."""
+    try:
+        with open(TABLE_NAMES[family], encoding="ascii") as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
+
+
+def kernel_problem(chain_sets: list[ChainSet]) -> str | None:
+    """Why the kernel will not give us the tables these chain sets need (opening one creates it, as any iptables
+    command does), or None."""
+    iptc = _iptc()
+    for chains in chain_sets:
+        try:
+            _open(iptc, chains.table, chains.family)
+        except iptc.IPTCError as error:
+            return f"{_IPTABLES[chains.family]} cannot open the {chains.table} table: {error}"
+    return None
+
+
+_IPTABLES = {"ipv4": "iptables", "ipv6": "ip6tables"}
+
+
+def _ipv6(chains: ChainSet) -> bool:
+    return chains.family == "ipv6"
+
+
+def _build(iptc: Any, shape: dict[str, Any], ipv6: bool) -> Any:
+    return iptc.easy.encode_iptc_rule(shape, ipv6)
 
 
 def _jump(chain: str) -> dict[str, Any]:
     return {"target": chain}
 
 
-def _shape(iptc: Any, rule: Any) -> dict[str, Any]:
+def _shape(iptc: Any, rule: Any, ipv6: bool) -> dict[str, Any]:
     """A rule as comparable data: python-iptables' own equality sees stray bytes in SNAT targets."""
-    decoded = dict(iptc.easy.decode_iptc_rule(rule, isinstance(rule, iptc.Rule6)))
+    decoded = dict(iptc.easy.decode_iptc_rule(rule, ipv6))
     decoded.pop("counters", None)
     return decoded
 
 
-_TABLES = {"nat": "NAT", "mangle": "MANGLE"}
-
-
-def _open(iptc: Any, name: str, family: str = IPV4) -> Any:
-    """The table (ip6tables' for `ipv6`), fresh from the kernel, collecting changes for one commit."""
-    kind = iptc.Table6 if family == IPV6 else iptc.Table
-    table = kind(getattr(kind, _TABLES[name]))
+def _open(iptc: Any, name: str, family: str) -> Any:
+    """The table, fresh from the kernel, collecting changes for one commit."""
+    table = iptc.Table6(name) if family == "ipv6" else iptc.Table(name)
     table.autocommit = False
     table.refresh()
     return table
@@ -80,10 +129,11 @@ def _open(iptc: Any, name: str, family: str = IPV4) -> Any:
 def _state(iptc: Any, table: Any, chains: ChainSet) -> dict[str, Any]:
     """Our chains' rules (None: chain absent) and how many jumps each built-in chain has to them."""
     state: dict[str, Any] = {}
+    ipv6 = _ipv6(chains)
     for chain, parents in chains.chains:
-        state[chain] = [_shape(iptc, r) for r in iptc.Chain(table, chain).rules] if table.is_chain(chain) else None
+        state[chain] = [_shape(iptc, r, ipv6) for r in iptc.Chain(table, chain).rules] if table.is_chain(chain) else None
         for parent in parents:
-            state[f"{parent}->{chain}"] = sum(_shape(iptc, r) == _jump(chain) for r in iptc.Chain(table, parent).rules)
+            state[f"{parent}->{chain}"] = sum(_shape(iptc, r, ipv6) == _jump(chain) for r in iptc.Chain(table, parent).rules)
     return state
 
 
@@ -98,12 +148,12 @@ def _write(iptc: Any, table: Any, chains: ChainSet, rules: dict[str, list[Any] |
                 chain.append_rule(rule)
         for parent_name in parents:
             parent = iptc.Chain(table, parent_name)
-            jumps = [r for r in parent.rules if _shape(iptc, r) == _jump(chain_name)]
+            jumps = [r for r in parent.rules if _shape(iptc, r, _ipv6(chains)) == _jump(chain_name)]
             keep = 0 if wanted is None else 1
             for rule in jumps[keep:]:
                 parent.delete_rule(rule)
             if keep and not jumps:
-                jump = iptc.Rule6() if chains.family == IPV6 else iptc.Rule()
+                jump = iptc.Rule6() if _ipv6(chains) else iptc.Rule()
                 jump.create_target(chain_name)
                 parent.insert_rule(jump)
         if wanted is None and table.is_chain(chain_name):
@@ -123,24 +173,21 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
         return False
     log.debug("%s: %d rules committed in one transaction", _name(chains), len(chains.rules))
     if journal is not None:
-        journal.record(f"{_name(chains)} rules", lambda: restore(chains, before))
+        journal.record(f"{_name(chains)} rules", lambda: _restore(chains, before))
     return True
 
 
-def apply_here(chains: ChainSet, *, absent: bool = False) -> tuple[bool, dict[str, Any]]:
-    """apply_chains (or, `absent`, remove_chains) in this process: whether anything changed, and the chains' state before."""
+def apply_here(chains: ChainSet) -> tuple[bool, dict[str, Any]]:
+    """apply_chains in this process: whether anything changed, and the chains' state before."""
     iptc = _iptc()
     try:
         table = _open(iptc, chains.table, chains.family)
         wanted = {chain: [r.as_dict() for r in chains.rules if r.chain == chain] for chain, _ in chains.chains}
         before = _state(iptc, table, chains)
-        built: dict[str, list[Any] | None] = {
-            chain: None if absent else [_build(iptc, shape, chains.family) for shape in shapes] for chain, shapes in wanted.items()
-        }
-        nothing_there = all(value in (None, 0) for value in before.values())  # no chain, no jump
-        if nothing_there if absent else _unchanged(iptc, chains, before, built):  # type: ignore[arg-type]
+        built = {chain: [_build(iptc, shape, _ipv6(chains)) for shape in shapes] for chain, shapes in wanted.items()}
+        if _unchanged(iptc, chains, before, built):
             return False, before
-        _write(iptc, table, chains, built)
+        _write(iptc, table, chains, built)  # type: ignore[arg-type]
         table.commit()
         table.refresh()
         table.autocommit = True
@@ -151,30 +198,67 @@ def apply_here(chains: ChainSet, *, absent: bool = False) -> tuple[bool, dict[st
     return True, before
 
 
+def _name(chains: ChainSet) -> str:
+    """How logs and messages name the table: `nat`, or `ip6 nat` for ip6tables'."""
+    return f"ip6 {chains.table}" if _ipv6(chains) else chains.table
+
+
 def _unchanged(iptc: Any, chains: ChainSet, before: dict[str, Any], built: dict[str, list[Any]]) -> bool:
     """Whether the kernel already holds `built`; rules are decoded only when the counts already agree."""
     for chain, parents in chains.chains:
         current = before[chain]
         if current is None or len(current) != len(built[chain]) or any(before[f"{p}->{chain}"] != 1 for p in parents):
             return False
-    return all(before[chain] == [_shape(iptc, r) for r in built[chain]] for chain, _ in chains.chains)
+    return all(before[chain] == [_shape(iptc, r, _ipv6(chains)) for r in built[chain]] for chain, _ in chains.chains)
 
 
-def _name(chains: ChainSet) -> str:
-    """How logs and messages name the table: `nat`, or `ip6 nat` for ip6tables'."""
-    return f"ip6 {chains.table}" if chains.family == IPV6 else chains.table
+def remove_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
+    """Take our chains for `chains` and their jumps out (when switching to nftables); False when there were none.
+
+    Looks only where the legacy table already exists in this namespace: a pod that never used legacy iptables
+    has no rules of ours there, and looking would create the table.
+    """
+    if chains.table not in legacy_tables(chains.family):
+        return False
+    try:
+        _iptc()
+    except ApplyError as error:
+        log.debug("no iptables rules of ours to look for: %s", error)
+        return False
+    changed, before = nat_helper.call("remove", chains) if nat_helper.served_elsewhere(chains.family) else remove_here(chains)
+    if not changed:
+        return False
+    log.info("removed our %s rules from %s", chains.table, _IPTABLES[chains.family])
+    if journal is not None:
+        journal.record(f"{chains.table} rules in iptables", lambda: _restore(chains, before))
+    return True
 
 
-def restore(chains: ChainSet, before: dict[str, Any]) -> None:
-    """Put our chains back as `before` (what apply found)."""
+def remove_here(chains: ChainSet) -> tuple[bool, dict[str, Any]]:
+    """remove_chains in this process: whether there was anything to remove, and the chains' state before."""
+    iptc = _iptc()
+    try:
+        table = _open(iptc, chains.table, chains.family)
+        before = _state(iptc, table, chains)
+        if all(before[chain] is None and not any(before[f"{p}->{chain}"] for p in parents) for chain, parents in chains.chains):
+            return False, before
+        _write(iptc, table, chains, dict.fromkeys((chain for chain, _ in chains.chains), None))
+        table.commit()
+        table.autocommit = True
+    except iptc.IPTCError as error:
+        raise ApplyError(f"cannot remove our {chains.table} rules from {_IPTABLES[chains.family]}: {error}") from error
+    return True, before
+
+
+def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
+    """Put our chains back as `before` (what apply or remove found)."""
     if nat_helper.served_elsewhere(chains.family):
         nat_helper.call("restore", chains, before)
         return
     iptc = _iptc()
     table = _open(iptc, chains.table, chains.family)
-    previous = {
-        chain: None if before[chain] is None else [_build(iptc, s, chains.family) for s in before[chain]] for chain, _ in chains.chains
-    }
+    ipv6 = _ipv6(chains)
+    previous = {chain: None if before[chain] is None else [_build(iptc, s, ipv6) for s in before[chain]] for chain, _ in chains.chains}
     _write(iptc, table, chains, previous)
     table.commit()
     table.autocommit = True
@@ -196,16 +280,3 @@ def counters(chains: ChainSet) -> list[tuple[int, int]] | None:
     except iptc.IPTCError:
         return None
     return found if len(found) == len(chains.rules) else None
-
-
-def remove_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
-    """Remove our chains of `chains.table` (of its family) and the jumps to them; False when there were none."""
-    if nat_helper.served_elsewhere(chains.family):
-        changed, before = nat_helper.call("remove", chains)
-    else:
-        changed, before = apply_here(chains, absent=True)
-    if changed:
-        log.info("removed the router's %s chains", _name(chains))
-        if journal is not None:
-            journal.record(f"remove {_name(chains)} rules", lambda: restore(chains, before))
-    return bool(changed)

@@ -79,10 +79,12 @@ def serve() -> None:
         request = json.loads(line)
         chains = decode(request["chains"])
         try:
-            if request["operation"] in ("apply", "remove"):
-                result: Any = nat.apply_here(chains, absent=request["operation"] == "remove")
+            if request["operation"] == "apply":
+                result: Any = nat.apply_here(chains)
+            elif request["operation"] == "remove":
+                result = nat.remove_here(chains)
             elif request["operation"] == "restore":
-                nat.restore(chains, request["before"])
+                nat._restore(chains, request["before"])
                 result = None
             else:
                 result = nat.counters(chains)

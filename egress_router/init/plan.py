@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv6Address
 
@@ -80,7 +81,10 @@ class XtRule:
 
 @dataclass(frozen=True)
 class ChainSet:
-    """Chains the router owns in one iptables table of one family (`ipv6`: ip6tables), each jumped to first from its built-in chains."""
+    """Chains the router owns in one iptables table, each jumped to first from its built-in chains.
+
+    `family` is "ipv4" or "ipv6": iptables or ip6tables, nftables' `ip` or `ip6` table.
+    """
 
     table: str
     chains: tuple[tuple[str, tuple[str, ...]], ...]
@@ -251,8 +255,8 @@ def mark_chains(family: str = IPV4) -> ChainSet:
     return ChainSet("mangle", MARK_CHAINS, (arrived, reply), family)
 
 
-def render_plan(plan: NetworkPlan) -> str:
-    """What `init` would do, for people (unit-test mode) and for diffs."""
+def render_plan(plan: NetworkPlan, show: Callable[[ChainSet], str] = ChainSet.render) -> str:
+    """What `init` would do, for people (unit-test mode) and for diffs; `show` writes the rules in the NAT backend's syntax."""
     lines = []
     if plan.create_macvlan:
         m = plan.create_macvlan
@@ -296,9 +300,9 @@ def render_plan(plan: NetworkPlan) -> str:
             lines.append(f"route  {route.describe(plan.interface)}{note}")
     for key, value in plan.sysctls:
         lines.append(f"sysctl {key}={value}")
-    lines += [f.marks.render() for f in plan.families]
+    lines += [show(f.marks) for f in plan.families]
     if all(f.nat is None for f in plan.families):
         lines.append("nat    none (proxy mode: the proxy's own connections leave from the egress address)")
     else:
-        lines += [f.nat.render() for f in plan.families if f.nat is not None]
+        lines += [show(f.nat) for f in plan.families if f.nat is not None]
     return "\n".join(lines)

@@ -278,6 +278,9 @@ class Lab:
         self.ip(role, "link", "add", name, "type", "veth", "peer", "name", peer_name, "netns", self.ns(peer_role))
 
     def up(self, role: str, dev: str, *addresses: str) -> None:
+        # no duplicate address detection, for the kernel's own link-local address either: its local route would
+        # otherwise appear about a second after the link comes up, in the middle of a test's before/after snapshots
+        self.sysctl(role, f"net.ipv6.conf.{dev}.accept_dad", "0")
         for address in addresses:
             self.ip(role, "addr", "add", address, "dev", dev, "nodad")
         self.ip(role, "link", "set", dev, "up")
@@ -495,10 +498,12 @@ class Lab:
 
         def routes(*family: str) -> str:
             """The kernel's local routes of its own IPv6 link-local addresses appear when their DAD ends, a second or two
-            after a link comes up: not something init touches, so not compared."""
+            after a link comes up (on links the lab did not bring up, the egress interface's): not something init
+            touches, so not compared."""
             shown = self.ip(role, *family, "route", "show", "table", "all").stdout.splitlines()
             return "\n".join(line for line in shown if not line.startswith("local fe80:"))
 
+        ruleset = run(self.exec_argv(role, ["nft", "list", "ruleset"])).stdout
         return {
             "links": self.ip(role, "-br", "link").stdout,
             "addresses": self.ip(role, "-br", "addr").stdout,
@@ -506,6 +511,7 @@ class Lab:
             "rules": self.ip(role, "rule", "show").stdout,
             "nat": table("nat"),
             "mangle": table("mangle"),
+            "nftables": re.sub(r"counter packets \d+ bytes \d+", "counter", ruleset),  # rule counters move with traffic
             "ip_forward": sysctl("net.ipv4.ip_forward"),
             "rp_filter": sysctl("net.ipv4.conf.eth0.rp_filter"),
             "routes6": routes("-6"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from egress_router.lab import Lab
-from egress_router.lab.topology import environment
+from egress_router.lab.topology import environment, run
 
 MISSING = [tool for tool in ("ip", "nft", "iptables-legacy-save") if shutil.which(tool) is None]
 
@@ -58,6 +58,20 @@ def _free_slot(lab: Lab) -> int:
     raise RuntimeError("more than 30 lab pods at once")
 
 
+NAT_BACKENDS = ("iptables", "nftables")
+
+
+@pytest.fixture(params=NAT_BACKENDS)
+def nat_backend(request: pytest.FixtureRequest) -> str:
+    """Runs a test once with each NAT backend: the pods it gets (their init and monitor) use that EGRESS_NAT_BACKEND."""
+    return str(request.param)
+
+
+def backend_of(request: pytest.FixtureRequest) -> str | None:
+    """The NAT backend the requesting test runs with; None (the default, auto) when it is not parametrized by one."""
+    return str(request.getfixturevalue("nat_backend")) if "nat_backend" in request.fixturenames else None
+
+
 @dataclass
 class Pod:
     """A router pod: a namespace on the node's bridge, with its own egress source address."""
@@ -66,19 +80,37 @@ class Pod:
     role: str
     ip: str
     source: str
+    nat_backend: str | None = None  # EGRESS_NAT_BACKEND of its commands; None: unset (auto)
+
+    def env(self, **env: str) -> dict[str, str]:
+        """The environment of a command in this pod: keyword arguments become EGRESS_* variables."""
+        backend = {"EGRESS_NAT_BACKEND": self.nat_backend} if self.nat_backend else {}
+        return environment(**{**backend, **env})
 
     def init(self, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
         """Run the real CLI inside the pod; keyword arguments become EGRESS_* variables."""
-        return self.lab.run_in(self.role, [sys.executable, "-m", "egress_router", "init"], env=environment(**env), timeout=timeout)
+        return self.lab.run_in(self.role, [sys.executable, "-m", "egress_router", "init"], env=self.env(**env), timeout=timeout)
 
     def snapshot(self) -> dict[str, str]:
         return self.lab.snapshot(self.role)
 
+    def nat_rules(self) -> str:
+        """Our NAT rules as the pod's backend shows them: `iptables-legacy-save -t nat`, or `nft list ruleset`."""
+        return self.snapshot()["nftables" if self.nat_backend == "nftables" else "nat"]
 
-def new_pod(lab: Lab, macvlan: bool = True, *, routed: bool = False, egress: str = "macvlan0") -> Pod:
+    def flush_chain(self, table: str, chain: str) -> None:
+        """Empty one of our chains behind the router's back, with the tool of the pod's backend."""
+        if self.nat_backend == "nftables":
+            argv = ["nft", "flush", "chain", "ip", "egress_router", chain]
+        else:
+            argv = ["iptables-legacy", "-t", table, "-F", chain]
+        run(self.lab.exec_argv(self.role, argv))
+
+
+def new_pod(lab: Lab, macvlan: bool = True, *, routed: bool = False, egress: str = "macvlan0", nat_backend: str | None = None) -> Pod:
     """A router pod on the node's bridge (openshift-sdn-like) or, `routed`, with only a default route (Calico-like)."""
     slot = _free_slot(lab)
-    pod = Pod(lab, f"r{next(_numbers)}", f"10.128.{2 if routed else 0}.{20 + slot}", f"192.168.12.{96 + slot}")
+    pod = Pod(lab, f"r{next(_numbers)}", f"10.128.{2 if routed else 0}.{20 + slot}", f"192.168.12.{96 + slot}", nat_backend)
     _slots[lab.ns(pod.role)] = slot
     if routed:
         lab.add_routed_pod(pod.role, pod.ip)
@@ -90,23 +122,23 @@ def new_pod(lab: Lab, macvlan: bool = True, *, routed: bool = False, egress: str
 
 
 @pytest.fixture
-def pod(lab: Lab) -> Iterator[Pod]:
-    made = new_pod(lab)
+def pod(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Pod]:
+    made = new_pod(lab, nat_backend=backend_of(request))
     yield made
     lab.remove_namespace(made.role)
 
 
 @pytest.fixture
-def routed_pod(lab: Lab) -> Iterator[Pod]:
+def routed_pod(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Pod]:
     """A router pod whose eth0 has a /32 and only a default route, as Calico and Cilium make them."""
-    made = new_pod(lab, routed=True)
+    made = new_pod(lab, routed=True, nat_backend=backend_of(request))
     yield made
     lab.remove_namespace(made.role)
 
 
 @pytest.fixture
-def bare_pod(lab: Lab) -> Iterator[Pod]:
+def bare_pod(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Pod]:
     """A pod the SDN gave no macvlan."""
-    made = new_pod(lab, macvlan=False)
+    made = new_pod(lab, macvlan=False, nat_backend=backend_of(request))
     yield made
     lab.remove_namespace(made.role)

@@ -1,4 +1,5 @@
-"""Every bad input: a clear message, a non-zero exit, no traceback, and the pod exactly as it was."""
+"""Every bad input: a clear message, a non-zero exit, no traceback, and the pod exactly as it was; with each NAT
+backend (iptables, nftables). A backend the machine lacks: tests/lab/test_nat_backends.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import pytest
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from tests.lab.conftest import Pod
+
+pytestmark = pytest.mark.usefixtures("nat_backend")
 
 GOOD = {
     "EGRESS_SOURCE": "192.168.12.99",
@@ -56,6 +59,7 @@ CASES = [
         {"EGRESS_DESTINATION": "", "EGRESS_DESTINATION_FILE": "/nonexistent/rules"},
         'EGRESS_DESTINATION_FILE: cannot read the file: No such file or directory: "/nonexistent/rules"',
     ),
+    ({"EGRESS_NAT_BACKEND": "pf"}, 'EGRESS_NAT_BACKEND: unknown NAT backend (must be one of auto, iptables, nftables): "pf"'),
 ]
 
 
@@ -74,13 +78,13 @@ def test_bad_input_is_explained_and_changes_nothing(lab: Lab, pod: Pod, changes:
 def test_failure_part_way_restores_the_pod(lab: Lab, pod: Pod) -> None:
     """A read-only /proc/sys (an unprivileged init container) fails after links, addresses and routes changed."""
     before = pod.snapshot()
-    env = " ".join(f"{k}='{v}'" for k, v in {**GOOD, "EGRESS_SOURCE": pod.source}.items())
+    env = " ".join(f"{k}='{v}'" for k, v in {**GOOD, "EGRESS_SOURCE": pod.source, "EGRESS_NAT_BACKEND": str(pod.nat_backend)}.items())
     import sys
 
     script = f"mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && env {env} {sys.executable} -m egress_router init"
     done = lab.run_in(pod.role, ["unshare", "-m", "sh", "-c", script])
     assert done.returncode == 1, done.stderr
-    assert "cannot set net.ipv4.ip_forward=1" in done.stderr and "privileged" in done.stderr
+    assert "cannot set net.ipv4." in done.stderr and "privileged" in done.stderr  # ip_forward, or rp_filter when forwarding is on
     assert "rolled back, the pod's network is as it was" in done.stderr
     assert "Traceback" not in done.stderr
     assert pod.snapshot() == before

@@ -95,32 +95,42 @@ def test_images_hold_no_compiler_and_the_proxy_image_no_init_libraries(image: st
         assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
     done = run_in_image(tmp_path, proxy_image, "import importlib.util as u; print([m for m in ('pyroute2', 'iptc') if u.find_spec(m)])")
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
-    done = run_in_image(tmp_path, image, "import pyroute2, iptc; print('ok')")
-    assert done.stdout.strip() == "ok", done.stderr
+    done = run_in_image(
+        tmp_path, image, "import pyroute2, iptc; from egress_router.init import libnftables; libnftables.load(); print('ok')"
+    )
+    assert done.stdout.strip() == "ok", done.stderr  # both NAT backends
 
 
 # OpenShift's manifests' environment, with podman run -------------------------------------------------------------
 
 
-def test_redirect_manifest_works_with_our_image(lab: Lab, image: str, tmp_path: Path) -> None:
+#: Each NAT backend in its own pod: (role, address).
+IMAGE_PODS = {"auto": ("img", "10.128.0.60"), "nftables": ("imgnft", "10.128.0.59")}
+
+
+@pytest.mark.parametrize("backend", IMAGE_PODS)
+def test_redirect_manifest_works_with_our_image(lab: Lab, image: str, tmp_path: Path, backend: str) -> None:
     (container,) = init_containers(EXAMPLES / "redirect-pod.yaml")
-    lab.add_pod("img", "10.128.0.60")
-    lab.add_macvlan("img")
+    role, address = IMAGE_PODS[backend]
+    lab.add_pod(role, address)
+    lab.add_macvlan(role)
     try:
-        network = f"ns:/run/netns/{lab.ns('img')}"
-        done = podman(tmp_path, "run", "--rm", "--privileged", "--network", network, *env_args(container["resolved_env"]), image)
+        network = f"ns:/run/netns/{lab.ns(role)}"
+        env = {**container["resolved_env"], "EGRESS_NAT_BACKEND": backend}
+        done = podman(tmp_path, "run", "--rm", "--privileged", "--network", network, *env_args(env), image)
         assert done.returncode == 0, done.stderr
         assert "NAT rules installed" in done.stderr
+        assert f"NAT backend: {'iptables' if backend == 'auto' else backend} (EGRESS_NAT_BACKEND={backend}" in done.stderr
         source = source_of(container)
-        seen = lab.tcp("client", "10.128.0.60", 80)
+        seen = lab.tcp("client", address, 80)
         assert (seen.server, seen.port, seen.client) == ("203.0.113.25", 80, source)
-        seen = lab.tcp("client", "10.128.0.60", 8443)
+        seen = lab.tcp("client", address, 8443)
         assert (seen.server, seen.port, seen.client) == ("203.0.113.26", 443, source)
-        seen = lab.tcp("client", "10.128.0.60", 5432)  # the fallback
+        seen = lab.tcp("client", address, 5432)  # the fallback
         assert (seen.server, seen.port, seen.client) == ("203.0.113.27", 5432, source)
         assert t.GATEWAY_IP in container["resolved_env"]["EGRESS_GATEWAY"]
     finally:
-        lab.remove_namespace("img")
+        lab.remove_namespace(role)
 
 
 @contextlib.contextmanager

@@ -77,7 +77,7 @@ def test_direct_ipv6_traffic_leaves_as_the_node_and_the_firewall_refuses_it(lab:
         lab.tcp("client", SERVER25, 80, timeout=2)
 
 
-def test_redirect_over_ipv6_every_rule_reaches_its_host_as_the_egress_source(lab: Lab, pod: Pod) -> None:
+def test_redirect_over_ipv6_every_rule_reaches_its_host_as_the_egress_source(lab: Lab, pod: Pod, nat_backend: str) -> None:
     fresh = pod.snapshot()
     redirect6(pod)
     router = v6(pod.ip)
@@ -99,13 +99,17 @@ def test_redirect_over_ipv6_every_rule_reaches_its_host_as_the_egress_source(lab
     assert f"default via {GATEWAY6} dev macvlan0 proto static src {source6(pod)}" in state["routes6"]
     assert f"{GATEWAY6} dev macvlan0 proto static" in state["routes6"]
     assert "default via 10.128.0.1 dev eth0" in state["routes"]
-    assert f"-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [{SERVER26}]:80" in state["nat6"]
-    assert f"-A EGRESS-ROUTER-SNAT -o macvlan0 -j SNAT --to-source {source6(pod)}" in state["nat6"]
+    if nat_backend == "iptables":
+        assert f"-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [{SERVER26}]:80" in state["nat6"]
+        assert f"-A EGRESS-ROUTER-SNAT -o macvlan0 -j SNAT --to-source {source6(pod)}" in state["nat6"]
+    else:
+        assert "table ip6 egress_router {" in state["nftables"] and "table ip egress_router" not in state["nftables"]
+        assert f'iifname "eth0" tcp dport 8080 counter dnat to [{SERVER26}]:80' in state["nftables"]
     assert (state["forwarding6"], state["ip_forward"]) == ("1", fresh["ip_forward"])  # a new namespace inherits the machine's
     assert "EGRESS-ROUTER" not in state["nat"] and "EGRESS-ROUTER" not in state["mangle"]
 
 
-def test_dual_stack_router_serves_both_families_with_a_fallback_each(lab: Lab, pod: Pod) -> None:
+def test_dual_stack_router_serves_both_families_with_a_fallback_each(lab: Lab, pod: Pod, nat_backend: str) -> None:
     dual(pod)
     for host, server, fallback, source in (
         (pod.ip, "203.0.113.25", "203.0.113.50", pod.source),
@@ -124,7 +128,7 @@ def test_dual_stack_router_serves_both_families_with_a_fallback_each(lab: Lab, p
     assert lab.tcp(pod.role, SERVER26, 443).client == source6(pod)
 
 
-def test_dual_stack_init_twice_changes_nothing(lab: Lab, pod: Pod) -> None:
+def test_dual_stack_init_twice_changes_nothing(lab: Lab, pod: Pod, nat_backend: str) -> None:
     dual(pod, EGRESS_CLUSTER_NETWORKS=f"172.30.0.0/16,{t.SERVICE_NETWORK6}")
     before = pod.snapshot()
     again = dual(pod, EGRESS_CLUSTER_NETWORKS=f"172.30.0.0/16,{t.SERVICE_NETWORK6}")
@@ -143,7 +147,7 @@ def test_new_input_replaces_the_old_ipv6_address_and_rules(lab: Lab, pod: Pod) -
     assert (seen.server, seen.client) == (SERVER26, "2001:db8:12::120")
 
 
-def test_dropping_a_family_undoes_what_init_did_for_it(lab: Lab, pod: Pod) -> None:
+def test_dropping_a_family_undoes_what_init_did_for_it(lab: Lab, pod: Pod, nat_backend: str) -> None:
     """Dual-stack, then IPv4 only, then IPv6 only: each family left behind is as a fresh pod has it."""
 
     def without_macvlan(text: str, family: int = 6) -> str:
@@ -161,6 +165,7 @@ def test_dropping_a_family_undoes_what_init_did_for_it(lab: Lab, pod: Pod) -> No
     state = pod.snapshot()
     assert without_macvlan(state["routes6"]) == without_macvlan(fresh["routes6"])  # eth0's default route is back
     assert (state["rules6"], state["nat6"], state["mangle6"]) == (fresh["rules6"], fresh["nat6"], fresh["mangle6"])
+    assert "table ip6 egress_router" not in state["nftables"]
     assert source6(pod) not in state["addresses"]
     assert lab.tcp(pod.role, PUBLIC6, 80).client == v6(t.NODE_IP)  # the pod's own IPv6 leaves by eth0 again
     assert lab.tcp("client", pod.ip, 80).client == pod.source
@@ -402,7 +407,7 @@ def test_bad_ipv6_input_is_explained_and_changes_nothing(pod: Pod, changes: dict
 # monitor and legacy mode ------------------------------------------------------------------------------------------
 
 
-def test_monitor_keeps_both_families_true(lab: Lab, pod: Pod, tmp_path: Path) -> None:
+def test_monitor_keeps_both_families_true(lab: Lab, pod: Pod, tmp_path: Path, nat_backend: str) -> None:
     rules = tmp_path / "destination"
     rules.write_text(f"80 tcp 203.0.113.25\n80 tcp {SERVER25}\n")
     env = {
@@ -412,7 +417,7 @@ def test_monitor_keeps_both_families_true(lab: Lab, pod: Pod, tmp_path: Path) ->
     }
     init(pod, **env)
     monitor = lab.start_in(
-        pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment(**env, EGRESS_ROUTER_MONITOR_INTERVAL="300ms")
+        pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=pod.env(**env, EGRESS_ROUTER_MONITOR_INTERVAL="300ms")
     )
     lab.wait_for_port(pod.role, "::1", 9191, process=monitor)
     for _ in range(2):
@@ -429,7 +434,8 @@ def test_monitor_keeps_both_families_true(lab: Lab, pod: Pod, tmp_path: Path) ->
     eventually(lambda: "keeping the previous list" in monitor.stderr())
     assert "EGRESS_DESTINATION line 2: value '2001:db8::zz' is invalid" in monitor.stderr()
 
-    run(lab.exec_argv(pod.role, ["ip6tables-legacy", "-t", "nat", "-F", "EGRESS-ROUTER-DNAT"]))
+    flush = {"iptables": ["ip6tables-legacy", "-t", "nat", "-F"], "nftables": ["nft", "flush", "chain", "ip6", "egress_router"]}
+    run(lab.exec_argv(pod.role, [*flush[nat_backend], "EGRESS-ROUTER-DNAT"]))
     lab.ip(pod.role, "-6", "rule", "del", "priority", "1000")
     eventually(lambda: "NAT rules restored" in monitor.stderr() and "reply routing restored" in monitor.stderr())
     eventually(lambda: lab.tcp("client2", v6(pod.ip), 80, timeout=1).server == SERVER26)

@@ -1,4 +1,5 @@
-"""`egress-router monitor` in a redirect pod: follows the rules file, restores removed rules, stops on SIGTERM."""
+"""`egress-router monitor` in a redirect pod: follows the rules file, restores removed rules, stops on SIGTERM.
+Every test runs with each NAT backend (iptables, nftables)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import pytest
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
-from egress_router.lab.topology import environment, run
 from tests.lab.conftest import Pod
 from tests.lab.http_helpers import http_get, samples
 from tests.lab.waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("nat_backend")
 
 
 def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_path: Path) -> None:
@@ -23,9 +25,10 @@ def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_pat
     env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION_FILE": str(rules)}
     assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0
     monitor = lab.start_in(
-        pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment(**env, EGRESS_ROUTER_MONITOR_INTERVAL="500ms")
+        pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=pod.env(**env, EGRESS_ROUTER_MONITOR_INTERVAL="500ms")
     )
     eventually(lambda: "watching macvlan0" in monitor.stderr())
+    assert f"NAT backend: {pod.nat_backend} (EGRESS_NAT_BACKEND={pod.nat_backend})" in monitor.stderr()
     assert lab.tcp("client", pod.ip, 80).server == "203.0.113.25"
 
     rules.write_text("80 tcp 203.0.113.26\n9000 tcp 203.0.113.27\n")
@@ -42,7 +45,7 @@ def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_pat
     eventually(lambda: "EGRESS_METRICS_PORT: port 9191 is redirected by EGRESS_DESTINATION line 2 too" in monitor.stderr())
     assert lab.tcp("client", pod.ip, 80).server == "203.0.113.26"
 
-    run(lab.exec_argv(pod.role, ["iptables-legacy", "-t", "nat", "-F", "EGRESS-ROUTER-DNAT"]))
+    pod.flush_chain("nat", "EGRESS-ROUTER-DNAT")
     eventually(lambda: "NAT rules restored" in monitor.stderr())
     assert lab.tcp("client", pod.ip, 9000).server == "203.0.113.27"
 
@@ -50,7 +53,7 @@ def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_pat
     assert lab.tcp("client2", pod.ip, 9000).server == "203.0.113.27"
     lab.ip(pod.role, "rule", "del", "priority", "1000")
     lab.ip(pod.role, "route", "flush", "table", "201")
-    run(lab.exec_argv(pod.role, ["iptables-legacy", "-t", "mangle", "-F", "EGRESS-ROUTER-MARK"]))
+    pod.flush_chain("mangle", "EGRESS-ROUTER-MARK")
     eventually(lambda: "reply routing restored" in monitor.stderr() and "reply marks restored" in monitor.stderr())
     eventually(lambda: lab.tcp("client2", pod.ip, 9000, timeout=1).server == "203.0.113.27")
     assert "1000:\tfrom all fwmark 0x400000/0x400000 lookup 201" in pod.snapshot()["rules"]
@@ -75,11 +78,11 @@ def test_monitor_probes_and_nat_counters(lab: Lab, pod: Pod) -> None:
     }
     assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0
     monitor = lab.start_in(
-        pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment(**env, EGRESS_ROUTER_MONITOR_INTERVAL="300ms")
+        pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=pod.env(**env, EGRESS_ROUTER_MONITOR_INTERVAL="300ms")
     )
     lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
     assert http_get(lab, "node", pod.ip, 9191, "/healthz") == (200, "ok\n")
-    assert "RETURN" in pod.snapshot()["nat"]  # init put it there: the monitor had nothing to change
+    assert "return" in pod.nat_rules().lower()  # init put it there: the monitor had nothing to change
     eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz") == (200, "ok\n"))
     for _ in range(3):
         assert lab.tcp("client", pod.ip, 80).server == "203.0.113.25"
@@ -91,7 +94,7 @@ def test_monitor_probes_and_nat_counters(lab: Lab, pod: Pod) -> None:
     assert (metric(lab, pod, "egress_router_arp_last_announce_timestamp_seconds") or 0) > 1.7e9
     assert metric(lab, pod, "egress_router_build_info", mode="monitor", version="0.1.0") == 1
 
-    run(lab.exec_argv(pod.role, ["iptables-legacy", "-t", "nat", "-F", "EGRESS-ROUTER-DNAT"]))
+    pod.flush_chain("nat", "EGRESS-ROUTER-DNAT")
     eventually(lambda: metric(lab, pod, "egress_router_restores_total", what="nat") == 1)
 
     lab.ip(pod.role, "addr", "flush", "dev", "macvlan0")  # the egress address is gone: not ready, and says why
@@ -128,7 +131,7 @@ def test_init_mode_reserves_no_port_unless_told(lab: Lab, pod: Pod) -> None:
         done = pod.init(**env, EGRESS_DESTINATION="203.0.113.26")
         assert done.returncode == 0, done.stderr
         assert lab.tcp("client", pod.ip, 9191).server == "203.0.113.26"
-        assert "RETURN" not in pod.snapshot()["nat"]
+        assert "return" not in pod.nat_rules().lower()
     finally:
         os.killpg(server.popen.pid, signal.SIGTERM)
         server.popen.wait(5)
@@ -147,7 +150,7 @@ def test_a_metrics_port_in_use_is_a_clear_error_before_any_change(lab: Lab, pod:
         before = pod.snapshot()
         env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n203.0.113.26"}
         argv = [sys.executable, "-m", "egress_router", "monitor" if command == "monitor" else "init"]
-        done = lab.run_in(pod.role, argv, env=environment(**env, EGRESS_ROUTER_MODE=command), timeout=20)
+        done = lab.run_in(pod.role, argv, env=pod.env(**env, EGRESS_ROUTER_MODE=command), timeout=20)
         name = "monitor" if command == "monitor" else "init"
         assert done.returncode == 1, done.stderr
         assert done.stderr.splitlines() == [
@@ -164,21 +167,24 @@ def test_a_metrics_port_in_use_is_a_clear_error_before_any_change(lab: Lab, pod:
 #: of the other thread at the moment that matters: when a pass reads the NAT counters, the loop hands over a new list
 #: (or that read fails), so the interleaving is the same on every run.
 KEEPER_PASSES = """
+import os
 import sys
 from egress_router.cli import pod_nameservers
 from egress_router.config.destinations import parse_destinations
 from egress_router.config.init_settings import load_init_settings
-from egress_router.init import monitor, nat
+from egress_router.init import monitor, nat_backend
 from egress_router.init.plan import build_plan
 from egress_router.runtime import logs
 
 logs.setup(False, "monitor")
 settings = load_init_settings(source=sys.argv[1], gateway=sys.argv[2], destination="80 tcp 203.0.113.25\\n203.0.113.26", mode="init")
-keeper = monitor.Keeper(settings, build_plan(settings, pod_nameservers()))
+plan = build_plan(settings, pod_nameservers())
+backend = nat_backend.resolve(os.environ.get("EGRESS_NAT_BACKEND", "auto"), plan)
+keeper = monitor.Keeper(settings, plan, backend)
 
 def when_counters_are_read(action):
     def trace(frame, event, arg):
-        if event == "call" and frame.f_code is nat.counters.__code__:
+        if event == "call" and frame.f_code is backend.edge.counters.__code__:
             sys.settrace(None)
             action()
     sys.settrace(trace)
@@ -206,7 +212,7 @@ def test_a_pass_keeps_to_the_list_it_started_with_and_survives_any_failure(lab: 
     """A new list that arrives mid-pass is the next pass's; a pass that fails unexpectedly is a readiness reason."""
     env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n203.0.113.26"}
     assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0
-    done = lab.run_in(pod.role, [sys.executable, "-c", KEEPER_PASSES, pod.source, t.GATEWAY_IP], env=environment())
+    done = lab.run_in(pod.role, [sys.executable, "-c", KEEPER_PASSES, pod.source, t.GATEWAY_IP], env=pod.env())
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "['1', '2', 'snat'] None",  # the old list's rules and counters, both: the new list came after the pass began
@@ -222,7 +228,7 @@ def test_a_pass_keeps_to_the_list_it_started_with_and_survives_any_failure(lab: 
 def test_a_monitor_whose_init_had_no_metrics_port_installs_its_own_rules_and_says_so(lab: Lab, pod: Pod) -> None:
     env = {"EGRESS_SOURCE": pod.source, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n203.0.113.26"}
     assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0  # no EGRESS_METRICS_PORT: the fallback takes 9191
-    monitor = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment(**env))
+    monitor = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=pod.env(**env))
     try:
         lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
         eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz") == (200, "ok\n"))  # the probes reach the monitor

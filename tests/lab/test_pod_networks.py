@@ -1,5 +1,6 @@
 """Every pod network: clients on the other node, probes from the node's own address, the cluster DNS
-behind a Service, pods whose eth0 has nothing but a default route (Calico, Cilium), a Multus `net1`."""
+behind a Service, pods whose eth0 has nothing but a default route (Calico, Cilium), a Multus `net1`.
+The redirect-mode tests run with each NAT backend (iptables, nftables)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import environment
-from tests.lab.conftest import Pod, new_pod
+from tests.lab.conftest import Pod, backend_of, new_pod
 from tests.lab.http_helpers import start_proxy
 
 RULES = """
@@ -21,7 +22,7 @@ RULES = """
 53 udp 203.0.113.27
 203.0.113.50
 """
-SERVICE = "172.30.1.80"  # the router pod's own Service
+SERVICES = {"iptables": "172.30.1.80", "nftables": "172.30.1.81"}  # the router pod's own Service, one for each run
 
 
 def redirect(pod: Pod, destination: str = RULES, **env: str) -> subprocess.CompletedProcess[str]:
@@ -42,16 +43,16 @@ def origin(lab: Lab) -> None:
 
 
 @pytest.fixture
-def pod(lab: Lab) -> Iterator[Pod]:
+def pod(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Pod]:
     """Both shapes of pod network: a flat bridge (openshift-sdn) and a routed /32 with only a default route."""
-    made = new_pod(lab, routed=True)
+    made = new_pod(lab, routed=True, nat_backend=backend_of(request))
     yield made
     lab.remove_namespace(made.role)
 
 
 @pytest.mark.parametrize("routed", [False, True], ids=["bridge-pod", "routed-pod"])
-def test_redirect_answers_a_client_on_the_other_node(lab: Lab, routed: bool) -> None:
-    pod = new_pod(lab, routed=routed)
+def test_redirect_answers_a_client_on_the_other_node(lab: Lab, routed: bool, nat_backend: str) -> None:
+    pod = new_pod(lab, routed=routed, nat_backend=nat_backend)
     try:
         redirect(pod)
         seen = lab.tcp("client2", pod.ip, 80)
@@ -65,14 +66,15 @@ def test_redirect_answers_a_client_on_the_other_node(lab: Lab, routed: bool) -> 
         lab.remove_namespace(pod.role)
 
 
-def test_redirect_through_the_routers_service(lab: Lab, pod: Pod) -> None:
+def test_redirect_through_the_routers_service(lab: Lab, pod: Pod, nat_backend: str) -> None:
     redirect(pod)
-    lab.add_service(SERVICE, pod.ip)
+    lab.add_service(SERVICES[nat_backend], pod.ip)
     for client in ("client", "client2"):
-        seen = lab.tcp(client, SERVICE, 80)
+        seen = lab.tcp(client, SERVICES[nat_backend], 80)
         assert (seen.server, seen.client) == ("203.0.113.25", pod.source)
 
 
+@pytest.mark.usefixtures("nat_backend")
 @pytest.mark.parametrize("prefix", ["", "/24"], ids=["source-alone", "source-with-prefix"])
 def test_a_probe_from_the_nodes_own_address_is_answered(lab: Lab, pod: Pod, prefix: str) -> None:
     """kubelet probes come from the node's address; with /24 that address is on the egress interface's subnet."""
@@ -126,18 +128,25 @@ def test_dns_proxy_serves_the_other_node_with_a_name_only_the_cluster_dns_knows(
     assert lab.tcp("node", pod.ip, 9000, source=t.NODE_IP).client == pod.source  # a TCP probe from the node
 
 
-def test_multus_net1_on_a_routed_pod(lab: Lab) -> None:
-    pod = new_pod(lab, routed=True, egress="net1")
+SNAT = {"iptables": "-A EGRESS-ROUTER-SNAT -o net1 -j SNAT --to-source {}", "nftables": 'oifname "net1" counter snat to {}'}
+MARK = {
+    "iptables": "-A EGRESS-ROUTER-MARK -i eth0 -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x400000/0x400000",
+    "nftables": 'iifname "eth0" ct state new counter ct mark set ct mark | 0x00400000',
+}
+
+
+def test_multus_net1_on_a_routed_pod(lab: Lab, nat_backend: str) -> None:
+    pod = new_pod(lab, routed=True, egress="net1", nat_backend=nat_backend)
     try:
         redirect(pod, EGRESS_INTERFACE="net1")
         assert lab.tcp("client2", pod.ip, 80).client == pod.source
         assert lab.tcp("node", pod.ip, 80, source=t.NODE_IP).client == pod.source
-        assert f"-A EGRESS-ROUTER-SNAT -o net1 -j SNAT --to-source {pod.source}" in pod.snapshot()["nat"]
+        assert SNAT[nat_backend].format(pod.source) in pod.nat_rules()
     finally:
         lab.remove_namespace(pod.role)
 
 
-def test_policy_routing_in_the_pod(pod: Pod) -> None:
+def test_policy_routing_in_the_pod(pod: Pod, nat_backend: str) -> None:
     done = redirect(pod)
     state = pod.snapshot()
     assert "1000:\tfrom all fwmark 0x400000/0x400000 lookup 201" in state["rules"]
@@ -145,11 +154,12 @@ def test_policy_routing_in_the_pod(pod: Pod) -> None:
     assert f"{t.ROUTED_POD_GATEWAY} dev eth0 table 201 proto 201 scope link" in state["routes"]
     assert f"{t.CLUSTER_DNS} via {t.ROUTED_POD_GATEWAY} dev eth0 proto 201" in state["routes"]
     assert f"default via {t.GATEWAY_IP} dev macvlan0" in state["routes"]
-    assert "-A EGRESS-ROUTER-MARK -i eth0 -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x400000/0x400000" in state["mangle"]
+    assert MARK[nat_backend] in state["nftables" if nat_backend == "nftables" else "mangle"]
     assert state["rp_filter"] == "2"
     assert "added rule fwmark 0x400000/0x400000 lookup 201 priority 1000" in done.stderr
 
 
+@pytest.mark.usefixtures("nat_backend")
 def test_init_twice_changes_nothing(lab: Lab, pod: Pod) -> None:
     redirect(pod, EGRESS_CLUSTER_NETWORKS="172.30.0.0/16")
     before = pod.snapshot()
@@ -159,6 +169,7 @@ def test_init_twice_changes_nothing(lab: Lab, pod: Pod) -> None:
     assert lab.tcp("client2", pod.ip, 80).client == pod.source
 
 
+@pytest.mark.usefixtures("nat_backend")
 def test_new_input_replaces_the_routes_kept_on_eth0(lab: Lab, pod: Pod) -> None:
     redirect(pod, EGRESS_CLUSTER_NETWORKS="172.31.0.0/16")
     redirect(pod, EGRESS_CLUSTER_NETWORKS="172.30.0.0/16")
@@ -168,24 +179,32 @@ def test_new_input_replaces_the_routes_kept_on_eth0(lab: Lab, pod: Pod) -> None:
     assert lab.tcp("client2", pod.ip, 80).client == pod.source
 
 
-def test_cluster_networks_keep_the_pods_own_connections_on_eth0(lab: Lab, pod: Pod) -> None:
-    lab.python_in("client2", "egress_router.lab.whoami", f"tcp:{t.CLIENT2_IP}:7000", ready_line="ready")
+#: A server on client2 for each run of the tests below (the lab, and what runs in it, lives for the whole module).
+CLIENT2_PORTS = {"iptables": 7000, "nftables": 7010}
+
+
+def test_cluster_networks_keep_the_pods_own_connections_on_eth0(lab: Lab, pod: Pod, nat_backend: str) -> None:
+    port = CLIENT2_PORTS[nat_backend]
+    lab.python_in("client2", "egress_router.lab.whoami", f"tcp:{t.CLIENT2_IP}:{port}", ready_line="ready")
     redirect(pod, EGRESS_CLUSTER_NETWORKS=t.CLUSTER_NETWORK)
-    assert lab.tcp(pod.role, t.CLIENT2_IP, 7000).client == pod.ip  # from the pod's own address, through eth0
+    assert lab.tcp(pod.role, t.CLIENT2_IP, port).client == pod.ip  # from the pod's own address, through eth0
     assert lab.tcp(pod.role, "203.0.113.25", 80).client == pod.source  # everything else still leaves as EGRESS_SOURCE
 
 
-def test_without_cluster_networks_the_pods_own_connections_to_the_cluster_leave_by_the_egress_interface(lab: Lab, pod: Pod) -> None:
+def test_without_cluster_networks_the_pods_own_connections_to_the_cluster_leave_by_the_egress_interface(
+    lab: Lab, pod: Pod, nat_backend: str
+) -> None:
     """What EGRESS_CLUSTER_NETWORKS is for: without it, the site gateway drops them (no route, anti-spoofing)."""
-    lab.python_in("client2", "egress_router.lab.whoami", f"tcp:{t.CLIENT2_IP}:7001", ready_line="ready")
+    port = CLIENT2_PORTS[nat_backend] + 1
+    lab.python_in("client2", "egress_router.lab.whoami", f"tcp:{t.CLIENT2_IP}:{port}", ready_line="ready")
     redirect(pod)
     with pytest.raises(OSError):
-        lab.tcp(pod.role, t.CLIENT2_IP, 7001, timeout=1)
+        lab.tcp(pod.role, t.CLIENT2_IP, port, timeout=1)
 
 
-def test_an_external_nameserver_on_the_egress_network_stays_there(lab: Lab) -> None:
+def test_an_external_nameserver_on_the_egress_network_stays_there(lab: Lab, nat_backend: str) -> None:
     """A Multus attachment with IPAM already put net1 on the node's network; a resolver there is reached through it."""
-    pod = new_pod(lab, routed=True, egress="net1")
+    pod = new_pod(lab, routed=True, egress="net1", nat_backend=nat_backend)
     try:
         lab.ip(pod.role, "addr", "add", f"{pod.source}/24", "dev", "net1")
         lab.ip(pod.role, "link", "set", "net1", "up")
@@ -199,6 +218,7 @@ def test_an_external_nameserver_on_the_egress_network_stays_there(lab: Lab) -> N
         lab.remove_namespace(pod.role)
 
 
+@pytest.mark.usefixtures("nat_backend")
 def test_no_default_route_on_eth0_is_explained_and_changes_nothing(lab: Lab, pod: Pod) -> None:
     lab.ip(pod.role, "route", "del", "default")  # a Multus attachment that took the default route
     lab.ip(pod.role, "link", "set", "macvlan0", "up")
@@ -225,18 +245,22 @@ def test_a_failure_part_way_rolls_back_the_policy_routing(lab: Lab, pod: Pod) ->
     assert pod.snapshot() == before
 
 
-def test_the_mark_rules_are_rolled_back_when_a_later_step_fails(lab: Lab, pod: Pod) -> None:
+def test_the_mark_rules_are_rolled_back_when_a_later_step_fails(lab: Lab, pod: Pod, nat_backend: str) -> None:
     """The mangle chains are committed before NAT: the journal puts back what was there."""
     before = pod.snapshot()
+    edge, listing, jump = {
+        "iptables": ("nat", "['iptables-legacy-save', '-t', 'mangle']", "-A OUTPUT -j EGRESS-ROUTER-MARK"),
+        "nftables": ("nft", "['nft', 'list', 'chain', 'ip', 'egress_router', 'mangle-output']", "jump EGRESS-ROUTER-MARK"),
+    }[nat_backend]
     script = (
-        "from egress_router.init import nat\n"
+        f"from egress_router.init import {edge} as edge\n"
         "from egress_router.init.journal import Journal\n"
         "from egress_router.init.plan import mark_chains\n"
         "journal = Journal()\n"
-        "assert nat.apply_chains(mark_chains(), journal)\n"
+        "assert edge.apply_chains(mark_chains(), journal)\n"
         "import subprocess\n"
-        "saved = subprocess.run(['iptables-legacy-save', '-t', 'mangle'], capture_output=True, text=True).stdout\n"
-        "assert '-A OUTPUT -j EGRESS-ROUTER-MARK' in saved, saved\n"
+        f"saved = subprocess.run({listing}, capture_output=True, text=True).stdout\n"
+        f"assert {jump!r} in saved, saved\n"
         "assert not journal.rollback()\n"
     )
     done = lab.run_in(pod.role, [sys.executable, "-c", script])

@@ -1,4 +1,5 @@
-"""Redirect mode end to end: the external server reports the source address it saw."""
+"""Redirect mode end to end: the external server reports the source address it saw. Every test runs with each
+NAT backend (iptables, nftables)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import pytest
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
-from egress_router.lab.topology import environment
 from tests.lab.conftest import Pod, new_pod
 from tests.lab.waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("nat_backend")
 
 GATEWAY = t.GATEWAY_IP
 RULES = """
@@ -62,7 +64,12 @@ def test_without_fallback_other_ports_are_not_redirected(lab: Lab, pod: Pod) -> 
         lab.tcp("client", pod.ip, 9000)
 
 
-def test_router_pod_routes_and_nat(pod: Pod) -> None:
+#: How each backend shows the jump into our DNAT chain and our SNAT rule.
+JUMP = {"iptables": "-A PREROUTING -j EGRESS-ROUTER-DNAT", "nftables": "jump EGRESS-ROUTER-DNAT"}
+SNAT = {"iptables": "-A EGRESS-ROUTER-SNAT -o macvlan0 -j SNAT --to-source {}", "nftables": 'oifname "macvlan0" counter snat to {}'}
+
+
+def test_router_pod_routes_and_nat(pod: Pod, nat_backend: str) -> None:
     redirect(pod)
     state = pod.snapshot()
     assert f"default via {GATEWAY} dev macvlan0" in state["routes"]
@@ -70,20 +77,24 @@ def test_router_pod_routes_and_nat(pod: Pod) -> None:
     assert "10.128.0.0/23 dev eth0" in state["routes"]  # the cluster network stays on eth0
     assert f"{pod.source}/32" in state["addresses"]
     assert state["ip_forward"] == "1"
-    assert "-A PREROUTING -j EGRESS-ROUTER-DNAT" in state["nat"]
-    assert f"-A EGRESS-ROUTER-SNAT -o macvlan0 -j SNAT --to-source {pod.source}" in state["nat"]
+    assert JUMP[nat_backend] in pod.nat_rules()
+    assert SNAT[nat_backend].format(pod.source) in pod.nat_rules()
+    other = state["nat"] + state["mangle"] if nat_backend == "nftables" else state["nftables"]
+    assert "EGRESS-ROUTER" not in other  # nothing through the other backend
 
 
 def test_init_twice_changes_nothing(lab: Lab, pod: Pod) -> None:
     redirect(pod)
     before = pod.snapshot()
+    handles = lab.run_in(pod.role, ["nft", "-a", "list", "ruleset"]).stdout  # a rewrite of the same rules gets new handles
     again = redirect(pod)
     assert "nothing to change" in again.stderr
     assert pod.snapshot() == before
+    assert lab.run_in(pod.role, ["nft", "-a", "list", "ruleset"]).stdout == handles
     assert lab.tcp("client", pod.ip, 80).client == pod.source
 
 
-def test_new_input_replaces_the_old_rules_and_address(lab: Lab, pod: Pod) -> None:
+def test_new_input_replaces_the_old_rules_and_address(lab: Lab, pod: Pod, nat_backend: str) -> None:
     redirect(pod)
     done = pod.init(
         EGRESS_SOURCE="192.168.12.120", EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION="80 tcp 203.0.113.26", EGRESS_ROUTER_MODE="init"
@@ -91,8 +102,9 @@ def test_new_input_replaces_the_old_rules_and_address(lab: Lab, pod: Pod) -> Non
     assert done.returncode == 0, done.stderr
     state = pod.snapshot()
     assert "192.168.12.120/32" in state["addresses"] and f"{pod.source}/" not in state["addresses"]
-    assert "203.0.113.25" not in state["nat"] and "203.0.113.50" not in state["nat"]
-    assert state["nat"].count("-j EGRESS-ROUTER-DNAT") == 1
+    rules = pod.nat_rules()
+    assert "203.0.113.25" not in rules and "203.0.113.50" not in rules
+    assert rules.count(JUMP[nat_backend].rsplit(" ", 1)[0] + " EGRESS-ROUTER-DNAT") == 1
     seen = lab.tcp("client", pod.ip, 80)
     assert (seen.server, seen.client) == ("203.0.113.26", "192.168.12.120")
 
@@ -111,16 +123,29 @@ def test_destination_file(lab: Lab, pod: Pod, tmp_path) -> None:  # type: ignore
     assert lab.tcp("client", pod.ip, 80).server == "203.0.113.27"
 
 
-def test_sctp_rules_are_installed(pod: Pod) -> None:
+SCTP = {
+    "iptables": "-p sctp -m sctp --dport 9000 -j DNAT --to-destination 203.0.113.25:9001",
+    "nftables": 'iifname "eth0" sctp dport 9000 counter dnat to 203.0.113.25:9001',
+}
+
+
+def test_sctp_rules_are_installed(pod: Pod, nat_backend: str) -> None:
     redirect(pod, "9000 sctp 203.0.113.25 9001")
-    assert "-p sctp -m sctp --dport 9000 -j DNAT --to-destination 203.0.113.25:9001" in pod.snapshot()["nat"]
+    assert SCTP[nat_backend] in pod.nat_rules()
 
 
-def test_unit_test_mode_prints_the_plan_and_changes_nothing(pod: Pod) -> None:
+PLANNED = {
+    "iptables": "-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 203.0.113.26:80",
+    "nftables": '\t\tiifname "eth0" tcp dport 8080 counter dnat to 203.0.113.26:80',
+}
+
+
+def test_unit_test_mode_prints_the_plan_and_changes_nothing(pod: Pod, nat_backend: str) -> None:
     before = pod.snapshot()
     done = pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION=RULES, EGRESS_ROUTER_MODE="unit-test")
     assert done.returncode == 0, done.stderr
-    assert "-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 203.0.113.26:80" in done.stdout
+    assert PLANNED[nat_backend] in done.stdout
+    assert f"nat    backend {nat_backend} (EGRESS_NAT_BACKEND={nat_backend})" in done.stdout
     assert pod.snapshot() == before
 
 
@@ -129,14 +154,15 @@ def test_proxy_modes_set_up_the_network_without_nat(lab: Lab, pod: Pod, mode: st
     done = pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=GATEWAY, EGRESS_ROUTER_MODE=mode)
     assert done.returncode == 0, done.stderr
     state = pod.snapshot()
-    assert "EGRESS-ROUTER" not in state["nat"] and state["ip_forward"] == "0"
+    assert "EGRESS-ROUTER-DNAT" not in state["nat"] + state["nftables"] and state["ip_forward"] == "0"
+    assert "EGRESS-ROUTER-MARK" in pod.snapshot()["nftables" if pod.nat_backend == "nftables" else "mangle"]
     assert lab.tcp(pod.role, "203.0.113.25", 443).client == pod.source  # the proxy's own connections
     unprivileged = lab.run_in(pod.role, ["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).stdout.strip()
     assert unprivileged == "0"  # an unprivileged proxy may listen on port 80 of its own pod
 
 
 def test_legacy_mode_stays_up_until_sigterm(lab: Lab, pod: Pod) -> None:
-    env = environment(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION=RULES)
+    env = pod.env(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION=RULES)
     proc = subprocess.Popen(
         lab.exec_argv(pod.role, [sys.executable, "-m", "egress_router", "init"]), env=env, stderr=subprocess.PIPE, text=True
     )
@@ -169,9 +195,9 @@ def test_macvlan_created_from_master(lab: Lab, bare_pod: Pod) -> None:
     assert "egr" not in lab.ip("node", "-br", "link").stdout  # nothing left behind on the node
 
 
-def test_gratuitous_arp_moves_the_address_to_the_new_pod(lab: Lab) -> None:
-    old = new_pod(lab)
-    new = new_pod(lab)
+def test_gratuitous_arp_moves_the_address_to_the_new_pod(lab: Lab, nat_backend: str) -> None:
+    old = new_pod(lab, nat_backend=nat_backend)
+    new = new_pod(lab, nat_backend=nat_backend)
     new.source = old.source
     try:
         redirect(old)
