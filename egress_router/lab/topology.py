@@ -497,11 +497,11 @@ class Lab:
             return run(self.exec_argv(role, ["cat", "/proc/sys/" + key.replace(".", "/")])).stdout.strip()
 
         def routes(*family: str) -> str:
-            """The kernel's local routes of its own IPv6 link-local addresses appear when their DAD ends, a second or two
-            after a link comes up (on links the lab did not bring up, the egress interface's): not something init
-            touches, so not compared."""
+            """The kernel's local (and, forwarding, anycast) routes of its own IPv6 link-local addresses appear when their
+            DAD ends, a second or two after a link comes up (on links the lab did not bring up: the egress interface):
+            not something init touches, so not compared."""
             shown = self.ip(role, *family, "route", "show", "table", "all").stdout.splitlines()
-            return "\n".join(line for line in shown if not line.startswith("local fe80:"))
+            return "\n".join(line for line in shown if not line.startswith(("local fe80:", "anycast fe80:")))
 
         ruleset = run(self.exec_argv(role, ["nft", "list", "ruleset"])).stdout
         return {
