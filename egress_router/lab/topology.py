@@ -285,8 +285,17 @@ class Lab:
             self.ip(role, "addr", "add", address, "dev", dev, "nodad")
         self.ip(role, "link", "set", dev, "up")
 
+    def forget_neighbours(self, address: str) -> None:
+        """A pod address used again: every namespace forgets the MAC it cached for the pod that had it before (a fresh
+        entry would keep sending to a MAC that is gone, for seconds)."""
+        addresses = [address, v6(address)] if self.ipv6 else [address]
+        for name in self.namespaces:
+            for known in addresses:
+                run(["ip", "-n", name, "neigh", "flush", "to", known], check=False)
+
     def add_pod(self, role: str, address: str) -> None:
         """A pod on the node's bridge: eth0 with `address`, default route via the node."""
+        self.forget_neighbours(address)
         self.add_namespace(role)
         self.write_etc(role, "resolv.conf", POD_RESOLV_CONF)
         self.veth(role, "eth0", "node", role)
@@ -300,6 +309,7 @@ class Lab:
         """A pod as Calico (or Cilium) makes one: eth0 with a /32 and nothing but a default route, via a
         next hop that only the node's proxy ARP answers; the node routes the address to the pod's veth.
         Reverse-path filtering is strict, as on RHEL nodes."""
+        self.forget_neighbours(address)
         self.add_namespace(role)
         self.write_etc(role, "resolv.conf", POD_RESOLV_CONF)
         host_side = f"v{role}"[:15]
