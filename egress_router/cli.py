@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, TypeVar
 
 import click
@@ -182,8 +182,8 @@ def claim_metrics_port(command: str, port: int | None) -> None:
         fail(command, str(error))
 
 
-def pod_nameservers(path: str = "/etc/resolv.conf") -> tuple[IPv4Address, ...]:
-    """The pod's IPv4 nameservers (as Kubernetes wrote them): init keeps those eth0 reaches on eth0."""
+def pod_nameservers(path: str = "/etc/resolv.conf") -> tuple[IPv4Address | IPv6Address, ...]:
+    """The pod's nameservers, both families (as Kubernetes wrote them): init keeps those eth0 reaches on eth0."""
     from egress_router.config.resolv_conf import parse_resolv_conf
 
     try:
@@ -191,7 +191,7 @@ def pod_nameservers(path: str = "/etc/resolv.conf") -> tuple[IPv4Address, ...]:
             conf = parse_resolv_conf(f.read())
     except OSError:
         return ()
-    return tuple(IPv4Address(n) for n in conf.nameservers if ip_address(n).version == 4)
+    return tuple(ip_address(n) for n in conf.nameservers)
 
 
 _MAIN_PID = os.getpid()

@@ -1,39 +1,41 @@
-"""EGRESS_CLUSTER_NETWORKS: CIDRs the pod's own connections reach through eth0 (cluster and Service networks)."""
+"""EGRESS_CLUSTER_NETWORKS: CIDRs the pod's own connections reach through eth0 (cluster and Service networks), IPv4 or IPv6."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import ip_network
 
-from egress_router.config.addresses import ipv4_problem
+from egress_router.config.addresses import IPNetwork, parse_ip
 from egress_router.config.errors import Collector, Problem
 
 VARIABLE = "EGRESS_CLUSTER_NETWORKS"
 
 
-def network_problem(text: str) -> IPv4Network | str:
-    """The network, or why `text` is not a usable one (host bits, /0, non-dotted-quad)."""
+def network_problem(text: str) -> IPNetwork | str:
+    """The network, or why `text` is not a usable one (host bits, /0, not an address)."""
     address_text, slash, prefix_text = text.partition("/")
-    problem = ipv4_problem(address_text)
-    if problem:
-        return problem
+    address = parse_ip(address_text)
+    if isinstance(address, str):
+        return address
+    bits = address.max_prefixlen
     if not slash:
-        return "not a CIDR (expected A.B.C.D/len, e.g. 172.30.0.0/16)"
-    if not prefix_text.isascii() or not prefix_text.isdigit() or len(prefix_text) > 2 or int(prefix_text) > 32:
-        return "invalid prefix length (must be 1-32)"
+        example = "addr::/len, e.g. fd00:10:96::/112" if address.version == 6 else "A.B.C.D/len, e.g. 172.30.0.0/16"
+        return f"not a CIDR (expected {example})"
+    if not prefix_text.isascii() or not prefix_text.isdigit() or len(prefix_text) > len(str(bits)) or int(prefix_text) > bits:
+        return f"invalid prefix length (must be 1-{bits})"
     if int(prefix_text) == 0:
         return "a /0 network would send everything through eth0 instead of the egress interface"
-    network = IPv4Network(text, strict=False)
-    if str(network.network_address) != address_text:
+    network = ip_network(f"{address}/{int(prefix_text)}", strict=False)
+    if network.network_address != address:
         return f"has host bits set (did you mean {network}?)"
     return network
 
 
-def parse_cluster_networks(text: str | None) -> tuple[IPv4Network, ...]:
+def parse_cluster_networks(text: str | None) -> tuple[IPNetwork, ...]:
     """Comma- or space-separated CIDRs; every bad one is reported, duplicates are folded."""
     if text is None or not text.strip():
         return ()
     found = Collector()
-    networks: list[IPv4Network] = []
+    networks: list[IPNetwork] = []
     for item in text.replace(",", " ").split():
         parsed = network_problem(item)
         if isinstance(parsed, str):

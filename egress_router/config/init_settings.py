@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
 
-from egress_router.config.addresses import Source, parse_gateway, parse_source
+from egress_router.config.addresses import Gateways, IPNetwork, Sources, family_problems, parse_gateways, parse_sources
 from egress_router.config.cluster_networks import VARIABLE, parse_cluster_networks
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.errors import Collector, ConfigError, Problem
@@ -40,8 +39,8 @@ MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
 SOURCE = Option(
     "source",
     "EGRESS_SOURCE",
-    "Reserved egress address, A.B.C.D or A.B.C.D/len; or a pool, each pod taking one: several comma-separated, or a range A-B[/len]."
-    " Required",
+    "Reserved egress address, A.B.C.D or A.B.C.D/len or IPv6 addr[/len]; dual-stack: one of each family, comma-separated;"
+    " or a pool, each pod taking one: several of a family, comma-separated, or a range A-B[/len]. Required",
 )
 SOURCE_INDEX = Option(
     "source_index",
@@ -49,7 +48,7 @@ SOURCE_INDEX = Option(
     "With a pool in EGRESS_SOURCE, the place (from 0) of this pod's address in it; unset: the StatefulSet ordinal ending HOSTNAME",
 )
 HOSTNAME = Option("hostname", HOSTNAME_VARIABLE, "The pod's name (Kubernetes sets it); a StatefulSet pod's ends in -<ordinal>")
-GATEWAY = Option("gateway", "EGRESS_GATEWAY", "Next hop on the node's network. Required")
+GATEWAY = Option("gateway", "EGRESS_GATEWAY", "Next hop on the node's network; dual-stack: one of each family, comma-separated. Required")
 DESTINATION = Option(
     "destination", "EGRESS_DESTINATION", "Redirect rules, one a line: '<port> <proto> <addr> [<remote-port>]', or a fallback '<addr>' last"
 )
@@ -163,13 +162,13 @@ class MacvlanRequest:
 @dataclass(frozen=True)
 class InitSettings:
     mode: Mode
-    source: Source
-    gateway: IPv4Address
+    sources: Sources
+    gateways: Gateways
     destinations: Destinations | None
     interface: str
     macvlan: MacvlanRequest | None
     debug: bool
-    cluster_networks: tuple[IPv4Network, ...]
+    cluster_networks: tuple[IPNetwork, ...]
     #: legacy init and monitor serve /healthz, /readyz, /metrics there; init and unit-test modes only keep a port
     #: set explicitly (the monitor's) from the fallback and the redirect rules. Never DNATed.
     metrics_port: int | None = None
@@ -211,6 +210,25 @@ def metrics_port_problems(port: int | None, destinations: Destinations | None) -
     ]
 
 
+def egress_problems(sources: Sources | None, gateways: Gateways | None, networks: tuple[IPNetwork, ...]) -> list[Problem]:
+    """Sources and gateways that do not fit together, or that a cluster network would take from the egress interface."""
+    problems = family_problems(sources, gateways, SOURCE.variable, GATEWAY.variable) if sources and gateways else []
+    egress = [(SOURCE.variable, s.ip) for s in sources.values()] if sources else []
+    egress += [(GATEWAY.variable, g) for g in gateways.values()] if gateways else []
+    for network in networks:
+        for name, address in egress:
+            if address.version == network.version and address in network:
+                problems.append(
+                    Problem(CLUSTER_NETWORKS.variable, f"contains {name} {address}, which must stay on the egress interface", str(network))
+                )
+    return problems
+
+
+def destinations_for(text: str | None, sources: Sources | None) -> Destinations:
+    """EGRESS_DESTINATION for a router with `sources`: a destination of a family it has no address of is an error."""
+    return parse_destinations(text, families=sources.families if sources else None)
+
+
 def check_metrics_port(destinations: Destinations, port: int | None) -> Destinations:
     """`destinations` when no rule takes the metrics port (at start, and in every new version of the list file)."""
     problems = metrics_port_problems(port, destinations)
@@ -243,8 +261,8 @@ def load_init_settings(
     parsed = found.gather(
         {
             "mode": lambda: Mode(MODE.parse(mode)),
-            "source": lambda: parse_source(select_source(source, source_index, hostname)),  # a pool: this pod's address
-            "gateway": lambda: parse_gateway(gateway),
+            "source": lambda: parse_sources(select_source(source, source_index, hostname)),  # a pool: this pod's address(es)
+            "gateway": lambda: parse_gateways(gateway),
             "cluster_networks": lambda: parse_cluster_networks(cluster_networks),
             "metrics_port": lambda: METRICS_PORT.parse(metrics_port),
             "nat_backend": lambda: NAT_BACKEND.parse(nat_backend),
@@ -255,20 +273,14 @@ def load_init_settings(
     parsed_mode: Mode | None = parsed.get("mode")
     served = parsed_mode is not None and parsed_mode.serves_endpoints
     port: int | None = parsed.get("metrics_port") if served or (metrics_port and metrics_port.strip()) else None
-    parsed_source: Source | None = parsed.get("source")
-    parsed_gateway: IPv4Address | None = parsed.get("gateway")
+    parsed_source: Sources | None = parsed.get("source")
+    parsed_gateway: Gateways | None = parsed.get("gateway")
     parsed_destinations: Destinations | None = None
-    if parsed_source and parsed_gateway and parsed_source.ip == parsed_gateway:
-        found.add(Problem(GATEWAY.variable, f"must differ from {SOURCE.variable}", str(parsed_gateway)))
-    networks: tuple[IPv4Network, ...] = parsed.get("cluster_networks", ())
-    for network in networks:
-        for name, address in ((SOURCE.variable, parsed_source and parsed_source.ip), (GATEWAY.variable, parsed_gateway)):
-            if address and address in network:
-                found.add(
-                    Problem(CLUSTER_NETWORKS.variable, f"contains {name} {address}, which must stay on the egress interface", str(network))
-                )
+    networks: tuple[IPNetwork, ...] = parsed.get("cluster_networks", ())
+    for problem in egress_problems(parsed_source, parsed_gateway, networks):
+        found.add(problem)
     if parsed_mode is None or parsed_mode.installs_nat:
-        parsed_destinations = found.gather({"destinations": lambda: parse_destinations(destination)}).get("destinations")
+        parsed_destinations = found.gather({"destinations": lambda: destinations_for(destination, parsed_source)}).get("destinations")
     for problem in metrics_port_problems(port, parsed_destinations):
         found.add(problem)
     ifname = INTERFACE.parse(interface)
@@ -292,8 +304,8 @@ def load_init_settings(
     assert parsed_mode and parsed_source and parsed_gateway
     return InitSettings(
         mode=parsed_mode,
-        source=parsed_source,
-        gateway=parsed_gateway,
+        sources=parsed_source,
+        gateways=parsed_gateway,
         destinations=parsed_destinations,
         interface=ifname,
         macvlan=request,

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
 
+from egress_router.config.addresses import FAMILIES, FAMILY_NAMES, IPV4, IPV6
 from egress_router.errors import ApplyError
 from egress_router.init import arp, arp_claims, cluster_routes, sysctl
 from egress_router.init.cluster_routes import KernelRoute, NoNextHop
 from egress_router.init.journal import Journal
-from egress_router.init.nat_backend import Backend
+from egress_router.init.nat_backend import EDGES, Backend
 from egress_router.init.netlink import PodNetwork, PolicyRouting
-from egress_router.init.plan import CLUSTER_INTERFACE, REPLY_MARK, REPLY_RULE_PRIORITY, REPLY_TABLE, ROUTE_PROTO, NetworkPlan, render_plan
+from egress_router.init.plan import (
+    CLUSTER_INTERFACE,
+    NAT_CHAINS,
+    REPLY_MARK,
+    REPLY_RULE_PRIORITY,
+    REPLY_TABLE,
+    ROUTE_PROTO,
+    ChainSet,
+    FamilyPlan,
+    NetworkPlan,
+    mark_chains,
+    render_plan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +45,9 @@ def _egress_link(net: PodNetwork, plan: NetworkPlan) -> int:
 
 @dataclass(frozen=True)
 class ClusterSide:
-    """What eth0 keeps, decided from the pod's routes before anything changes."""
+    """What eth0 keeps for one address family, decided from the pod's routes before anything changes."""
 
+    family: str
     names: dict[int, str]
     reply_routes: tuple[KernelRoute, ...]
     pinned: tuple[KernelRoute, ...]
@@ -40,47 +55,99 @@ class ClusterSide:
     pinned_now: tuple[KernelRoute, ...]  # main-table routes of ours as read
 
 
-def decide_cluster_side(routing: PolicyRouting, plan: NetworkPlan) -> ClusterSide:
-    """Read eth0's routes and how each nameserver is reached now; raise ApplyError when eth0 has no next hop."""
+def decide_cluster_side(routing: PolicyRouting, plan: NetworkPlan) -> tuple[ClusterSide, ...]:
+    """Read eth0's routes and how each nameserver is reached now, for each family the router moves the default route of;
+    raise ApplyError when eth0 has no next hop. A family eth0 has no address of (an IPv4-only pod network under an
+    IPv6 egress, say) has nothing arriving to answer and nothing to keep."""
     names = routing.names()
     eth0 = next((index for index, name in names.items() if name == CLUSTER_INTERFACE), None)
     if eth0 is None:
         raise ApplyError(f"no {CLUSTER_INTERFACE} in this pod: the router needs the pod network's interface to answer its clients")
-    main, kept = routing.routes(cluster_routes.MAIN_TABLE), routing.routes(REPLY_TABLE)
+    sides = []
+    for family in plan.families:
+        if not routing.has_global_address(eth0, family.family):
+            name = FAMILY_NAMES[family.family]
+            log.debug("%s has no %s address: nothing arrives over %s to answer, its routes stay", CLUSTER_INTERFACE, name, name)
+            continue
+        sides.append(_decide_family(routing, plan, family, names, eth0))
+    return tuple(sides)
+
+
+def _decide_family(routing: PolicyRouting, plan: NetworkPlan, family: FamilyPlan, names: dict[int, str], eth0: int) -> ClusterSide:
+    main, kept = routing.routes(cluster_routes.MAIN_TABLE, family.family), routing.routes(REPLY_TABLE, family.family)
     try:
         default = cluster_routes.eth0_default(main, kept, eth0)
     except NoNextHop:
-        others = [r.describe(names) for r in main if r.dst == cluster_routes.DEFAULT]
+        others = [r.describe(names) for r in main if r.is_default]
         now = f" (the pod's default route is {', '.join(others)})" if others else ""
+        which = "IPv6 " if family.family == IPV6 else ""
         raise ApplyError(
-            f"{CLUSTER_INTERFACE} has no default route to keep{now}: replies to clients on other nodes, probes from the node "
+            f"{CLUSTER_INTERFACE} has no {which}default route to keep{now}: replies to clients on other nodes, probes from the node "
             f"and the cluster DNS need {CLUSTER_INTERFACE}'s next hop; let the pod network give {CLUSTER_INTERFACE} the default "
             f'route (with Multus, leave the default route out of the attachment: no "gateway" or default-route for '
             f"{plan.interface}) and the router moves it to {plan.interface} itself"
         ) from None
-    ways = cluster_routes.nameserver_ways(plan.nameservers, {ns: routing.lookup(ns) for ns in plan.nameservers}, main, eth0, names)
+    nameservers = family.nameservers
+    ways = cluster_routes.nameserver_ways(nameservers, {ns: routing.lookup(ns) for ns in nameservers}, main, eth0, names)
     for way in ways:
         log.debug("nameserver %s: %s", way.nameserver, way.reason)
     return ClusterSide(
+        family.family,
         names,
         cluster_routes.reply_table(main, kept, eth0),
-        cluster_routes.pinned_routes(default, ways, plan.cluster_networks),
+        cluster_routes.pinned_routes(default, ways, family.cluster_networks),
         tuple(kept),
         tuple(r for r in main if r.proto == ROUTE_PROTO),
     )
 
 
-def keep_cluster_side(routing: PolicyRouting, side: ClusterSide, *, reread: bool = False) -> bool:
-    """REPLY_TABLE, the mark rule and the pinned routes: replies and cluster traffic keep leaving by eth0.
+def keep_cluster_side(routing: PolicyRouting, sides: tuple[ClusterSide, ...], *, reread: bool = False) -> bool:
+    """REPLY_TABLE, the mark rule and the pinned routes of each family: replies and cluster traffic keep leaving by eth0.
 
-    `reread`: read the routes again instead of using what `side` read (the monitor, long after).
+    `reread`: read the routes again instead of using what `sides` read (the monitor, long after).
     """
-    names = side.names
-    kept = routing.routes(REPLY_TABLE) if reread else list(side.kept_now)
-    changed = routing.replace_routes(kept, *cluster_routes.differences(kept, side.reply_routes), names)
-    changed |= routing.set_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY)
-    ours = [r for r in routing.routes(cluster_routes.MAIN_TABLE) if r.proto == ROUTE_PROTO] if reread else list(side.pinned_now)
-    changed |= routing.replace_routes(ours, *cluster_routes.differences(ours, side.pinned), names)
+    changed = False
+    for side in sides:
+        names, family = side.names, side.family
+        kept = routing.routes(REPLY_TABLE, family) if reread else list(side.kept_now)
+        changed |= routing.replace_routes(kept, *cluster_routes.differences(kept, side.reply_routes), names)
+        changed |= routing.set_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY, family)
+        main = routing.routes(cluster_routes.MAIN_TABLE, family) if reread else list(side.pinned_now)
+        ours = [r for r in main if r.proto == ROUTE_PROTO]
+        changed |= routing.replace_routes(ours, *cluster_routes.differences(ours, side.pinned), names)
+    return changed
+
+
+def served_before(routing: PolicyRouting, family: str) -> bool:
+    """Whether an earlier run served `family`: its reply rule or REPLY_TABLE routes, which nothing but the router makes
+    (addresses or a default route on the egress interface could be a Multus attachment's, and are left alone)."""
+    return routing.has_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY, family) or bool(routing.routes(REPLY_TABLE, family))
+
+
+def drop_family(net: PodNetwork, routing: PolicyRouting, plan: NetworkPlan, egress: int, family: str, journal: Journal) -> bool:
+    """Undo what an earlier run did for a family this plan no longer serves (dual-stack to single, or the other family):
+    its address and routes on the egress interface, reply rule, table and routes on eth0, and chains go, and eth0's
+    default route of that family (kept in REPLY_TABLE) comes back to the main table."""
+    log.info("%s is no longer in EGRESS_SOURCE: removing what an earlier run set up for it", FAMILY_NAMES[family])
+    names = routing.names()
+    eth0 = next((index for index, name in names.items() if name == CLUSTER_INTERFACE), None)
+    kept = routing.routes(REPLY_TABLE, family)
+    changed = net.clear_family(egress, plan.interface, family)
+    main = routing.routes(cluster_routes.MAIN_TABLE, family)
+    ours = [r for r in kept + main if r.proto == ROUTE_PROTO]
+    changed |= routing.replace_routes(ours, *cluster_routes.differences(ours, []), names)
+    if eth0 is not None and not any(r.is_default for r in main):
+        try:
+            default = cluster_routes.eth0_default([], kept, eth0)
+        except NoNextHop:
+            pass
+        else:
+            back = replace(default, table=cluster_routes.MAIN_TABLE, proto=cluster_routes.RTPROT_BOOT)
+            changed |= routing.replace_routes([], [], [back], names)
+    changed |= routing.set_mark_rule(REPLY_MARK, REPLY_TABLE, REPLY_RULE_PRIORITY, family, keep=False)
+    for chains in (mark_chains(family), ChainSet("nat", NAT_CHAINS, (), family)):
+        for edge in EDGES.values():  # whichever backend wrote them
+            changed |= edge.remove_chains(chains, journal)
     return changed
 
 
@@ -94,18 +161,23 @@ def apply_plan(plan: NetworkPlan, backend: Backend) -> bool:
     try:
         side = decide_cluster_side(routing, plan)
         index = _egress_link(net, plan)
-        changed = [net.set_up(index, plan.interface)]  # up without the address, to probe for it
-        if plan.address.ip not in {a.ip for a in net.ipv4_addresses(index)}:  # already ours: init again in this pod
-            arp_claims.refuse_if_taken(plan.interface, plan.address.ip, plan.probe)
-        changed += [
-            net.set_only_address(index, plan.interface, plan.address),
-            net.set_gateway_route(index, plan.interface, plan.gateway),
-            keep_cluster_side(routing, side),
-            net.set_default_route(index, plan.interface, plan.gateway),
-            *[sysctl.set_sysctl(journal, key, value) for key, value in plan.sysctls],
-        ]
+        served = {f.family for f in plan.families}
+        changed = [drop_family(net, routing, plan, index, f, journal) for f in FAMILIES if f not in served and served_before(routing, f)]
+        changed.append(net.set_up(index, plan.interface))  # up without the address, to probe for it
+        for family in plan.families:
+            ip = family.address.ip
+            if isinstance(ip, IPv4Address) and ip not in {a.ip for a in net.addresses(index, IPV4)}:
+                arp_claims.refuse_if_taken(plan.interface, ip, plan.probe)  # not when already ours (init again)
+            changed.append(net.set_only_address(index, plan.interface, family.address))
+            net.wait_for_dad(index, plan.interface, family.address.ip)  # IPv6's own claim check
+            changed.append(net.set_gateway_route(index, plan.interface, family.gateway))
+        changed.append(keep_cluster_side(routing, side))
+        for family in plan.families:
+            source = family.address.ip if family.family == IPV6 else None
+            changed.append(net.set_default_route(index, plan.interface, family.gateway, source))
+        changed += [sysctl.set_sysctl(journal, key, value) for key, value in plan.sysctls]
         log.info("NAT backend: %s (%s)", backend.name, backend.why)
-        changed += [backend.install(plan.marks, journal), plan.nat is not None and backend.install(plan.nat, journal)]
+        changed += [backend.install(chains, journal) for chains in plan.chain_sets]
     except BaseException as error:
         steps = len(journal)
         failed = journal.rollback()
@@ -120,15 +192,14 @@ def apply_plan(plan: NetworkPlan, backend: Backend) -> bool:
     net.close()
     if any(changed):
         log.info(
-            "%s is %s via %s%s; replies to what arrives on %s leave through %s",
+            "%s is %s%s; replies to what arrives on %s leave through %s",
             plan.interface,
-            plan.address,
-            plan.gateway,
+            " and ".join(f"{f.address} via {f.gateway}" for f in plan.families),
             "" if plan.nat_rules is None else f", {len(plan.nat_rules)} NAT rules installed",
             CLUSTER_INTERFACE,
             CLUSTER_INTERFACE,
         )
     else:
         log.info("nothing to change: %s is already set up as planned", plan.interface)
-    arp.announce_now_and_later(plan.interface, plan.address.ip)
+    arp.announce_now_and_later(plan.interface, tuple(f.address.ip for f in plan.families))
     return any(changed)

@@ -12,33 +12,39 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import ip_network
 
+from egress_router.config.addresses import IPAddress, IPNetwork
 from egress_router.init.plan import REPLY_TABLE, ROUTE_PROTO
 
 MAIN_TABLE = 254
+RTPROT_BOOT = 3  # what `ip route add` gives a route
 RTPROT_STATIC = 4
 SCOPE_UNIVERSE = 0
 SCOPE_LINK = 253
-DEFAULT = IPv4Network("0.0.0.0/0")
 
 
 @dataclass(frozen=True)
 class KernelRoute:
-    """A unicast IPv4 route as the edge reads it from, and writes it to, the kernel."""
+    """A unicast route (IPv4 or IPv6, as its `dst` is) as the edge reads it from, and writes it to, the kernel."""
 
-    dst: IPv4Network
+    dst: IPNetwork
     oif: int | None
-    gateway: IPv4Address | None = None
+    gateway: IPAddress | None = None
     scope: int = SCOPE_UNIVERSE
     onlink: bool = False
     proto: int = RTPROT_STATIC
-    prefsrc: IPv4Address | None = None
+    prefsrc: IPAddress | None = None
     metric: int | None = None
     table: int = MAIN_TABLE
 
+    @property
+    def is_default(self) -> bool:
+        return self.dst.prefixlen == 0
+
     def describe(self, names: Mapping[int, str]) -> str:
-        dst = "default" if self.dst == DEFAULT else str(self.dst.network_address if self.dst.prefixlen == 32 else self.dst)
+        host = self.dst.prefixlen == self.dst.max_prefixlen
+        dst = "default" if self.is_default else str(self.dst.network_address if host else self.dst)
         parts = [dst]
         if self.gateway:
             parts.append(f"via {self.gateway}")
@@ -59,9 +65,10 @@ class NoNextHop(Exception):
 
 
 def eth0_default(main: Iterable[KernelRoute], kept: Iterable[KernelRoute], eth0: int) -> KernelRoute:
-    """eth0's default route: in the main table on a first run, in REPLY_TABLE once init has moved it."""
+    """eth0's default route (of the family the routes are of): in the main table on a first run, in REPLY_TABLE once
+    init has moved it."""
     for routes in (main, kept):
-        defaults = sorted((r for r in routes if r.dst == DEFAULT and r.oif == eth0), key=lambda r: r.metric or 0)
+        defaults = sorted((r for r in routes if r.is_default and r.oif == eth0), key=lambda r: r.metric or 0)
         if defaults:
             return defaults[0]
     raise NoNextHop
@@ -71,7 +78,7 @@ def reply_table(main: Iterable[KernelRoute], kept: Iterable[KernelRoute], eth0: 
     """REPLY_TABLE's routes: eth0's own (not those init added), link routes before the ones that need them."""
     main = list(main)
     default = eth0_default(main, kept, eth0)
-    own = [r for r in main if r.oif == eth0 and r.dst != DEFAULT and r.proto != ROUTE_PROTO]
+    own = [r for r in main if r.oif == eth0 and not r.is_default and r.proto != ROUTE_PROTO]
     ordered = sorted(own, key=lambda r: (r.gateway is not None, -r.dst.prefixlen, int(r.dst.network_address))) + [default]
     return tuple(replace(r, table=REPLY_TABLE, proto=ROUTE_PROTO, metric=None) for r in ordered)
 
@@ -80,14 +87,14 @@ def reply_table(main: Iterable[KernelRoute], kept: Iterable[KernelRoute], eth0: 
 class NameserverWay:
     """How a nameserver is reached now and what init does about it, for the debug log."""
 
-    nameserver: IPv4Address
+    nameserver: IPAddress
     keep: bool  # whether init pins it to eth0
     reason: str
 
 
 def nameserver_ways(
-    nameservers: Iterable[IPv4Address],
-    lookups: Mapping[IPv4Address, KernelRoute | None],
+    nameservers: Iterable[IPAddress],
+    lookups: Mapping[IPAddress, KernelRoute | None],
     main: Iterable[KernelRoute],
     eth0: int,
     names: Mapping[int, str],
@@ -104,7 +111,7 @@ def nameserver_ways(
         if found.oif != eth0:
             ways.append(NameserverWay(nameserver, False, f"reached through {dev}, not {names.get(eth0, 'eth0')}: stays there"))
             continue
-        covering = [r for r in main if r.oif == eth0 and r.dst != DEFAULT and r.proto != ROUTE_PROTO and nameserver in r.dst]
+        covering = [r for r in main if r.oif == eth0 and not r.is_default and r.proto != ROUTE_PROTO and nameserver in r.dst]
         if covering:
             best = max(covering, key=lambda r: r.dst.prefixlen)
             ways.append(NameserverWay(nameserver, False, f"reached through {dev} by {best.describe(names)}, which stays"))
@@ -113,10 +120,11 @@ def nameserver_ways(
     return ways
 
 
-def pinned_routes(default: KernelRoute, ways: Iterable[NameserverWay], cluster_networks: Iterable[IPv4Network]) -> tuple[KernelRoute, ...]:
-    """Main-table routes through eth0's next hop for the nameservers kept there and EGRESS_CLUSTER_NETWORKS."""
+def pinned_routes(default: KernelRoute, ways: Iterable[NameserverWay], cluster_networks: Iterable[IPNetwork]) -> tuple[KernelRoute, ...]:
+    """Main-table routes through eth0's next hop for the nameservers kept there and EGRESS_CLUSTER_NETWORKS (all of
+    `default`'s family)."""
     networks = list(cluster_networks)
-    wanted = [IPv4Network(f"{w.nameserver}/32") for w in ways if w.keep and not any(w.nameserver in n for n in networks)]
+    wanted = [ip_network(w.nameserver) for w in ways if w.keep and not any(w.nameserver in n for n in networks)]
     return tuple(
         KernelRoute(dst, default.oif, default.gateway, default.scope, default.onlink, ROUTE_PROTO)
         for dst in dict.fromkeys([*networks, *wanted])

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
-from egress_router.config.destinations import Destinations, parse_destinations
-from egress_router.config.init_settings import InitSettings, Mode, check_metrics_port
+from egress_router.config.addresses import IPAddress
+from egress_router.config.destinations import Destinations
+from egress_router.config.init_settings import InitSettings, Mode, check_metrics_port, destinations_for
 from egress_router.errors import ApplyError
 from egress_router.init import arp, metrics
 from egress_router.init.apply import ClusterSide, decide_cluster_side, keep_cluster_side
@@ -60,7 +61,7 @@ class Keeper:
         self.target = Target(settings, plan)
         self.kept: Target | None = None  # what the last complete pass put in place
         self.backend = backend
-        self.side: ClusterSide | None = None
+        self.side: tuple[ClusterSide, ...] | None = None
         self.problem: str | None = "not checked yet"
         self.stopping = False
         self.address_present = False
@@ -72,11 +73,14 @@ class Keeper:
         self.stats.computed(metrics.ARP, lambda: {(): self.announced_at} if self.announced_at is not None else {})
         self.stats.computed(metrics.NAT_PACKETS, lambda: {rule: float(c[0]) for rule, c in self.nat_counters.items()})
         self.stats.computed(metrics.NAT_BYTES, lambda: {rule: float(c[1]) for rule, c in self.nat_counters.items()})
-        self.guard = AddressGuard(settings.interface, settings.source.ip, self.stats)
+        ipv4 = settings.sources.ipv4  # IPv6's claim check is duplicate address detection, in init
+        self.guard = (
+            AddressGuard(settings.interface, ipv4.ip, self.stats) if ipv4 is not None and isinstance(ipv4.ip, IPv4Address) else None
+        )
 
     def announce(self) -> None:
         settings = self.target.settings
-        if arp.announce_now_and_later(settings.interface, settings.source.ip):
+        if arp.announce_now_and_later(settings.interface, tuple(s.ip for s in settings.sources.values())):
             self.announced_at = time.time()
 
     def use(self, destinations: Destinations) -> None:
@@ -96,10 +100,12 @@ class Keeper:
             if self.side is None:
                 self.side = decide_cluster_side(routing, target.plan)
             self.repaired("reply-routing", keep_cluster_side(routing, self.side, reread=True), "reply routing", reason)
-            self.repaired("reply-marks", self.backend.install(target.plan.marks), "reply marks", reason)
-            if target.plan.nat is not None:
-                self.repaired("nat", self.backend.install(target.plan.nat), "NAT rules", reason)
-                self.read_counters(target)
+            for family in target.plan.families:
+                self.repaired("reply-marks", self.backend.install(family.marks), "reply marks", reason)
+            for family in target.plan.families:
+                if family.nat is not None:
+                    self.repaired("nat", self.backend.install(family.nat), "NAT rules", reason)
+            self.read_counters(target)
             self.kept = target
             self.problem = missing  # ready only once a whole pass has put everything in place
         except ApplyError as error:
@@ -114,11 +120,13 @@ class Keeper:
                 net.close()
 
     def check_address(self, net: PodNetwork, settings: InitSettings) -> str | None:
-        """Why the pod is not ready as far as its address goes (None: it is on the egress interface)."""
-        name, address = settings.interface, settings.source.ip
+        """Why the pod is not ready as far as its addresses go (None: they are on the egress interface)."""
+        name = settings.interface
         index = net.link_index(name)
-        self.address_present = index is not None and any(a.ip == address for a in net.ipv4_addresses(index))
-        return None if self.address_present else f"{address} is not on {name} (run init again)"
+        missing = [s.ip for s in settings.sources.values() if index is None or all(a.ip != s.ip for a in net.addresses(index, s.family))]
+        self.address_present = not missing
+        verb = "is" if len(missing) == 1 else "are"
+        return f"{' and '.join(map(str, missing))} {verb} not on {name} (run init again)" if missing else None
 
     def repaired(self, what: str, changed: bool, name: str, reason: str) -> None:
         """Only a change found after a pass kept the same target counts as a restore: something changed it."""
@@ -132,19 +140,28 @@ class Keeper:
             count(self.restores, what)
 
     def read_counters(self, target: Target) -> None:
-        assert target.plan.nat is not None
-        found = self.backend.counters(target.plan.nat)
-        if found is not None:
-            labels = [label for _, label in labelled_nat_rules(target.settings)]
-            self.nat_counters = {(label,): counts for label, counts in zip(labels, found, strict=True)}
+        """Each rule's packets and bytes by its label; `snat` and `metrics-port` add up both families' rules."""
+        totals: dict[tuple[str, ...], tuple[int, int]] = {}
+        for family in target.plan.families:
+            found = self.backend.counters(family.nat) if family.nat is not None else None
+            if found is None:
+                continue
+            labels = [label for _, label in labelled_nat_rules(target.settings, family.family)]
+            for label, (packets, size) in zip(labels, found, strict=True):
+                before = totals.get((label,), (0, 0))
+                totals[(label,)] = (before[0] + packets, before[1] + size)
+        if totals:
+            self.nat_counters = totals
 
     def ready(self) -> str | None:
-        return "draining: stopping on SIGTERM" if self.stopping else self.problem or self.guard.reason()
+        return (
+            "draining: stopping on SIGTERM" if self.stopping else self.problem or (self.guard.reason() if self.guard is not None else None)
+        )
 
     def check_claims(self) -> None:
         """On the loop, after each pass (the first opens the watch): another host claiming our address (see AddressGuard)."""
         try:
-            if self.guard.check():
+            if self.guard is not None and self.guard.check():
                 self.announced_at = time.time()
         except Exception as error:  # like a pass: reported and tried again at the next check, never a dead monitor
             log.error("watching for another host claiming the address failed: %s: %s", type(error).__name__, error)
@@ -152,13 +169,14 @@ class Keeper:
 
 
 def list_parser(settings: InitSettings) -> Callable[[str], Destinations]:
-    """A new version of the list file is checked as init checks it: no rule may take the metrics port."""
-    return lambda text: check_metrics_port(parse_destinations(text), settings.metrics_port)
+    """A new version of the list file is checked as init checks it: no rule may take the metrics port, and no
+    destination may be of a family the router has no source of."""
+    return lambda text: check_metrics_port(destinations_for(text, settings.sources), settings.metrics_port)
 
 
 async def watch_until_stopped(
     settings: InitSettings,
-    nameservers: tuple[IPv4Address, ...],
+    nameservers: tuple[IPAddress, ...],
     list_file: ListFile | None,
     interval: float,
     backend: Backend,
@@ -180,7 +198,8 @@ async def watch_until_stopped(
             try:
                 await keep(keeper, stop, wake, interval)
             finally:
-                keeper.guard.close()
+                if keeper.guard is not None:
+                    keeper.guard.close()
         keeper.stopping = True  # the NAT stays in the kernel: new connections still work until the pod is gone
         await linger(stop, settings.shutdown_delay)
     log.info("stopped")
@@ -198,6 +217,6 @@ async def keep(keeper: Keeper, stop: asyncio.Event, wake: asyncio.Event, interva
             waiting.cancel()
 
 
-def run(settings: InitSettings, nameservers: tuple[IPv4Address, ...], list_file: ListFile | None, interval: float, backend: Backend) -> int:
+def run(settings: InitSettings, nameservers: tuple[IPAddress, ...], list_file: ListFile | None, interval: float, backend: Backend) -> int:
     run_loop(lambda stop: watch_until_stopped(settings, nameservers, list_file, interval, backend, stop))
     return 0

@@ -13,9 +13,10 @@ import types
 from typing import TYPE_CHECKING, Any
 
 from egress_router.errors import ApplyError
+from egress_router.init import nat_helper
 from egress_router.init.plan import ChainSet
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not imported at run time: the helper process starts without pyroute2
     from egress_router.init.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,18 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
 
     With a journal, the chains' previous content is recorded, so a later failure puts it back.
     """
+    changed, before = nat_helper.call("apply", chains) if nat_helper.served_elsewhere(chains.family) else apply_here(chains)
+    if not changed:
+        log.debug("%s rules already in place (%d rules)", _name(chains), len(chains.rules))
+        return False
+    log.debug("%s: %d rules committed in one transaction", _name(chains), len(chains.rules))
+    if journal is not None:
+        journal.record(f"{_name(chains)} rules", lambda: _restore(chains, before))
+    return True
+
+
+def apply_here(chains: ChainSet) -> tuple[bool, dict[str, Any]]:
+    """apply_chains in this process: whether anything changed, and the chains' state before."""
     iptc = _iptc()
     try:
         table = _open(iptc, chains.table, chains.family)
@@ -173,20 +186,21 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
         before = _state(iptc, table, chains)
         built = {chain: [_build(iptc, shape, _ipv6(chains)) for shape in shapes] for chain, shapes in wanted.items()}
         if _unchanged(iptc, chains, before, built):
-            log.debug("%s rules already in place (%d rules)", chains.table, len(chains.rules))
-            return False
+            return False, before
         _write(iptc, table, chains, built)  # type: ignore[arg-type]
         table.commit()
         table.refresh()
         table.autocommit = True
-        log.debug("%s: %d rules committed in one transaction", chains.table, len(chains.rules))
     except iptc.IPTCError as error:
         raise ApplyError(
-            f"cannot install {chains.table} rules: {error} (is the init container privileged, with the iptables modules loaded?)"
+            f"cannot install {_name(chains)} rules: {error} (is the init container privileged, with the iptables modules loaded?)"
         ) from error
-    if journal is not None:
-        journal.record(f"{chains.table} rules", lambda: _restore(chains, before))
-    return True
+    return True, before
+
+
+def _name(chains: ChainSet) -> str:
+    """How logs and messages name the table: `nat`, or `ip6 nat` for ip6tables'."""
+    return f"ip6 {chains.table}" if _ipv6(chains) else chains.table
 
 
 def _unchanged(iptc: Any, chains: ChainSet, before: dict[str, Any], built: dict[str, list[Any]]) -> bool:
@@ -207,27 +221,40 @@ def remove_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
     if chains.table not in legacy_tables(chains.family):
         return False
     try:
-        iptc = _iptc()
+        _iptc()
     except ApplyError as error:
         log.debug("no iptables rules of ours to look for: %s", error)
         return False
-    try:
-        table = _open(iptc, chains.table, chains.family)
-        before = _state(iptc, table, chains)
-        if all(before[chain] is None and not any(before[f"{p}->{chain}"] for p in parents) for chain, parents in chains.chains):
-            return False
-        _write(iptc, table, chains, dict.fromkeys((chain for chain, _ in chains.chains), None))
-        table.commit()
-        table.autocommit = True
-    except iptc.IPTCError as error:
-        raise ApplyError(f"cannot remove our {chains.table} rules from {_IPTABLES[chains.family]}: {error}") from error
+    changed, before = nat_helper.call("remove", chains) if nat_helper.served_elsewhere(chains.family) else remove_here(chains)
+    if not changed:
+        return False
     log.info("removed our %s rules from %s", chains.table, _IPTABLES[chains.family])
     if journal is not None:
         journal.record(f"{chains.table} rules in iptables", lambda: _restore(chains, before))
     return True
 
 
+def remove_here(chains: ChainSet) -> tuple[bool, dict[str, Any]]:
+    """remove_chains in this process: whether there was anything to remove, and the chains' state before."""
+    iptc = _iptc()
+    try:
+        table = _open(iptc, chains.table, chains.family)
+        before = _state(iptc, table, chains)
+        if all(before[chain] is None and not any(before[f"{p}->{chain}"] for p in parents) for chain, parents in chains.chains):
+            return False, before
+        _write(iptc, table, chains, dict.fromkeys((chain for chain, _ in chains.chains), None))
+        table.commit()
+        table.autocommit = True
+    except iptc.IPTCError as error:
+        raise ApplyError(f"cannot remove our {chains.table} rules from {_IPTABLES[chains.family]}: {error}") from error
+    return True, before
+
+
 def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
+    """Put our chains back as `before` (what apply or remove found)."""
+    if nat_helper.served_elsewhere(chains.family):
+        nat_helper.call("restore", chains, before)
+        return
     iptc = _iptc()
     table = _open(iptc, chains.table, chains.family)
     ipv6 = _ipv6(chains)
@@ -239,6 +266,9 @@ def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
 
 def counters(chains: ChainSet) -> list[tuple[int, int]] | None:
     """Packets and bytes of each of our rules, in the order of `chains.rules`; None when our chains do not hold them."""
+    if nat_helper.served_elsewhere(chains.family):
+        answer = nat_helper.call("counters", chains)
+        return None if answer is None else [(packets, size) for packets, size in answer]
     iptc = _iptc()
     found: list[tuple[int, int]] = []
     try:

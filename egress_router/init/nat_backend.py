@@ -80,7 +80,7 @@ def legacy_problem(families: Iterable[str]) -> str | None:
 
 
 def chain_sets(plan: NetworkPlan) -> list[ChainSet]:
-    return [chains for chains in (plan.marks, plan.nat) if chains is not None]
+    return list(plan.chain_sets)
 
 
 def resolve(choice: str, plan: NetworkPlan, *, check: bool = True) -> Backend:

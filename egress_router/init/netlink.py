@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable
 from functools import partial
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv6Address, ip_address, ip_interface, ip_network
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from egress_router.config.addresses import FAMILY_NAMES, IPV4, IPV6, IPAddress, IPInterface, family_of
 from egress_router.config.init_settings import MacvlanRequest
 from egress_router.errors import ApplyError
 from egress_router.init.cluster_routes import KernelRoute
@@ -25,7 +27,16 @@ from egress_router.init.journal import Journal, describe
 log = logging.getLogger(__name__)
 
 AF_INET = 2
+AF_INET6 = 10
+AF = {IPV4: AF_INET, IPV6: AF_INET6}
+#: The whole address space of each family, as route messages name it (no RTA_DST: a default route).
+ANY = {AF_INET: "0.0.0.0", AF_INET6: "::"}
 MAIN_TABLE = 254
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+#: Duplicate address detection takes a second or two (a random delay up to 1 s, then one probe 1 s long);
+#: a link without carrier never finishes it.
+DAD_TIMEOUT = 10.0
 RTPROT_KERNEL = 2
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 4
@@ -42,7 +53,8 @@ def route_spec(route: Any) -> dict[str, Any]:
         "proto": route["proto"],
         "type": route["type"],
         "table": MAIN_TABLE,
-        "dst": "0.0.0.0",
+        "family": route["family"],
+        "dst": ANY[route["family"]],
     }
     for attr, name in ROUTE_ATTRS.items():
         value = route.get_attr(attr)
@@ -144,13 +156,17 @@ class PodNetwork:
 
     # addresses -------------------------------------------------------------------------------
 
-    def ipv4_addresses(self, index: int) -> list[IPv4Interface]:
-        return [IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}") for a in self.ipr.get_addr(family=AF_INET, index=index)]
+    def addresses(self, index: int, family: str = IPV4) -> list[IPInterface]:
+        """The interface's addresses of `family`; IPv6 link-local ones (the kernel's own, for neighbour discovery) left out."""
+        found = [ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}") for a in self.ipr.get_addr(family=AF[family], index=index)]
+        return [a for a in found if not (isinstance(a.ip, IPv6Address) and a.ip.is_link_local)]
 
-    def set_only_address(self, index: int, name: str, wanted: IPv4Interface) -> bool:
-        """Make `wanted` the interface's only IPv4 address (a new EGRESS_SOURCE replaces the old)."""
+    def set_only_address(self, index: int, name: str, wanted: IPInterface) -> bool:
+        """Make `wanted` the interface's only address of its family (a new EGRESS_SOURCE replaces the old); IPv6
+        link-local addresses stay."""
         changed = False
-        for current in self.ipv4_addresses(index):
+        family = family_of(wanted)
+        for current in self.addresses(index, family):
             if current == wanted:
                 continue
             address = {"index": index, "address": str(current.ip), "prefixlen": current.network.prefixlen}
@@ -161,9 +177,14 @@ class PodNetwork:
             )
             log.info("removed old address %s from %s", current, name)
             changed = True
-        if wanted in self.ipv4_addresses(index):
+        if wanted in self.addresses(index, family):
             log.debug("%s already has %s", name, wanted)
         else:
+            if family == IPV6 and ipv6_disabled(name):
+                raise ApplyError(
+                    f"EGRESS_SOURCE: IPv6 is disabled on {name} (net.ipv6.conf.{name}.disable_ipv6 is not 0, or the kernel has no"
+                    " IPv6): enable it in the pod, or give EGRESS_SOURCE no IPv6 address"
+                )
             address = {"index": index, "address": str(wanted.ip), "prefixlen": wanted.network.prefixlen}
             self.change(
                 f"add address {wanted} to {name}", partial(self.ipr.addr, "add", **address), partial(self.ipr.addr, "del", **address)
@@ -174,8 +195,39 @@ class PodNetwork:
 
     # routes ----------------------------------------------------------------------------------
 
-    def _routes(self, **filters: Any) -> list[Any]:
-        return list(self.ipr.get_routes(family=AF_INET, table=MAIN_TABLE, **filters))
+    def wait_for_dad(self, index: int, name: str, address: IPAddress, timeout: float = DAD_TIMEOUT) -> None:
+        """Return once `address` is usable (duplicate address detection done); ApplyError when DAD found another
+        host with it, or did not finish in time. IPv4 addresses are usable at once."""
+        if address.version == 4:
+            return
+        deadline = time.monotonic() + timeout
+        waited = False
+        while True:
+            found = [a for a in self.ipr.get_addr(family=AF_INET6, index=index) if a.get_attr("IFA_ADDRESS") == str(address)]
+            if not found:
+                raise ApplyError(f"EGRESS_SOURCE: {address} disappeared from {name} during duplicate address detection")
+            flags = found[0].get_attr("IFA_FLAGS") or found[0]["flags"]
+            if flags & IFA_F_DADFAILED:
+                raise ApplyError(
+                    f"EGRESS_SOURCE: {address} is already used by another host on {name}'s network (duplicate address detection"
+                    " failed); reserve an address nobody else has"
+                )
+            if not flags & IFA_F_TENTATIVE:
+                if waited:
+                    log.info("%s on %s passed duplicate address detection", address, name)
+                return
+            if time.monotonic() > deadline:
+                raise ApplyError(
+                    f"EGRESS_SOURCE: {address} on {name} is still tentative after {timeout:g} s (duplicate address detection did"
+                    f" not finish: has {name} a carrier, is the node's interface up?)"
+                )
+            if not waited:
+                log.debug("waiting for duplicate address detection of %s on %s", address, name)
+                waited = True
+            time.sleep(0.05)
+
+    def _routes(self, family: int = AF_INET, **filters: Any) -> list[Any]:
+        return list(self.ipr.get_routes(family=family, table=MAIN_TABLE, **filters))
 
     def _add_route(self, what: str, **spec: Any) -> None:
         self.change(f"add route {what}", partial(self.ipr.route, "add", **spec), partial(self.ipr.route, "del", **spec))
@@ -185,12 +237,33 @@ class PodNetwork:
         self.change(f"delete route {what}", partial(self.ipr.route, "del", **spec), partial(self.ipr.route, "add", **spec))
         log.info("removed route %s", what)
 
-    def set_gateway_route(self, index: int, name: str, gateway: IPv4Address) -> bool:
-        """Gateway on-link through the egress interface; stale on-link routes of earlier runs go."""
+    def clear_family(self, index: int, name: str, family: str) -> bool:
+        """A family the router no longer serves: its routes through the egress interface (the kernel's aside) and its
+        addresses there (IPv6 link-local aside) go."""
+        changed = False
+        for route in sorted(self._routes(AF[family], oif=index), key=lambda r: r.get_attr("RTA_GATEWAY") is None):
+            if route["proto"] != RTPROT_KERNEL:
+                self._delete_route(route, kernel_route(route).describe({index: name}))
+                changed = True
+        for current in self.addresses(index, family):
+            address = {"index": index, "address": str(current.ip), "prefixlen": current.network.prefixlen}
+            self.change(
+                f"remove address {current} from {name}", partial(self.ipr.addr, "del", **address), partial(self.ipr.addr, "add", **address)
+            )
+            log.info("removed address %s from %s (%s is no longer in EGRESS_SOURCE)", current, name, FAMILY_NAMES[family])
+            changed = True
+        return changed
+
+    def set_gateway_route(self, index: int, name: str, gateway: IPAddress) -> bool:
+        """Gateway on-link through the egress interface; stale on-link routes of earlier runs (of its family) go.
+
+        IPv6 has no route scopes: there, an on-link host route is one without a next hop."""
         changed = False
         present = False
-        for route in self._routes(oif=index):
-            if route["dst_len"] != 32 or route["scope"] != SCOPE_LINK or route["proto"] == RTPROT_KERNEL:
+        family, bits = AF[family_of(gateway)], gateway.max_prefixlen
+        for route in self._routes(family, oif=index):
+            onlink = route["scope"] == SCOPE_LINK if family == AF_INET else route.get_attr("RTA_GATEWAY") is None
+            if route["dst_len"] != bits or not onlink or route["proto"] == RTPROT_KERNEL:
                 continue
             if route.get_attr("RTA_DST") == str(gateway):
                 present = True
@@ -200,16 +273,30 @@ class PodNetwork:
         if present:
             log.debug("route %s dev %s scope link already present", gateway, name)
         else:
-            what = f"{gateway} dev {name} scope link"
-            self._add_route(what, dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE)
+            if family == AF_INET:
+                what = f"{gateway} dev {name} scope link"
+                self._add_route(what, dst=f"{gateway}/32", oif=index, scope="link", table=MAIN_TABLE)
+            else:
+                what = f"{gateway} dev {name}"
+                self._add_route(what, family=AF_INET6, dst=f"{gateway}/128", oif=index, table=MAIN_TABLE)
             log.info("added route %s", what)
             changed = True
         return changed
 
-    def set_default_route(self, index: int, name: str, gateway: IPv4Address) -> bool:
-        """Exactly one default route, via the gateway on the egress interface."""
-        defaults = self._routes(dst_len=0)
-        wanted = [r for r in defaults if r.get_attr("RTA_GATEWAY") == str(gateway) and r.get_attr("RTA_OIF") == index]
+    def set_default_route(self, index: int, name: str, gateway: IPAddress, source: IPAddress | None = None) -> bool:
+        """Exactly one default route of the gateway's family, via the gateway on the egress interface.
+
+        `source` becomes the route's preferred source (IPv6: an address the link's router advertisements might add
+        must never be picked for the pod's own connections)."""
+        family = AF[family_of(gateway)]
+        defaults = self._routes(family, dst_len=0)
+        wanted = [
+            r
+            for r in defaults
+            if r.get_attr("RTA_GATEWAY") == str(gateway)
+            and r.get_attr("RTA_OIF") == index
+            and r.get_attr("RTA_PREFSRC") == (str(source) if source else None)
+        ]
         if len(defaults) == 1 and wanted:
             log.debug("default route already via %s dev %s", gateway, name)
             return False
@@ -218,23 +305,34 @@ class PodNetwork:
                 via = route.get_attr("RTA_GATEWAY")
                 self._delete_route(route, f"default via {via} dev {self.link_name(route.get_attr('RTA_OIF'))}")
         if not wanted:
-            what = f"default via {gateway} dev {name}"
-            self._add_route(what, dst="0.0.0.0/0", gateway=str(gateway), oif=index, table=MAIN_TABLE)
+            what = f"default via {gateway} dev {name}" + (f" src {source}" if source else "")
+            spec: dict[str, Any] = {"family": family, "dst": f"{ANY[family]}/0", "gateway": str(gateway), "oif": index, "table": MAIN_TABLE}
+            if source:
+                spec["prefsrc"] = str(source)
+            self._add_route(what, **spec)
             log.info("added route %s", what)
         return True
+
+
+def ipv6_disabled(interface: str) -> bool:
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{interface}/disable_ipv6", encoding="ascii") as f:
+            return f.read().strip() != "0"
+    except OSError:
+        return True  # no such file: a kernel without IPv6
 
 
 def kernel_route(message: Any) -> KernelRoute:
     """A route message from pyroute2 as plain data."""
     gateway, prefsrc = message.get_attr("RTA_GATEWAY"), message.get_attr("RTA_PREFSRC")
     return KernelRoute(
-        dst=IPv4Network(f"{message.get_attr('RTA_DST') or '0.0.0.0'}/{message['dst_len']}", strict=False),
+        dst=ip_network(f"{message.get_attr('RTA_DST') or ANY[message['family']]}/{message['dst_len']}", strict=False),
         oif=message.get_attr("RTA_OIF"),
-        gateway=IPv4Address(gateway) if gateway else None,
+        gateway=ip_address(gateway) if gateway else None,
         scope=message["scope"],
         onlink=bool(message["flags"] & RTNH_F_ONLINK),
         proto=message["proto"],
-        prefsrc=IPv4Address(prefsrc) if prefsrc else None,
+        prefsrc=ip_address(prefsrc) if prefsrc else None,
         metric=message.get_attr("RTA_PRIORITY"),
         table=message.get_attr("RTA_TABLE") or message["table"],
     )
@@ -242,7 +340,14 @@ def kernel_route(message: Any) -> KernelRoute:
 
 def route_arguments(route: KernelRoute) -> dict[str, Any]:
     """The keyword arguments that add (or delete) exactly this route with pyroute2."""
-    spec: dict[str, Any] = {"dst": str(route.dst), "oif": route.oif, "table": route.table, "scope": route.scope, "proto": route.proto}
+    spec: dict[str, Any] = {
+        "family": AF_INET if route.dst.version == 4 else AF_INET6,
+        "dst": str(route.dst),
+        "oif": route.oif,
+        "table": route.table,
+        "scope": route.scope,
+        "proto": route.proto,
+    }
     if route.gateway:
         spec["gateway"] = str(route.gateway)
     if route.onlink:
@@ -264,10 +369,14 @@ class PolicyRouting:
     def names(self) -> dict[int, str]:
         return {link["index"]: str(link.get_attr("IFLA_IFNAME")) for link in self.ipr.get_links()}
 
-    def routes(self, table: int) -> list[KernelRoute]:
-        return [kernel_route(r) for r in self.ipr.get_routes(family=AF_INET, table=table) if r["type"] == RTN_UNICAST]
+    def routes(self, table: int, family: str = IPV4) -> list[KernelRoute]:
+        return [kernel_route(r) for r in self.ipr.get_routes(family=AF[family], table=table) if r["type"] == RTN_UNICAST]
 
-    def lookup(self, address: IPv4Address) -> KernelRoute | None:
+    def has_global_address(self, index: int, family: str) -> bool:
+        """Whether the interface has an address of `family` other than IPv6 link-local: whether the pod network uses that family."""
+        return bool(self.net.addresses(index, family))
+
+    def lookup(self, address: IPAddress) -> KernelRoute | None:
         """Where the kernel sends `address` now (policy rules included), or None when it cannot."""
         try:
             found = self.ipr.route("get", dst=str(address))
@@ -289,28 +398,44 @@ class PolicyRouting:
             log.debug("%d route(s) already in place", len(current))
         return bool(remove or add)
 
-    def set_mark_rule(self, mark: int, table: int, priority: int) -> bool:
-        """Exactly one rule at `priority`: packets carrying `mark` look up `table`."""
-        wanted = {"table": table, "priority": priority, "fwmark": mark, "fwmask": mark}
-        what = f"rule fwmark {mark:#x}/{mark:#x} lookup {table} priority {priority}"
-        present = False
-        for rule in self.ipr.get_rules(family=AF_INET):
+    def has_mark_rule(self, mark: int, table: int, priority: int, family: str) -> bool:
+        return any(
+            r.get_attr("FRA_PRIORITY") == priority
+            and (r.get_attr("FRA_TABLE") or r["table"]) == table
+            and r.get_attr("FRA_FWMARK") == mark
+            and r.get_attr("FRA_FWMASK") == mark
+            for r in self.ipr.get_rules(family=AF[family])
+        )
+
+    def set_mark_rule(self, mark: int, table: int, priority: int, family: str = IPV4, *, keep: bool = True) -> bool:
+        """Exactly one rule of `family` at `priority`: packets carrying `mark` look up `table` (`keep` False: that rule
+        goes, a family the router no longer serves)."""
+        wanted = {"family": AF[family], "table": table, "priority": priority, "fwmark": mark, "fwmask": mark}
+        what = f"{'-6 ' if family != IPV4 else ''}rule fwmark {mark:#x}/{mark:#x} lookup {table} priority {priority}"
+        present = removed = False
+        for rule in self.ipr.get_rules(family=AF[family]):
             if rule.get_attr("FRA_PRIORITY") != priority:
                 continue
             shape = {
+                "family": AF[family],
                 "table": rule.get_attr("FRA_TABLE") or rule["table"],
                 "priority": rule.get_attr("FRA_PRIORITY"),
                 "fwmark": rule.get_attr("FRA_FWMARK"),
                 "fwmask": rule.get_attr("FRA_FWMASK"),
             }
-            if shape == wanted and not present:
+            if keep and shape == wanted and not present:
                 present = True
+                continue
+            if not keep and shape != wanted:
                 continue
             stale = {k: v for k, v in shape.items() if v is not None}
             self.net.change(
                 f"delete rule at priority {priority}", partial(self.ipr.rule, "del", **stale), partial(self.ipr.rule, "add", **stale)
             )
             log.info("removed rule %s", stale)
+            removed = True
+        if not keep:
+            return removed
         if present:
             log.debug("%s already present", what)
             return False

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv6Address
 
+from egress_router.config.addresses import FAMILY_NAMES, IPV4, IPV6, IPAddress, IPInterface, IPNetwork, family_of
 from egress_router.config.init_settings import InitSettings, MacvlanRequest
 from egress_router.config.values import render_duration
 from egress_router.init.claim import DEFAULT_TIMING, ProbeTiming
@@ -18,11 +19,16 @@ DNAT_CHAIN = "EGRESS-ROUTER-DNAT"
 SNAT_CHAIN = "EGRESS-ROUTER-SNAT"
 MARK_CHAIN = "EGRESS-ROUTER-MARK"
 IP_FORWARD = "net.ipv4.ip_forward"
+#: IPv6 has no ip_forward: `all.forwarding` turns forwarding on for every interface (and makes them routers, so
+#: they ignore router advertisements; the router's routes are static).
+IPV6_FORWARD = "net.ipv6.conf.all.forwarding"
+FORWARDING = {IPV4: IP_FORWARD, IPV6: IPV6_FORWARD}
 #: Proxy modes: the unprivileged proxy container may listen on any port of its own pod, 80 included,
 #: as OpenShift's proxy manifests ask; the setting only exists in the pod's network namespace.
 UNPRIVILEGED_PORTS = "net.ipv4.ip_unprivileged_port_start"
-#: Loose reverse-path filtering on eth0: a client on another node arrives on eth0 while the main table
-#: routes its address through the egress interface, which strict filtering (RHEL's default) would drop.
+#: Loose reverse-path filtering on eth0: a client on another node arrives on eth0 while the main table routes its
+#: address through the egress interface, which strict filtering (RHEL's default) would drop. IPv4 only: IPv6 has
+#: no such sysctl (its reverse-path check is a netfilter match, which a fresh pod does not have).
 RP_FILTER = f"net.ipv4.conf.{CLUSTER_INTERFACE}.rp_filter"
 
 #: Connections that arrive on eth0 carry this conntrack mark; their reply packets get it as packet mark
@@ -85,11 +91,12 @@ class ChainSet:
     table: str
     chains: tuple[tuple[str, tuple[str, ...]], ...]
     rules: tuple[XtRule, ...]
-    family: str = "ipv4"
+    family: str = IPV4
 
     def render(self) -> str:
-        """Our part of the table as `iptables-save -t <table>` would show it."""
-        lines = [f"*{self.table}"]
+        """Our part of the table as `iptables-save -t <table>` (or ip6tables-save) would show it."""
+        lines = ["# IPv6: ip6tables-save form"] if self.family == IPV6 else []
+        lines.append(f"*{self.table}")
         lines += [f":{chain} - [0:0]" for chain, _ in self.chains]
         lines += [f"-I {parent} 1 -j {chain}" for chain, parents in self.chains for parent in parents]
         lines += [rule.iptables_args() for rule in self.rules]
@@ -104,7 +111,7 @@ MARK_CHAINS = ((MARK_CHAIN, ("PREROUTING", "OUTPUT")),)
 @dataclass(frozen=True)
 class Route:
     dst: str  # "default" or an address/prefix
-    gateway: IPv4Address | None = None
+    gateway: IPAddress | None = None
     scope_link: bool = False
 
     def describe(self, interface: str) -> str:
@@ -114,50 +121,92 @@ class Route:
 
 
 @dataclass(frozen=True)
+class FamilyPlan:
+    """What one address family of the router gets: its address, routes, reply marks and NAT."""
+
+    family: str
+    address: IPInterface
+    gateway: IPAddress
+    routes: tuple[Route, ...]
+    nat: ChainSet | None  # None: leave NAT alone (proxy modes)
+    marks: ChainSet
+    cluster_networks: tuple[IPNetwork, ...] = ()
+    nameservers: tuple[IPAddress, ...] = ()
+
+    @property
+    def chain_sets(self) -> tuple[ChainSet, ...]:
+        """In the order init commits them: the reply marks, then NAT."""
+        return (self.marks,) if self.nat is None else (self.marks, self.nat)
+
+
+@dataclass(frozen=True)
 class NetworkPlan:
     interface: str
     create_macvlan: MacvlanRequest | None
-    address: IPv4Interface
-    gateway: IPv4Address
-    routes: tuple[Route, ...]
+    families: tuple[FamilyPlan, ...]  # IPv4 first; one or both
     sysctls: tuple[tuple[str, str], ...]
-    nat: ChainSet | None  # None: leave NAT alone (proxy modes)
-    marks: ChainSet
-    cluster_networks: tuple[IPv4Network, ...] = ()
-    nameservers: tuple[IPv4Address, ...] = ()
-    probe: ProbeTiming = DEFAULT_TIMING  # ARP probes for the address before it is added
+    probe: ProbeTiming = DEFAULT_TIMING  # ARP probes for the IPv4 address before it is added
 
     @property
     def forwarding(self) -> bool:
-        return (IP_FORWARD, "1") in self.sysctls
+        return any((key, "1") in self.sysctls for key in FORWARDING.values())
 
     @property
     def nat_rules(self) -> tuple[XtRule, ...] | None:
-        return None if self.nat is None else self.nat.rules
+        """Every family's NAT rules; None when NAT is left alone (proxy modes)."""
+        sets = [f.nat for f in self.families if f.nat is not None]
+        return None if not sets else tuple(rule for chains in sets for rule in chains.rules)
+
+    @property
+    def chain_sets(self) -> tuple[ChainSet, ...]:
+        return tuple(chains for family in self.families for chains in family.chain_sets)
+
+    @property
+    def nameservers(self) -> tuple[IPAddress, ...]:
+        """The nameservers the plan was made with, of the families it serves."""
+        return tuple(n for family in self.families for n in family.nameservers)
 
 
-def build_plan(settings: InitSettings, nameservers: tuple[IPv4Address, ...] = ()) -> NetworkPlan:
-    """`nameservers`: the pod's /etc/resolv.conf ones; those eth0 reaches now stay on eth0."""
-    gateway_route = Route(f"{settings.gateway}/32", scope_link=True)
-    default_route = Route("default", gateway=settings.gateway)
-    nat = None
+def build_plan(settings: InitSettings, nameservers: tuple[IPAddress, ...] = ()) -> NetworkPlan:
+    """`nameservers`: the pod's /etc/resolv.conf ones; those eth0 reaches now stay on eth0 (each with its family)."""
+    families = []
+    for family, source in settings.sources.items():
+        gateway = settings.gateways.get(family)
+        assert gateway is not None  # load_init_settings refuses a source without a gateway of its family
+        host = f"{gateway}/{gateway.max_prefixlen}"
+        families.append(
+            FamilyPlan(
+                family=family,
+                address=source.interface,
+                gateway=gateway,
+                routes=(Route(host, scope_link=family == IPV4), Route("default", gateway=gateway)),
+                nat=nat_chains(settings, family) if settings.mode.installs_nat else None,
+                marks=mark_chains(family),
+                cluster_networks=tuple(n for n in settings.cluster_networks if family_of(n) == family),
+                nameservers=tuple(n for n in nameservers if family_of(n) == family),
+            )
+        )
+    sysctls: list[tuple[str, str]] = []
     if settings.mode.installs_nat:
-        assert settings.destinations is not None
-        nat = nat_chains(settings)
-    own = ((IP_FORWARD, "1"),) if nat is not None else ((UNPRIVILEGED_PORTS, "0"),)
+        sysctls += [(FORWARDING[f.family], "1") for f in families]
+    else:
+        sysctls.append((UNPRIVILEGED_PORTS, "0"))  # one setting for both families, despite its name
+    if settings.sources.ipv4 is not None:
+        sysctls.append((RP_FILTER, "2"))
     return NetworkPlan(
         interface=settings.interface,
         create_macvlan=settings.macvlan,
-        address=settings.source.interface,
-        gateway=settings.gateway,
-        routes=(gateway_route, default_route),
-        sysctls=(*own, (RP_FILTER, "2")),
-        nat=nat,
-        marks=mark_chains(),
-        cluster_networks=settings.cluster_networks,
-        nameservers=nameservers,
+        families=tuple(families),
+        sysctls=tuple(sysctls),
         probe=ProbeTiming.lasting(settings.probe_time),
     )
+
+
+def dnat_target(address: IPAddress, port: int | None) -> str:
+    """DNAT's --to-destination: an IPv6 address takes brackets when a port follows (`[2001:db8::5]:80`)."""
+    if port is None:
+        return str(address)
+    return f"[{address}]:{port}" if isinstance(address, IPv6Address) else f"{address}:{port}"
 
 
 def _dnat(to: str, protocol: str | None = None, port: int | None = None) -> XtRule:
@@ -165,20 +214,22 @@ def _dnat(to: str, protocol: str | None = None, port: int | None = None) -> XtRu
     return XtRule(DNAT_CHAIN, "DNAT", (("to-destination", to),), in_interface=CLUSTER_INTERFACE, protocol=protocol, matches=matches)
 
 
-def nat_rules_for(settings: InitSettings) -> tuple[XtRule, ...]:
-    """One DNAT per port rule in list order; before the fallback, the metrics port returns untouched (probes
-    and scrapes reach the pod itself); the fallback; then SNAT of all egress traffic."""
-    return tuple(rule for rule, _ in labelled_nat_rules(settings))
+def nat_rules_for(settings: InitSettings, family: str) -> tuple[XtRule, ...]:
+    """One DNAT per port rule of `family` in list order; before the fallback, the metrics port returns untouched
+    (probes and scrapes reach the pod itself); the fallback; then SNAT of all egress traffic."""
+    return tuple(rule for rule, _ in labelled_nat_rules(settings, family))
 
 
-def labelled_nat_rules(settings: InitSettings) -> tuple[tuple[XtRule, str], ...]:
-    """The NAT rules, each with what it stands for in the metrics: its destination line, `metrics-port`, `snat`."""
+def labelled_nat_rules(settings: InitSettings, family: str) -> tuple[tuple[XtRule, str], ...]:
+    """One family's NAT rules, each with what it stands for in the metrics: its destination line, `metrics-port`, `snat`."""
     assert settings.destinations is not None
+    source = settings.sources.get(family)
+    assert source is not None
     rules: list[tuple[XtRule, str]] = []
-    for rule in settings.destinations.rules:
-        to = f"{rule.address}:{rule.remote_port}" if rule.remote_port else str(rule.address)
-        rules.append((_dnat(to, rule.protocol, rule.local_port), str(rule.line_no)))
-    if settings.destinations.fallback is not None:
+    for rule in settings.destinations.rules_for(family):
+        rules.append((_dnat(dnat_target(rule.address, rule.remote_port), rule.protocol, rule.local_port), str(rule.line_no)))
+    fallback = settings.destinations.fallbacks.get(family)
+    if fallback is not None:
         if settings.metrics_port is not None:
             keep = XtRule(
                 DNAT_CHAIN,
@@ -188,16 +239,16 @@ def labelled_nat_rules(settings: InitSettings) -> tuple[tuple[XtRule, str], ...]
                 matches=(("tcp", (("dport", str(settings.metrics_port)),)),),
             )
             rules.append((keep, "metrics-port"))
-        rules.append((_dnat(str(settings.destinations.fallback)), str(settings.destinations.fallback_line)))
-    rules.append((XtRule(SNAT_CHAIN, "SNAT", (("to-source", str(settings.source.ip)),), out_interface=settings.interface), "snat"))
+        rules.append((_dnat(str(fallback.address)), str(fallback.line_no)))
+    rules.append((XtRule(SNAT_CHAIN, "SNAT", (("to-source", str(source.ip)),), out_interface=settings.interface), "snat"))
     return tuple(rules)
 
 
-def nat_chains(settings: InitSettings) -> ChainSet:
-    return ChainSet("nat", NAT_CHAINS, nat_rules_for(settings))
+def nat_chains(settings: InitSettings, family: str) -> ChainSet:
+    return ChainSet("nat", NAT_CHAINS, nat_rules_for(settings, family), family)
 
 
-def mark_chains() -> ChainSet:
+def mark_chains(family: str = IPV4) -> ChainSet:
     """Mark what arrives on eth0 in conntrack; give the mark to that connection's replies, so they route by REPLY_TABLE.
 
     Only reply-direction packets get the packet mark: a DNATed connection's own packets must still leave
@@ -210,7 +261,7 @@ def mark_chains() -> ChainSet:
     reply = XtRule(
         MARK_CHAIN, "MARK", (("set-xmark", mark),), matches=(("conntrack", (("ctdir", "REPLY"),)), ("connmark", (("mark", mark),)))
     )
-    return ChainSet("mangle", MARK_CHAINS, (arrived, reply))
+    return ChainSet("mangle", MARK_CHAINS, (arrived, reply), family)
 
 
 def render_plan(plan: NetworkPlan, show: Callable[[ChainSet], str] = ChainSet.render) -> str:
@@ -225,32 +276,47 @@ def render_plan(plan: NetworkPlan, show: Callable[[ChainSet], str] = ChainSet.re
     else:
         lines.append(f"link   {plan.interface}: must already exist in this pod")
     lasting = render_duration(round(plan.probe.average, 3))
-    lines.append(
-        f"probe  ARP for {plan.address.ip} on {plan.interface}, {plan.probe.probes} probes in ~{lasting}"
-        " (unless it is on it already): another host answering stops init, nothing changed"
-    )
-    lines.append(f"addr   {plan.address} dev {plan.interface} (only address on it)")
+    both = len(plan.families) > 1
+    for f in plan.families:
+        if f.family == IPV4:
+            lines.append(
+                f"probe  ARP for {f.address.ip} on {plan.interface}, {plan.probe.probes} probes in ~{lasting}"
+                " (unless it is on it already): another host answering stops init, nothing changed"
+            )
+            lines.append(f"addr   {f.address} dev {plan.interface} (only {'IPv4 ' if both else ''}address on it)")
+        else:
+            lines.append(
+                f"addr   {f.address} dev {plan.interface} (only global IPv6 address on it; waits until duplicate address detection"
+                " finds no other host using it)"
+            )
     hop = f"<{CLUSTER_INTERFACE}'s next hop>"
-    lines.append(f"table  {REPLY_TABLE}: {CLUSTER_INTERFACE}'s routes as found, its default route via {hop} included (kept for replies)")
-    lines.append(
-        f"rule   fwmark {REPLY_MARK:#x}/{REPLY_MARK:#x} lookup {REPLY_TABLE} priority {REPLY_RULE_PRIORITY}"
-        f" (replies to connections that arrived on {CLUSTER_INTERFACE} leave through {CLUSTER_INTERFACE})"
-    )
-    for network in plan.cluster_networks:
-        lines.append(f"route  {network} via {hop} dev {CLUSTER_INTERFACE} (EGRESS_CLUSTER_NETWORKS)")
-    for nameserver in plan.nameservers:
+    for f in plan.families:
+        name = f"{FAMILY_NAMES[f.family]} " if f.family == IPV6 else ""
         lines.append(
-            f"route  {nameserver}/32 via {hop} dev {CLUSTER_INTERFACE}"
-            f" (nameserver in /etc/resolv.conf, if {CLUSTER_INTERFACE} reaches it now)"
+            f"table  {REPLY_TABLE}: {CLUSTER_INTERFACE}'s {name}routes as found, its default route via {hop} included (kept for replies)"
         )
-    for route in plan.routes:
-        note = " (replaces the current default route)" if route.dst == "default" else ""
-        lines.append(f"route  {route.describe(plan.interface)}{note}")
+        lines.append(
+            f"rule   {'-6 ' if f.family == IPV6 else ''}fwmark {REPLY_MARK:#x}/{REPLY_MARK:#x} lookup {REPLY_TABLE} priority"
+            f" {REPLY_RULE_PRIORITY} (replies to connections that arrived on {CLUSTER_INTERFACE} leave through {CLUSTER_INTERFACE})"
+        )
+    for f in plan.families:
+        for network in f.cluster_networks:
+            lines.append(f"route  {network} via {hop} dev {CLUSTER_INTERFACE} (EGRESS_CLUSTER_NETWORKS)")
+        for nameserver in f.nameservers:
+            lines.append(
+                f"route  {nameserver}/{nameserver.max_prefixlen} via {hop} dev {CLUSTER_INTERFACE}"
+                f" (nameserver in /etc/resolv.conf, if {CLUSTER_INTERFACE} reaches it now)"
+            )
+    for f in plan.families:
+        for route in f.routes:
+            which = f"current {'IPv6 ' if f.family == IPV6 else ''}default route"
+            note = f" (replaces the {which})" if route.dst == "default" else ""
+            lines.append(f"route  {route.describe(plan.interface)}{note}")
     for key, value in plan.sysctls:
         lines.append(f"sysctl {key}={value}")
-    lines.append(show(plan.marks))
-    if plan.nat is None:
+    lines += [show(f.marks) for f in plan.families]
+    if all(f.nat is None for f in plan.families):
         lines.append("nat    none (proxy mode: the proxy's own connections leave from the egress address)")
     else:
-        lines.append(show(plan.nat))
+        lines += [show(f.nat) for f in plan.families if f.nat is not None]
     return "\n".join(lines)

@@ -14,6 +14,11 @@ the protected servers; the public server 203.0.113.50 answers anyone; pod addres
 the site network (anti-spoofing), so a reply that leaves a pod by the wrong interface is lost, as in a
 real cluster. Everything lives in namespaces named `<prefix>-<role>` and is removed by `close()`,
 including the processes started in them.
+
+`Lab(ipv6=True)` makes the same cluster dual-stack: every IPv4 address above also has the IPv6 address
+`v6()` maps it to (pods fd00:10:128:<third octet>::<fourth>, the lan 2001:db8:12::<last>, the servers
+2001:db8:113::<last>, Services fd00:10:96::<third>:<fourth>, a routed pod's next hop fe80::1), with the
+same routes, masquerading, Service DNAT and site firewall (egress range 2001:db8:12::96 to ::127).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import Any
 
 from egress_router.init import arp
@@ -98,6 +103,65 @@ table inet site {{
 LAB_PROBE_TIME = "200ms"
 
 
+# IPv6 (Lab(ipv6=True)) ------------------------------------------------------------------------
+CLUSTER_NETWORK6 = "fd00:10:128::/48"
+SERVICE_NETWORK6 = "fd00:10:96::/112"
+#: The twin of EGRESS_RANGE, .96 to .127 as written (hex digits, so a range rather than a prefix).
+EGRESS_RANGE6 = "2001:db8:12::96-2001:db8:12::127"
+SERVER_NETWORK6 = "2001:db8:113::/64"
+
+
+def v6(address: str) -> str:
+    """The lab's IPv6 twin of one of its IPv4 addresses (or networks, `a.b.c.d/len`)."""
+    text, slash, length = address.partition("/")
+    a, b, c, d = text.split(".")
+    if (a, b) == ("10", "128"):
+        mapped = f"fd00:10:128:{c}::{d}"
+    elif (a, b) == ("172", "30"):
+        mapped = f"fd00:10:96::{c}:{d}"
+    elif (a, b, c) == ("192", "168", "12"):
+        mapped = f"2001:db8:12::{d}"
+    elif (a, b, c) == ("203", "0", "113"):
+        mapped = f"2001:db8:113::{d}"
+    elif text == ROUTED_POD_GATEWAY:
+        mapped = "fe80::1"
+    else:
+        raise ValueError(f"the lab has no IPv6 twin of {address}")
+    return str(IPv6Address(mapped)) if not slash else str(ip_network(f"{mapped}/{NETWORK_LENGTHS6[address]}", strict=False))
+
+
+#: The IPv6 prefix lengths of the lab's IPv4 networks (`v6()` of a network).
+NETWORK_LENGTHS6 = {NODE_PODS: 62, NODE2_PODS: 62, f"10.128.0.0/{POD_PREFIX}": 64, CLUSTER_NETWORK: 48}
+
+NODE_NFT6 = f"""
+table ip6 lab6 {{
+  chain pre {{
+    type nat hook prerouting priority -100
+  }}
+  chain out {{
+    type nat hook output priority -100
+  }}
+  chain post {{
+    type nat hook postrouting priority 100
+    ip6 saddr {CLUSTER_NETWORK6} ip6 daddr != {CLUSTER_NETWORK6} oifname "eth0" masquerade
+  }}
+}}
+"""
+FIREWALL_NFT6 = f"""
+table inet site6 {{
+  chain forward {{
+    type filter hook forward priority 0; policy accept
+    meta nfproto ipv4 accept
+    ip6 saddr {CLUSTER_NETWORK6} drop
+    ct state established,related accept
+    ip6 daddr {v6(PUBLIC_SERVER)} accept
+    ip6 saddr {EGRESS_RANGE6} accept
+    ip6 daddr {SERVER_NETWORK6} reject with icmpx type admin-prohibited
+  }}
+}}
+"""
+
+
 def environment(**overrides: str) -> dict[str, str]:
     """This process's environment without any EGRESS_* variable or HOSTNAME (so nothing leaks into a lab command), plus
     `overrides`. EGRESS_SHUTDOWN_DELAY is 0 unless given: nothing in the lab waits for Service rules to change.
@@ -157,6 +221,8 @@ class Lab:
     processes: list[Process] = field(default_factory=list)
     logdir: str | None = None
     cluster_dns: DnsServer | None = None
+    ipv6: bool = False  # dual-stack: every address also has its v6() twin
+    cluster_dns6: DnsServer | None = None
 
     # naming and running -------------------------------------------------------------------------
 
@@ -209,6 +275,9 @@ class Lab:
         self.namespaces.append(self.ns(role))  # first, so an interrupt right after the add still cleans it
         run(["ip", "netns", "add", self.ns(role)])
         self.ip(role, "link", "set", "lo", "up")
+        # a new namespace copies the machine's IPv4 settings (net.core.devconf_inherit_init_net=0): start from the
+        # kernel's default whatever this machine forwards, so what init sets is what the tests see
+        self.sysctl(role, "net.ipv4.ip_forward", "0")
 
     def veth(self, role: str, name: str, peer_role: str, peer_name: str) -> None:
         self.ip(role, "link", "add", name, "type", "veth", "peer", "name", peer_name, "netns", self.ns(peer_role))
@@ -221,19 +290,31 @@ class Lab:
             self.ip(role, "addr", "add", address, "dev", dev, "nodad")
         self.ip(role, "link", "set", dev, "up")
 
+    def forget_neighbours(self, address: str) -> None:
+        """A pod address used again: every namespace forgets the MAC it cached for the pod that had it before (a fresh
+        entry would keep sending to a MAC that is gone, for seconds)."""
+        addresses = [address, v6(address)] if self.ipv6 else [address]
+        for name in self.namespaces:
+            for known in addresses:
+                run(["ip", "-n", name, "neigh", "flush", "to", known], check=False)
+
     def add_pod(self, role: str, address: str) -> None:
         """A pod on the node's bridge: eth0 with `address`, default route via the node."""
+        self.forget_neighbours(address)
         self.add_namespace(role)
         self.write_etc(role, "resolv.conf", POD_RESOLV_CONF)
         self.veth(role, "eth0", "node", role)
         self.ip("node", "link", "set", role, "master", "cbr0", "up")
-        self.up(role, "eth0", f"{address}/{POD_PREFIX}")
+        self.up(role, "eth0", f"{address}/{POD_PREFIX}", *([f"{v6(address)}/64"] if self.ipv6 else []))
         self.ip(role, "route", "add", "default", "via", "10.128.0.1")
+        if self.ipv6:
+            self.ip(role, "-6", "route", "add", "default", "via", v6("10.128.0.1"))
 
     def add_routed_pod(self, role: str, address: str, node: str = "node") -> None:
         """A pod as Calico (or Cilium) makes one: eth0 with a /32 and nothing but a default route, via a
         next hop that only the node's proxy ARP answers; the node routes the address to the pod's veth.
         Reverse-path filtering is strict, as on RHEL nodes."""
+        self.forget_neighbours(address)
         self.add_namespace(role)
         self.write_etc(role, "resolv.conf", POD_RESOLV_CONF)
         host_side = f"v{role}"[:15]
@@ -245,12 +326,18 @@ class Lab:
         self.ip(role, "route", "add", ROUTED_POD_GATEWAY, "dev", "eth0", "scope", "link")
         self.ip(role, "route", "add", "default", "via", ROUTED_POD_GATEWAY, "dev", "eth0")
         self.sysctl(role, "net.ipv4.conf.all.rp_filter", "1")
+        if self.ipv6:  # Calico's IPv6 shape: a /128 and a default route via a link-local next hop the node's veth has
+            self.ip(node, "addr", "add", f"{v6(ROUTED_POD_GATEWAY)}/64", "dev", host_side, "nodad")
+            self.ip(node, "-6", "route", "add", f"{v6(address)}/128", "dev", host_side)
+            self.ip(role, "addr", "add", f"{v6(address)}/128", "dev", "eth0", "nodad")
+            self.ip(role, "-6", "route", "add", "default", "via", v6(ROUTED_POD_GATEWAY), "dev", "eth0")
 
     def add_service(self, address: str, backend: str) -> None:
-        """A Service address: every node DNATs it to `backend` (all ports), as kube-proxy does."""
+        """A Service address: every node DNATs it to `backend` (all ports), as kube-proxy does; IPv4 or IPv6."""
+        table, match = ("ip6 lab6", "ip6") if ":" in address else ("ip lab", "ip")
         for node in ("node", "node2"):
             for chain in ("pre", "out"):
-                run(self.exec_argv(node, ["nft", "add", "rule", "ip", "lab", chain, "ip", "daddr", address, "dnat", "to", backend]))
+                run(self.exec_argv(node, ["nft", "add", "rule", *table.split(), chain, match, "daddr", address, "dnat", "to", backend]))
 
     def add_router(self, role: str, address: str, env: dict[str, str], *, routed: bool = False) -> None:
         """A router pod with a macvlan, set up by the real `egress-router init` with `env`."""
@@ -298,11 +385,16 @@ class Lab:
         self.add_namespace(role)
         self.veth(role, "eth0", "lan", role)
         self.ip("lan", "link", "set", role, "master", "br0", "up")
-        self.up(role, "eth0", f"{address}/24")
+        self.up(role, "eth0", f"{address}/24", *([f"{v6(address)}/64"] if self.ipv6 else []))
         self.ip(role, "route", "add", "default", "via", GATEWAY_IP)
         self.ip(role, "route", "add", other_pods, "via", other_node)
         self.sysctl(role, "net.ipv4.ip_forward", "1")
         run(self.exec_argv(role, ["nft", "-f", "-"]), input=NODE_NFT)
+        if self.ipv6:
+            self.ip(role, "-6", "route", "add", "default", "via", v6(GATEWAY_IP))
+            self.ip(role, "-6", "route", "add", v6(other_pods), "via", v6(other_node))
+            self.sysctl(role, "net.ipv6.conf.all.forwarding", "1")
+            run(self.exec_argv(role, ["nft", "-f", "-"]), input=NODE_NFT6)
 
     def _build(self, *, router: bool, macvlan: bool) -> None:
         for role in ("lan", "gw", "server"):
@@ -311,21 +403,27 @@ class Lab:
         self.up("lan", "br0")
         self.add_node("node", NODE_IP, NODE2_PODS, NODE2_IP)
         self.ip("node", "link", "add", "cbr0", "type", "bridge")
-        self.up("node", "cbr0", f"10.128.0.1/{POD_PREFIX}")
+        self.up("node", "cbr0", f"10.128.0.1/{POD_PREFIX}", *([f"{v6('10.128.0.1')}/64"] if self.ipv6 else []))
         self.add_node("node2", NODE2_IP, NODE_PODS, NODE_IP)
 
         self.veth("gw", "eth0", "lan", "gw")
         self.ip("lan", "link", "set", "gw", "master", "br0", "up")
-        self.up("gw", "eth0", f"{GATEWAY_IP}/24")
+        self.up("gw", "eth0", f"{GATEWAY_IP}/24", *([f"{v6(GATEWAY_IP)}/64"] if self.ipv6 else []))
         self.veth("gw", "eth1", "server", "eth0")
-        self.up("gw", "eth1", "203.0.113.1/24")
+        self.up("gw", "eth1", "203.0.113.1/24", *([f"{v6('203.0.113.1')}/64"] if self.ipv6 else []))
         self.sysctl("gw", "net.ipv4.ip_forward", "1")
         run(self.exec_argv("gw", ["nft", "-f", "-"]), input=FIREWALL_NFT)
+        if self.ipv6:
+            self.sysctl("gw", "net.ipv6.conf.all.forwarding", "1")
+            run(self.exec_argv("gw", ["nft", "-f", "-"]), input=FIREWALL_NFT6)
 
         servers = (*PROTECTED_SERVERS, PUBLIC_SERVER)
-        self.up("server", "eth0", *(f"{s}/24" for s in servers))
+        servers6 = tuple(v6(s) for s in servers) if self.ipv6 else ()
+        self.up("server", "eth0", *(f"{s}/24" for s in servers), *(f"{s}/64" for s in servers6))
         self.ip("server", "route", "add", "default", "via", "203.0.113.1")
-        specs = [f"{proto}:{s}:{port}" for s in servers for proto, ports in SERVER_PORTS.items() for port in ports]
+        if self.ipv6:
+            self.ip("server", "-6", "route", "add", "default", "via", v6("203.0.113.1"))
+        specs = [f"{proto}:{s}:{port}" for s in servers + servers6 for proto, ports in SERVER_PORTS.items() for port in ports]
         self.python_in("server", "egress_router.lab.whoami", *specs, ready_line="ready")
 
         self.add_pod("client", CLIENT_IP)
@@ -338,6 +436,12 @@ class Lab:
             self, CLUSTER_HOSTS, role="coredns", address=CLUSTER_DNS_POD, options=("--local=/cluster.local/", "--local=/test/")
         )
         self.cluster_dns.start()
+        if self.ipv6:  # the cluster DNS's IPv6 Service, for pods whose resolv.conf names it
+            self.add_service(v6(CLUSTER_DNS), v6(CLUSTER_DNS_POD))
+            self.cluster_dns6 = DnsServer(
+                self, CLUSTER_HOSTS, role="coredns", address=v6(CLUSTER_DNS_POD), options=self.cluster_dns.options
+            )
+            self.cluster_dns6.start()
         if router:
             self.add_pod("router", ROUTER_IP)
             if macvlan:
@@ -413,29 +517,37 @@ class Lab:
     def snapshot(self, role: str) -> dict[str, str]:
         """Everything `init` may touch in a namespace, as comparable text."""
 
-        def table(name: str) -> str:
-            saved = run(self.exec_argv(role, ["iptables-legacy-save", "-t", name]), check=False).stdout
+        def table(name: str, save: str = "iptables-legacy-save") -> str:
+            saved = run(self.exec_argv(role, [save, "-t", name]), check=False).stdout
             lines = (re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in saved.splitlines() if not line.startswith("#"))
             return "\n".join(lines)  # packet counters of built-in chains move with any stray packet
 
         def sysctl(key: str) -> str:
             return run(self.exec_argv(role, ["cat", "/proc/sys/" + key.replace(".", "/")])).stdout.strip()
 
+        def routes(*family: str) -> str:
+            """The kernel's local (and, forwarding, anycast) routes of its own IPv6 link-local addresses appear when their
+            DAD ends, a second or two after a link comes up (on links the lab did not bring up: the egress interface):
+            not something init touches, so not compared."""
+            shown = self.ip(role, *family, "route", "show", "table", "all").stdout.splitlines()
+            return "\n".join(line for line in shown if not line.startswith(("local fe80:", "anycast fe80:")))
+
         ruleset = run(self.exec_argv(role, ["nft", "list", "ruleset"])).stdout
         return {
             "links": self.ip(role, "-br", "link").stdout,
             "addresses": self.ip(role, "-br", "addr").stdout,
-            "routes": "\n".join(  # the kernel's IPv6 link-local routes appear when DAD ends, on links init brings up too
-                line
-                for line in self.ip(role, "route", "show", "table", "all").stdout.splitlines()
-                if not ("fe80::" in line and "proto kernel" in line)
-            ),
+            "routes": routes(),  # both families
             "rules": self.ip(role, "rule", "show").stdout,
             "nat": table("nat"),
             "mangle": table("mangle"),
             "nftables": re.sub(r"counter packets \d+ bytes \d+", "counter", ruleset),  # rule counters move with traffic
             "ip_forward": sysctl("net.ipv4.ip_forward"),
             "rp_filter": sysctl("net.ipv4.conf.eth0.rp_filter"),
+            "routes6": routes("-6"),
+            "rules6": self.ip(role, "-6", "rule", "show").stdout,
+            "nat6": table("nat", "ip6tables-legacy-save"),
+            "mangle6": table("mangle", "ip6tables-legacy-save"),
+            "forwarding6": sysctl("net.ipv6.conf.all.forwarding"),
         }
 
     def neighbour_mac(self, role: str, address: str) -> str | None:

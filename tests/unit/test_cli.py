@@ -159,7 +159,7 @@ def test_monitor_validates_like_init() -> None:
     )
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [  # every problem at once, init's first
-        "egress-router monitor: error: EGRESS_SOURCE: unspecified (set it to the reserved egress IPv4 address, e.g. 192.168.12.99)",
+        "egress-router monitor: error: EGRESS_SOURCE: unspecified (set it to the reserved egress address, e.g. 192.168.12.99; dual-stack: 192.168.12.99,2001:db8::99)",
         'egress-router monitor: error: EGRESS_ROUTER_MONITOR_INTERVAL: must be more than zero: "0"',
     ]
 

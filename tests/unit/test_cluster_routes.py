@@ -1,13 +1,12 @@
 """What stays on eth0: eth0's default route and own routes into the reply table, nameservers and cluster networks pinned."""
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from egress_router.init.cluster_routes import (
-    DEFAULT,
     SCOPE_LINK,
     KernelRoute,
     NoNextHop,
@@ -21,6 +20,8 @@ from egress_router.init.cluster_routes import (
 from egress_router.init.plan import REPLY_TABLE, ROUTE_PROTO
 
 ETH0, EGRESS, LO = 2, 3, 1
+DEFAULT = IPv4Network("0.0.0.0/0")
+DEFAULT6 = IPv6Network("::/0")
 NAMES = {LO: "lo", ETH0: "eth0", EGRESS: "macvlan0"}
 CALICO_LINK = KernelRoute(IPv4Network("169.254.1.1/32"), ETH0, scope=SCOPE_LINK)
 CALICO_DEFAULT = KernelRoute(DEFAULT, ETH0, IPv4Address("169.254.1.1"))
@@ -98,6 +99,28 @@ def test_pinned_routes_follow_eth0s_next_hop_and_fold_covered_nameservers() -> N
 def test_onlink_next_hops_stay_onlink() -> None:
     onlink = KernelRoute(DEFAULT, ETH0, IPv4Address("10.0.0.1"), onlink=True)
     assert pinned_routes(onlink, [], [IPv4Network("10.96.0.0/12")])[0].onlink
+
+
+# IPv6: a routed pod (Calico's shape) has a link-local next hop; its routes are copied and pinned the same way
+CALICO6_LINK_LOCAL = KernelRoute(IPv6Network("fe80::/64"), ETH0, proto=2, metric=256)
+CALICO6_DEFAULT = KernelRoute(DEFAULT6, ETH0, IPv6Address("fe80::1"), metric=1024)
+EGRESS6_DEFAULT = KernelRoute(DEFAULT6, EGRESS, IPv6Address("2001:db8:12::1"), metric=1024)
+
+
+def test_ipv6_reply_table_and_a_second_run() -> None:
+    first = reply_table([CALICO6_LINK_LOCAL, CALICO6_DEFAULT], [], ETH0)
+    assert [r.describe(NAMES) for r in first] == ["fe80::/64 dev eth0 table 201", "default via fe80::1 dev eth0 table 201"]
+    assert reply_table([CALICO6_LINK_LOCAL, EGRESS6_DEFAULT], list(first), ETH0) == first
+    with pytest.raises(NoNextHop):
+        eth0_default([CALICO6_LINK_LOCAL, EGRESS6_DEFAULT], [], ETH0)
+
+
+def test_ipv6_nameservers_and_cluster_networks_are_pinned_as_host_routes() -> None:
+    dns, covered = IPv6Address("fd00:10:96::a"), IPv6Address("fd00:10:128:4::53")
+    ways = nameserver_ways([dns, covered], {dns: lookup(ETH0), covered: lookup(ETH0)}, [CALICO6_LINK_LOCAL, CALICO6_DEFAULT], ETH0, NAMES)
+    assert [w.keep for w in ways] == [True, True]
+    pinned = pinned_routes(CALICO6_DEFAULT, ways, [IPv6Network("fd00:10:128::/48")])
+    assert [r.describe(NAMES) for r in pinned] == ["fd00:10:128::/48 via fe80::1 dev eth0", "fd00:10:96::a via fe80::1 dev eth0"]
 
 
 routes = st.builds(

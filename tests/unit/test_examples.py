@@ -124,7 +124,7 @@ def test_example_init_container_is_valid(name: str, container: dict[str, Any]) -
     assert set(env) <= set(OPTION_FOR), f"{name} uses a variable we do not know"
     assert container["securityContext"] == {"privileged": True}
     given = {"destination": None, **{OPTION_FOR[k]: v for k, v in env.items()}}
-    sources = [load_init_settings(**given, hostname=hostname).source for hostname in container["hostnames"]]
+    sources = [load_init_settings(**given, hostname=hostname).sources for hostname in container["hostnames"]]
     assert len(set(sources)) == len(sources), f"{name}: two pods would share an address"
     plan = build_plan(load_init_settings(**given, hostname=container["hostnames"][0]))
     assert (plan.nat_rules is None) == name.startswith(("http-proxy", "dns-proxy"))

@@ -128,3 +128,52 @@ def test_any_environment_loads_or_lists_problems(values: dict[str, str | None]) 
         load_init_settings(**values)
     except ConfigError as error:
         assert all(str(p).startswith("EGRESS_") for p in error.problems)
+
+
+def test_dual_stack_settings() -> None:
+    settings = load(
+        source="192.168.12.99/24, 2001:db8:12::99/64",
+        gateway="2001:db8:12::1,192.168.12.1",
+        destination="80 tcp 203.0.113.25\n80 tcp 2001:db8::25\n203.0.113.50\n2001:db8::50",
+    )
+    assert settings.sources.families == ("ipv4", "ipv6") and str(settings.gateways.ipv6) == "2001:db8:12::1"
+    assert settings.destinations is not None and settings.destinations.families == ("ipv4", "ipv6")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"gateway": "2001:db8:12::1"},
+            [
+                "EGRESS_GATEWAY: no IPv4 gateway for EGRESS_SOURCE's IPv4 address 192.168.12.99 (give one next hop of each family, comma-separated, e.g. 192.168.12.1,2001:db8::1)",
+                'EGRESS_GATEWAY: 2001:db8:12::1 is an IPv6 gateway but EGRESS_SOURCE has no IPv6 address (it has IPv4); each gateway must match a source\'s family: "2001:db8:12::1"',
+            ],
+        ),
+        (
+            {"source": "192.168.12.99,192.168.12.98"},
+            [
+                "EGRESS_SOURCE_INDEX: unspecified: EGRESS_SOURCE is a pool of 2 addresses; set EGRESS_SOURCE_INDEX to this pod's place in it (0-1), or run the pods as a StatefulSet, whose HOSTNAME ends in the ordinal"  # two of one family: a pool (issue 11)
+            ],
+        ),
+        (
+            {"destination": "80 tcp 2001:db8::25"},
+            [
+                'EGRESS_DESTINATION line 1: 2001:db8::25 is an IPv6 destination, but this router is IPv4-only (EGRESS_SOURCE has no IPv6 address): "80 tcp 2001:db8::25"'
+            ],
+        ),
+        (
+            {"source": "2001:db8:12::99", "gateway": "2001:db8:12::1"},
+            [
+                'EGRESS_DESTINATION line 1: 203.0.113.25 is an IPv4 destination, but this router is IPv6-only (EGRESS_SOURCE has no IPv4 address): "80 tcp 203.0.113.25"'
+            ],
+        ),
+    ],
+    ids=["gateway-of-the-wrong-family", "two-sources-of-one-family", "ipv6-destination-ipv4-router", "ipv4-destination-ipv6-router"],
+)
+def test_family_mistakes(changes: dict[str, str], expected: list[str]) -> None:
+    assert messages(**changes) == expected
+
+
+def test_proxy_modes_check_families_but_need_no_destination() -> None:
+    assert load(mode="http-proxy", destination=None, source="2001:db8:12::99", gateway="fe80::1").sources.families == ("ipv6",)

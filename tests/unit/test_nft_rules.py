@@ -26,7 +26,7 @@ SETTINGS = {
 
 
 def nat_plan() -> ChainSet:
-    nat = build_plan(load_init_settings(**SETTINGS)).nat
+    nat = build_plan(load_init_settings(**SETTINGS)).families[0].nat
     assert nat is not None
     return nat
 

@@ -1,9 +1,10 @@
 import pytest
 
+from egress_router.config.addresses import IPV4, IPV6
 from egress_router.config.destinations import parse_destinations
 from egress_router.config.errors import ConfigError
 from egress_router.config.init_settings import InitSettings, check_metrics_port, load_init_settings, load_monitor_settings
-from egress_router.init.plan import build_plan, labelled_nat_rules, render_plan
+from egress_router.init.plan import build_plan, dnat_target, labelled_nat_rules, render_plan
 
 SETTINGS = {
     "source": "192.168.12.99",
@@ -56,7 +57,7 @@ def test_proxy_modes_plan_no_nat_and_no_forwarding() -> None:
 def test_subnet_source_and_created_macvlan() -> None:
     settings = load_init_settings(**{**SETTINGS, "source": "192.168.12.99/24"}, mode="init", interface="net1", macvlan_master="ens3")
     plan = build_plan(settings)
-    assert str(plan.address) == "192.168.12.99/24"
+    assert [str(f.address) for f in plan.families] == ["192.168.12.99/24"]
     text = render_plan(plan)
     assert "create a macvlan (bridge) on ens3 in /proc/1/ns/net" in text
     assert "-A EGRESS-ROUTER-SNAT -o net1 -j SNAT --to-source 192.168.12.99" in text
@@ -78,16 +79,16 @@ def test_proxy_modes_mark_replies_too() -> None:
 
 
 def test_the_metrics_port_is_returned_before_the_fallback_only() -> None:
-    labelled = labelled_nat_rules(load_init_settings(**SETTINGS, mode="legacy"))
+    labelled = labelled_nat_rules(load_init_settings(**SETTINGS, mode="legacy"), IPV4)
     assert [label for _, label in labelled] == ["1", "2", "3", "metrics-port", "4", "snat"]  # rule -> its destination line
-    without = labelled_nat_rules(load_init_settings(**SETTINGS, mode="legacy", metrics_port="off"))
+    without = labelled_nat_rules(load_init_settings(**SETTINGS, mode="legacy", metrics_port="off"), IPV4)
     assert "metrics-port" not in [label for _, label in without]
     no_fallback = {**SETTINGS, "destination": "80 tcp 203.0.113.25"}
-    assert [label for _, label in labelled_nat_rules(load_init_settings(**no_fallback, mode="legacy"))] == ["1", "snat"]
+    assert [label for _, label in labelled_nat_rules(load_init_settings(**no_fallback, mode="legacy"), IPV4)] == ["1", "snat"]
 
 
 def labels(settings: InitSettings) -> list[str]:
-    return [label for _, label in labelled_nat_rules(settings)]
+    return [label for _, label in labelled_nat_rules(settings, IPV4)]
 
 
 @pytest.mark.parametrize("mode", ["init", "unit-test"])
@@ -140,3 +141,76 @@ def test_the_probe_lasts_as_long_as_asked() -> None:
     plan = build_plan(load_init_settings(**SETTINGS, mode="init", probe_time="300ms"))
     assert plan.probe.probes == 3 and plan.probe.average == pytest.approx(0.3)
     assert "3 probes in ~300ms" in render_plan(plan)
+
+
+DUAL = {
+    "source": "192.168.12.99/24,2001:db8:12::99/64",
+    "gateway": "192.168.12.1,fe80::1",
+    "destination": "80 tcp 203.0.113.25\n80 tcp 2001:db8::25\n8080 tcp 2001:db8::26 80\n203.0.113.50\n2001:db8::50",
+}
+
+
+def test_dual_stack_plan_shows_both_families() -> None:
+    plan = build_plan(load_init_settings(**DUAL, mode="unit-test"))
+    assert [f.family for f in plan.families] == [IPV4, IPV6]
+    assert [(c.family, c.table) for c in plan.chain_sets] == [(IPV4, "mangle"), (IPV4, "nat"), (IPV6, "mangle"), (IPV6, "nat")]
+    text = render_plan(plan).splitlines()
+    for line in [
+        "addr   192.168.12.99/24 dev macvlan0 (only IPv4 address on it)",
+        "addr   2001:db8:12::99/64 dev macvlan0 (only global IPv6 address on it; waits until duplicate address detection finds no"
+        " other host using it)",
+        "table  201: eth0's IPv6 routes as found, its default route via <eth0's next hop> included (kept for replies)",
+        "rule   -6 fwmark 0x400000/0x400000 lookup 201 priority 1000 (replies to connections that arrived on eth0 leave through eth0)",
+        "route  fe80::1/128 dev macvlan0",
+        "route  default via fe80::1 dev macvlan0 (replaces the current IPv6 default route)",
+        "sysctl net.ipv4.ip_forward=1",
+        "sysctl net.ipv6.conf.all.forwarding=1",
+        "sysctl net.ipv4.conf.eth0.rp_filter=2",
+        "# IPv6: ip6tables-save form",
+        "-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 80 -j DNAT --to-destination 203.0.113.25",
+        "-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 80 -j DNAT --to-destination 2001:db8::25",
+        "-A EGRESS-ROUTER-DNAT -i eth0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [2001:db8::26]:80",
+        "-A EGRESS-ROUTER-DNAT -i eth0 -j DNAT --to-destination 2001:db8::50",
+        "-A EGRESS-ROUTER-SNAT -o macvlan0 -j SNAT --to-source 2001:db8:12::99",
+    ]:
+        assert line in text
+    v6 = text[text.index("# IPv6: ip6tables-save form", text.index("*nat")) :]
+    assert "203.0.113" not in "\n".join(v6)  # each family's rules in its own table
+    assert text.count("-A EGRESS-ROUTER-MARK -i eth0 -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x400000/0x400000") == 2
+    assert [label for _, label in labelled_nat_rules(load_init_settings(**DUAL, mode="legacy"), IPV6)] == [
+        "2",
+        "3",
+        "metrics-port",
+        "5",
+        "snat",
+    ]
+
+
+def test_ipv6_only_router_in_proxy_mode() -> None:
+    plan = build_plan(load_init_settings(source="2001:db8:12::99", gateway="2001:db8:12::1", destination=None, mode="http-proxy"))
+    assert plan.sysctls == (("net.ipv4.ip_unprivileged_port_start", "0"),)  # both families' ports; no IPv4 rp_filter to loosen
+    assert plan.nat_rules is None and not plan.forwarding
+    assert "route  2001:db8:12::1/128 dev macvlan0" in render_plan(plan)
+
+
+def test_nameservers_and_cluster_networks_go_to_their_family() -> None:
+    from ipaddress import ip_address
+
+    settings = load_init_settings(**DUAL, mode="init", cluster_networks="172.30.0.0/16,fd00:10:96::/112")
+    plan = build_plan(settings, (ip_address("172.30.0.10"), ip_address("fd00:10:96::a")))
+    assert [(f.family, [str(n) for n in f.cluster_networks], [str(n) for n in f.nameservers]) for f in plan.families] == [
+        (IPV4, ["172.30.0.0/16"], ["172.30.0.10"]),
+        (IPV6, ["fd00:10:96::/112"], ["fd00:10:96::a"]),
+    ]
+    assert (
+        "route  fd00:10:96::a/128 via <eth0's next hop> dev eth0 (nameserver in /etc/resolv.conf, if eth0 reaches it now)"
+        in render_plan(plan)
+    )
+
+
+def test_dnat_targets_bracket_ipv6_with_a_port() -> None:
+    from ipaddress import ip_address
+
+    assert dnat_target(ip_address("2001:db8::5"), 8080) == "[2001:db8::5]:8080"
+    assert dnat_target(ip_address("2001:db8::5"), None) == "2001:db8::5"
+    assert dnat_target(ip_address("203.0.113.5"), 8080) == "203.0.113.5:8080"

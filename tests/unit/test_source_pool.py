@@ -131,7 +131,8 @@ def test_every_problem_of_the_pool_at_once() -> None:
 def test_the_chosen_address_is_parsed_and_checked_as_a_single_one_would_be() -> None:
     base = {"gateway": "192.168.12.1", "destination": "80 tcp 203.0.113.25", "mode": "init"}
     settings = load_init_settings(source="192.168.12.99-192.168.12.102/24", hostname="egress-1", **base)
-    assert str(settings.source.interface) == "192.168.12.100/24" and settings.source.has_prefix
+    chosen = settings.sources.ipv4
+    assert chosen is not None and str(chosen.interface) == "192.168.12.100/24" and chosen.has_prefix
     with pytest.raises(ConfigError) as caught:  # the pool's mistakes are reported with every other problem
         load_init_settings(source="192.168.12.0,192.168.12.1", source_index="1", **{**base, "mode": "nonsense"})
     assert [str(p) for p in caught.value.problems] == [
@@ -144,7 +145,7 @@ def test_the_chosen_address_is_parsed_and_checked_as_a_single_one_would_be() -> 
 
 def test_the_monitor_takes_the_same_address_as_init() -> None:
     given = {"source": RANGE, "gateway": "192.168.12.1", "destination": "80 tcp 203.0.113.25", "hostname": "egress-3"}
-    assert load_monitor_settings(**given).init.source == load_init_settings(mode="init", **given).source
+    assert load_monitor_settings(**given).init.sources == load_init_settings(mode="init", **given).sources
 
 
 def test_init_in_unit_test_mode_shows_the_address_the_pod_takes() -> None:
