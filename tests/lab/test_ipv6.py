@@ -364,8 +364,12 @@ BAD = [
         "EGRESS_GATEWAY: 2001:db8:12::1 is an IPv6 gateway but EGRESS_SOURCE has no IPv6 address (it has IPv4); each gateway must match"
         ' a source\'s family: "2001:db8:12::1"',
     ),
-    ({"EGRESS_SOURCE": "192.168.12.99,192.168.12.98"}, "EGRESS_SOURCE: two IPv4 addresses (192.168.12.99 and 192.168.12.98)"),
-    ({"EGRESS_SOURCE": "2001:db8:12::99,2001:db8:12::98", "EGRESS_GATEWAY": GATEWAY6}, "EGRESS_SOURCE: two IPv6 addresses"),
+    # two of one family are a pool (issue 11): without an index or a StatefulSet name, which one is this pod's?
+    ({"EGRESS_SOURCE": "192.168.12.99,192.168.12.98"}, "EGRESS_SOURCE_INDEX: unspecified: EGRESS_SOURCE is a pool of 2 addresses"),
+    (
+        {"EGRESS_SOURCE": "2001:db8:12::99,2001:db8:12::98", "EGRESS_GATEWAY": GATEWAY6},
+        "EGRESS_SOURCE_INDEX: unspecified: EGRESS_SOURCE is a pool of 2 addresses",
+    ),
     (
         {"EGRESS_DESTINATION": f"80 tcp 203.0.113.25\n80 tcp {SERVER25}"},
         f"EGRESS_DESTINATION line 2: {SERVER25} is an IPv6 destination, but this router is IPv4-only (EGRESS_SOURCE has no IPv6 address):"
