@@ -1,12 +1,14 @@
 """ARP on the egress interface for claim.py and conflicts.py: init's probes before it takes EGRESS_SOURCE, and
-the monitor's watch for another host claiming it while the router holds it.
+the monitor's watch for another host claiming it while the router holds it (neighbour discovery, ndp.py, for IPv6).
 
-One packet socket bound to the egress interface and to ARP, so the kernel hands us only ARP from that link.
+One packet socket bound to the egress interface and to ARP, so the kernel hands us only ARP from that link; for
+IPv6, bound to IPv6 with a BPF filter that lets only neighbour solicitations and advertisements through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import fcntl
 import logging
@@ -15,12 +17,14 @@ import select
 import socket
 import struct
 import time
-from ipaddress import IPv4Address
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address
 from types import TracebackType
 
+from egress_router.config.addresses import IPAddress
 from egress_router.errors import ApplyError
-from egress_router.init import metrics
-from egress_router.init.arp import announcement
+from egress_router.init import metrics, ndp
+from egress_router.init.arp import _forwards, announcement
 from egress_router.init.claim import (
     DEFAULT_TIMING,
     ETH_P_ARP,
@@ -41,19 +45,41 @@ from egress_router.observe.stats import Stats
 log = logging.getLogger(__name__)
 
 SIOCGIFHWADDR = 0x8927
+SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4  # what we send ourselves, seen by our own socket too
 #: Frames read per wake-up at most, so a flood of ARP cannot hold the loop.
 READ_BATCH = 64
 
 
-class ArpSocket:
-    """ARP frames that arrive on one interface (never the ones we send), and frames to send from it."""
+def _arp_claim(frame: bytes) -> Claim | None:
+    packet = parse_arp(frame)
+    return arp_claim(packet) if packet is not None else None
 
-    def __init__(self, interface: str) -> None:
-        # protocol 0 until bound: nothing arrives from other interfaces in between
+
+def _ndp_claim(frame: bytes) -> Claim | None:
+    packet = ndp.parse_ndp(frame)
+    return ndp.ndp_claim(packet) if packet is not None else None
+
+
+def _attach_filter(sock: socket.socket, program: tuple[tuple[int, int, int, int], ...]) -> None:
+    """SO_ATTACH_FILTER: the kernel runs `program` on each frame and hands us only what it accepts."""
+    code = b"".join(struct.pack("HBBI", *instruction) for instruction in program)
+    buffer = ctypes.create_string_buffer(code)
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", len(program), ctypes.addressof(buffer)))
+
+
+class ArpSocket:
+    """ARP frames that arrive on one interface (never the ones we send), and frames to send from it; with
+    `ipv6`, neighbour discovery frames instead (parsed into the same Claims)."""
+
+    def __init__(self, interface: str, *, ipv6: bool = False) -> None:
+        # protocol 0 until bound: nothing arrives from other interfaces (or unfiltered) in between
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self.parse: Callable[[bytes], Claim | None] = _ndp_claim if ipv6 else _arp_claim
         try:
-            self.sock.bind((interface, ETH_P_ARP))
+            if ipv6:
+                _attach_filter(self.sock, ndp.NDP_FILTER)
+            self.sock.bind((interface, ndp.ETH_P_IPV6 if ipv6 else ETH_P_ARP))
             self.mac: bytes = fcntl.ioctl(self.sock, SIOCGIFHWADDR, struct.pack("256s", interface.encode()))[18:24]
             self.sock.setblocking(False)
         except BaseException:
@@ -83,8 +109,7 @@ class ArpSocket:
 
     def claims(self) -> list[Claim]:
         """What the frames that arrived say about who holds which address."""
-        packets = (parse_arp(frame) for frame in self.received())
-        return [claim for packet in packets if packet is not None and (claim := arp_claim(packet)) is not None]
+        return [claim for frame in self.received() if (claim := self.parse(frame)) is not None]
 
     def close(self) -> None:
         self.sock.close()
@@ -146,16 +171,17 @@ class AddressGuard:
     """Another host claiming EGRESS_SOURCE while the router holds it: read as it arrives on the event loop,
     probed for and announced at each check (conflicts.py decides). Used from the loop's thread only."""
 
-    def __init__(self, interface: str, address: IPv4Address, stats: Stats) -> None:
+    def __init__(self, interface: str, address: IPAddress, stats: Stats) -> None:
         self.interface = interface
         self.address = address
+        self.ipv6 = isinstance(address, IPv6Address)
+        self.protocol = "neighbour discovery" if self.ipv6 else "ARP"
         self.watch = ConflictWatch(address)
         self.arp: ArpSocket | None = None
         self.failure: str | None = None  # why the socket could not be opened, logged once
         self.watched = False  # the socket was open before (it is opened again after a failure)
-        self.conflicts = stats.counter(metrics.CONFLICTS)
-        self.conflicts[()] = 0
-        stats.computed(metrics.CONFLICT, lambda: {(): float(self.watch.conflict is not None)})
+        self.conflicts = stats.counter(metrics.CONFLICTS)  # shared by the guards of a dual-stack router
+        self.conflicts.setdefault((), 0)
 
     def reason(self) -> str | None:
         return self.watch.reason()
@@ -169,32 +195,44 @@ class AddressGuard:
         conflict = self.watch.conflict
         step = self.watch.check(time.monotonic())
         if step is Step.PROBE:
-            self._send(arp, probe(arp.mac, self.address), "probe")
+            self._send(arp, self._probe(arp.mac), "probe")
             return False
         if step is Step.OVER and conflict is not None:
-            announced = self._send(arp, announcement(arp.mac, self.address), "announcement")
+            announced = self._send(arp, self._announcement(arp.mac), "announcement")
+            how = "an unsolicited neighbour advertisement" if self.ipv6 else "gratuitous ARP"
             log.info(
                 "address conflict over: MAC %s no longer answers for %s on %s; %s",
                 mac_text(conflict.mac),
                 self.address,
                 self.interface,
-                "announced it with gratuitous ARP" if announced else "could not announce it",
+                f"announced it with {how}" if announced else "could not announce it",
             )
             return announced
         return False
+
+    def _probe(self, mac: bytes) -> bytes:
+        """An ARP probe, or for IPv6 a duplicate address detection solicitation: whoever holds the address answers."""
+        if isinstance(self.address, IPv6Address):
+            return ndp.probe(mac, self.address)
+        return probe(mac, self.address)
+
+    def _announcement(self, mac: bytes) -> bytes:
+        if isinstance(self.address, IPv6Address):
+            return ndp.advertisement(mac, self.address, router=_forwards(self.interface))
+        return announcement(mac, self.address)
 
     def _send(self, arp: ArpSocket, frame: bytes, what: str) -> bool:
         try:
             arp.send(frame)
         except OSError as error:
-            log.warning("could not send an ARP %s for %s on %s: %s", what, self.address, self.interface, describe(error))
+            log.warning("could not send a %s %s for %s on %s: %s", self.protocol, what, self.address, self.interface, describe(error))
             self.close()
             return False
         return True
 
     def _open(self) -> ArpSocket | None:
         try:
-            arp = ArpSocket(self.interface)
+            arp = ArpSocket(self.interface, ipv6=self.ipv6)
         except OSError as error:
             failure = describe(error)
             if failure != self.failure:
@@ -216,7 +254,7 @@ class AddressGuard:
         try:
             claims = arp.claims()
         except OSError as error:  # the interface went away: open it again at the next check
-            log.warning("stopped reading ARP on %s: %s", self.interface, describe(error))
+            log.warning("stopped reading %s on %s: %s", self.protocol, self.interface, describe(error))
             self.close()
             return
         for claim in claims:

@@ -19,6 +19,6 @@ METRICS = (
     Metric(ADDRESS, "gauge", "1 while EGRESS_SOURCE is on the egress interface"),
     Metric(ARP, "gauge", "When the egress address was last announced with gratuitous ARP, Unix time"),
     Metric(CONFLICTS, "counter", "Times another host began to claim EGRESS_SOURCE (its MAC is in the log)"),
-    Metric(CONFLICT, "gauge", "1 while another host claims EGRESS_SOURCE (from its first ARP until a probe goes unanswered)"),
+    Metric(CONFLICT, "gauge", "1 while another host claims EGRESS_SOURCE (from its first ARP or NA until a probe goes unanswered)"),
     CONFIG_RELOADS,
 )

@@ -4,7 +4,7 @@ It keeps what `init` set up true: it announces the egress address again (the ini
 before its second gratuitous ARP), re-applies the NAT rules when EGRESS_DESTINATION_FILE changes
 (a bad new list is logged and ignored), and puts back the NAT rules, the reply marks, the mark rule,
 eth0's reply table and the routes kept on eth0 if anything removed them. While another host claims the
-egress address, it is not ready (arp_claims.AddressGuard).
+egress address (IPv4 or IPv6), it is not ready (arp_claims.AddressGuard).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
 
 from egress_router.config.addresses import IPAddress
 from egress_router.config.destinations import Destinations
@@ -73,10 +72,9 @@ class Keeper:
         self.stats.computed(metrics.ARP, lambda: {(): self.announced_at} if self.announced_at is not None else {})
         self.stats.computed(metrics.NAT_PACKETS, lambda: {rule: float(c[0]) for rule, c in self.nat_counters.items()})
         self.stats.computed(metrics.NAT_BYTES, lambda: {rule: float(c[1]) for rule, c in self.nat_counters.items()})
-        ipv4 = settings.sources.ipv4  # IPv6's claim check is duplicate address detection, in init
-        self.guard = (
-            AddressGuard(settings.interface, ipv4.ip, self.stats) if ipv4 is not None and isinstance(ipv4.ip, IPv4Address) else None
-        )
+        # one watch per family (both share the conflict metrics: one conflict of either family is one conflict)
+        self.guards = tuple(AddressGuard(settings.interface, source.ip, self.stats) for source in settings.sources.values())
+        self.stats.computed(metrics.CONFLICT, lambda: {(): float(any(guard.reason() is not None for guard in self.guards))})
 
     def announce(self) -> None:
         settings = self.target.settings
@@ -154,15 +152,16 @@ class Keeper:
             self.nat_counters = totals
 
     def ready(self) -> str | None:
-        return (
-            "draining: stopping on SIGTERM" if self.stopping else self.problem or (self.guard.reason() if self.guard is not None else None)
-        )
+        if self.stopping:
+            return "draining: stopping on SIGTERM"
+        return self.problem or next((reason for guard in self.guards if (reason := guard.reason()) is not None), None)
 
     def check_claims(self) -> None:
         """On the loop, after each pass (the first opens the watch): another host claiming our address (see AddressGuard)."""
         try:
-            if self.guard is not None and self.guard.check():
-                self.announced_at = time.time()
+            for guard in self.guards:
+                if guard.check():
+                    self.announced_at = time.time()
         except Exception as error:  # like a pass: reported and tried again at the next check, never a dead monitor
             log.error("watching for another host claiming the address failed: %s: %s", type(error).__name__, error)
             log.debug("the traceback of that failure", exc_info=True)
@@ -198,8 +197,8 @@ async def watch_until_stopped(
             try:
                 await keep(keeper, stop, wake, interval)
             finally:
-                if keeper.guard is not None:
-                    keeper.guard.close()
+                for guard in keeper.guards:
+                    guard.close()
         keeper.stopping = True  # the NAT stays in the kernel: new connections still work until the pod is gone
         await linger(stop, settings.shutdown_delay)
     log.info("stopped")

@@ -1,0 +1,104 @@
+"""The running watch for IPv6 (issue 11, point 2): a dual-stack router drops readiness while another host advertises
+its IPv6 EGRESS_SOURCE (a neighbour advertisement), probes with duplicate address detection solicitations, and
+announces the address once when the other host is gone. IPv4's twin is test_claim.py."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from ipaddress import IPv6Address
+
+import pytest
+
+from egress_router.init import arp
+from egress_router.init.conflicts import ANSWER_TIME
+from egress_router.lab import Lab
+from egress_router.lab import topology as t
+from egress_router.lab.topology import Process, entered, environment, v6
+from tests.lab.conftest import Pod
+from tests.lab.http_helpers import http_get, samples
+from tests.lab.waiting import eventually
+
+#: A lan host's own IPv4 address, not a router's (they take 192.168.12.96 and up).
+INTRUDER_IP = "192.168.12.240"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab(ipv6=True).build(router=False) as built:
+        yield built
+
+
+def dual_env(pod: Pod) -> dict[str, str]:
+    return {
+        "EGRESS_SOURCE": f"{pod.source}/24,{v6(pod.source)}/64",
+        "EGRESS_GATEWAY": f"{t.GATEWAY_IP},{v6(t.GATEWAY_IP)}",
+        "EGRESS_DESTINATION": f"80 tcp 203.0.113.25\n80 tcp {v6('203.0.113.26')}\n",
+    }
+
+
+def readyz(lab: Lab, pod: Pod) -> tuple[int, str]:
+    return http_get(lab, "node", pod.ip, 9191, "/readyz")
+
+
+def metric(lab: Lab, pod: Pod, name: str) -> float | None:
+    return samples(http_get(lab, "node", pod.ip, 9191, "/metrics")[1]).get((name, ()))
+
+
+def start(lab: Lab, pod: Pod, command: str) -> Process:
+    if command == "monitor":
+        assert pod.init(EGRESS_ROUTER_MODE="init", **dual_env(pod)).returncode == 0
+        env = environment(**dual_env(pod), EGRESS_ROUTER_MONITOR_INTERVAL="300ms")
+        argv = [sys.executable, "-m", "egress_router", "monitor"]
+    else:  # legacy: init sets up, then watches as the monitor does, every 10 s
+        env = environment(**dual_env(pod), EGRESS_ROUTER_MODE="legacy")
+        argv = [sys.executable, "-m", "egress_router", "init"]
+    process = lab.start_in(pod.role, argv, env=env)
+    lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=process)
+    eventually(lambda: readyz(lab, pod) == (200, "ok\n"))
+    for source in (pod.source, v6(pod.source)):  # one watch per family
+        eventually(lambda source=source: f"watching macvlan0 for other hosts claiming {source}\n" in process.stderr())
+    return process
+
+
+@pytest.mark.parametrize("command", ["monitor", "legacy"])
+def test_a_host_advertising_the_ipv6_address_makes_the_router_unready_until_it_is_gone(lab: Lab, pod: Pod, command: str) -> None:
+    source6 = v6(pod.source)
+    monitor = start(lab, pod, command)
+    router = lab.link_mac(pod.role, "macvlan0")
+    assert lab.tcp("client", v6(pod.ip), 80).client == source6  # the gateway now knows the source at the router's MAC
+    assert lab.neighbour_mac("gw", source6) == router
+    assert metric(lab, pod, "egress_router_address_conflict") == 0
+
+    intruder = lab.add_lan_host("intruder", INTRUDER_IP)
+    try:
+        lab.ip("intruder", "addr", "add", f"{source6}/64", "dev", "eth0", "nodad")  # taken without asking first
+        with entered(lab.ns("intruder")):
+            arp.announce("eth0", IPv6Address(source6))  # and announced: an unsolicited neighbour advertisement
+        reason = f"another host (MAC {intruder}) claims {source6}"
+        eventually(lambda: readyz(lab, pod) == (503, reason + "\n"), what=lambda: f"{readyz(lab, pod)}; {monitor.stderr()}")
+        assert metric(lab, pod, "egress_router_address_conflict") == 1
+        assert metric(lab, pod, "egress_router_address_conflicts_total") == 1
+        assert f"WARNING address conflict: {reason} on macvlan0; not ready until it stops" in monitor.stderr()
+        assert lab.neighbour_mac("gw", source6) == intruder  # what the conflict does: replies go to the intruder
+        # it answers the router's duplicate address detection probes, so the conflict lasts
+        time.sleep(2 * ANSWER_TIME + 0.5)
+        assert readyz(lab, pod) == (503, reason + "\n")
+    finally:
+        lab.remove_namespace("intruder")
+
+    # a probe at each check: over at most two check intervals after the host went (300 ms here, legacy's 10 s)
+    eventually(lambda: readyz(lab, pod) == (200, "ok\n"), seconds=6 if command == "monitor" else 25)
+    assert metric(lab, pod, "egress_router_address_conflict") == 0
+    assert metric(lab, pod, "egress_router_address_conflicts_total") == 1
+    over = (
+        f"address conflict over: MAC {intruder} no longer answers for {source6} on macvlan0;"
+        " announced it with an unsolicited neighbour advertisement"
+    )
+    assert monitor.stderr().count(over) == 1
+    assert "address conflict over" not in monitor.stderr().replace(over, "")  # IPv4 was never in conflict
+    # the one announcement points the gateway at the router again, and traffic flows
+    eventually(lambda: lab.neighbour_mac("gw", source6) == router)
+    assert lab.tcp("client", v6(pod.ip), 80).client == source6
+    assert "Traceback" not in monitor.stderr()
