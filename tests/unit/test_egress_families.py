@@ -3,6 +3,7 @@ connecting only over those: an IPv4-only router in a dual-stack cluster keeps et
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from ipaddress import ip_address
 
@@ -10,6 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from egress_router.config.addresses import IPAddress
+from egress_router.config.dns_settings import load_dns_settings
+from egress_router.dns_proxy.names import FollowedName
 from egress_router.runtime.egress_families import (
     EgressFamilies,
     egress_families,
@@ -135,3 +139,17 @@ def test_connect_to_an_unserved_family_gets_the_502_too(h: Harness) -> None:
     assert status_of(response) == 502
     assert b"no IPv6 egress address" in response
     assert h.servers == []
+
+
+def test_the_dns_proxy_passes_over_addresses_of_an_unserved_family() -> None:
+    settings = load_dns_settings(destination="5432 db.example.test")
+    files = {"/proc/net/route": V4_ROUTER, "/proc/net/ipv6_route": V6_POD}
+    name = FollowedName(settings.targets[0], settings, None, ipv6=True, families=EgressFamilies(read=files.get))
+    name.addresses = (ip_address("2001:db8::10"), ip_address("203.0.113.10"), ip_address("2001:db8::11"))
+
+    async def order() -> list[IPAddress]:
+        return name.order()
+
+    assert asyncio.run(order()) == [ip_address("203.0.113.10")]
+    name.addresses = (ip_address("2001:db8::10"),)
+    assert asyncio.run(order()) == []  # the forwarder then logs unserved_reason
