@@ -18,6 +18,7 @@ from egress_router.config.dns_settings import DnsProxySettings
 from egress_router.dns_proxy import metrics, splice
 from egress_router.dns_proxy.names import FollowedName
 from egress_router.observe.stats import Stats, count
+from egress_router.runtime.egress_families import unserved_reason
 from egress_router.runtime.happy_eyeballs import first_to_connect
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd
 
@@ -158,7 +159,8 @@ class Forwarder:
             _close(client)
             raise
         if won is None:
-            log.warning("port %d: no address of %s answered (%s)", target.local_port, target.host, "; ".join(failures) or "no address")
+            why = "; ".join(failures) or (unserved_reason(destination.addresses) if destination.addresses else "no address")
+            log.warning("port %d: no address of %s answered (%s)", target.local_port, target.host, why)
             _close(client)
             return
         address, server = won

@@ -14,6 +14,7 @@ from egress_router.config.dns_settings import DnsProxySettings
 from egress_router.config.dns_targets import Target
 from egress_router.dns_proxy.resolver import ResolveError, Resolver
 from egress_router.observe.stats import Counter, count
+from egress_router.runtime.egress_families import EgressFamilies
 from egress_router.runtime.happy_eyeballs import interleave
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,16 @@ REFRESH_AT = 0.9
 
 class FollowedName:
     def __init__(
-        self, target: Target, settings: DnsProxySettings, resolver: Resolver | None, ipv6: bool = False, lookups: Counter | None = None
+        self,
+        target: Target,
+        settings: DnsProxySettings,
+        resolver: Resolver | None,
+        ipv6: bool = False,
+        lookups: Counter | None = None,
+        families: EgressFamilies | None = None,
     ) -> None:
         self.target = target
+        self.families = families  # None: every family
         self.lookups: Counter = lookups if lookups is not None else {}  # by result, for the metrics
         self.answered_at: float | None = None  # loop time of the last good answer
         self.stale = False  # the last lookup failed and the last good answer is still in use
@@ -88,8 +96,9 @@ class FollowedName:
             await asyncio.sleep(max(delay, self.settings.min_ttl))
 
     def order(self) -> list[IPAddress]:
-        """Addresses to try for a new connection: next in turn first, the families alternating, recently failed ones last."""
-        addresses = list(self.addresses)
+        """Addresses to try for a new connection: next in turn first, the families alternating, recently failed ones last;
+        none of a family the router has no egress route for (it would leave from the cluster's address)."""
+        addresses = list(self.addresses) if self.families is None else self.families.keep(self.addresses)
         if not addresses:
             return []
         self.turn = (self.turn + 1) % len(addresses)

@@ -17,6 +17,7 @@ from egress_router.dns_proxy.resolver import Resolver, can_send_ipv6
 from egress_router.errors import ApplyError
 from egress_router.observe.endpoints import local_probes, serving
 from egress_router.observe.stats import CONFIG_RELOADS, Stats, count
+from egress_router.runtime.egress_families import EgressFamilies
 from egress_router.runtime.sockets import check_free, listen
 from egress_router.runtime.watch import ListFile, SerialApply, following
 from egress_router.runtime.workers import linger, run_loop
@@ -32,6 +33,7 @@ class ForwardedPorts:
         self.settings = settings
         self.resolver = resolver
         self.ipv6 = can_send_ipv6()
+        self.families = EgressFamilies()  # addresses of a family without an egress default route are not connected to
         self.active: set[asyncio.Task[None]] = set()
         self.ports: dict[int, tuple[asyncio.Server, Forwarder]] = {}
         self.missing: set[int] = set()  # ports of the list that could not be had (readiness says which)
@@ -72,7 +74,7 @@ class ForwardedPorts:
                 target.remote_port,
             ):
                 continue
-            destination = FollowedName(target, self.settings, self.resolver, self.ipv6, self.lookups)
+            destination = FollowedName(target, self.settings, self.resolver, self.ipv6, self.lookups, self.families)
             if current is not None:
                 current[1].destination.stop()
                 current[1].destination = destination  # new connections go to the new destination

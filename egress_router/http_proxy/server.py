@@ -33,6 +33,7 @@ from egress_router.http_proxy.flow import FlowControl
 from egress_router.http_proxy.upstream import MAX_HEADERS, OpenConnection, Upstream, UpstreamError, UpstreamPool
 from egress_router.observe.stats import DURATION_BUCKETS, Stats, observe
 from egress_router.runtime.deadline import Deadline
+from egress_router.runtime.egress_families import EgressFamilies
 from egress_router.runtime.happy_eyeballs import interleave
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd, abort_with_reset
 
@@ -71,11 +72,13 @@ class Proxy:
         *,
         lookup: Lookup | None = None,
         open_connection: OpenConnection | None = None,
+        families: EgressFamilies | None = None,
     ) -> None:
         self.loop = loop
         self.settings = settings
         self.access_log = access_log
         self.pool = UpstreamPool(loop, settings.connect_timeout, settings.max_header_size, open_connection)
+        self.pool.families = families  # None (tests' stand-in connections): every family
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.stats = Stats(metrics.METRICS)

@@ -15,6 +15,7 @@ from egress_router.http_proxy.server import Proxy
 from egress_router.observe.endpoints import local_probes, serving
 from egress_router.observe.reports import SupervisorEndpoints, report_forever, send_report
 from egress_router.observe.stats import CONFIG_RELOADS, by_name, count
+from egress_router.runtime.egress_families import EgressFamilies
 from egress_router.runtime.sockets import check_free, listen
 from egress_router.runtime.watch import ListFile, following
 from egress_router.runtime.workers import linger, run_loop, run_workers
@@ -28,7 +29,7 @@ async def serve_until_stopped(
     """One worker. Its endpoints: on this loop when it is the only worker, else its reports to the supervisor (which
     then also waits out the shutdown delay before it passes SIGTERM on: here it is the only one's to wait)."""
     loop = asyncio.get_running_loop()
-    proxy = Proxy(loop, settings, AccessLog())
+    proxy = Proxy(loop, settings, AccessLog(), families=EgressFamilies())
     server = await loop.create_server(proxy.protocol, sock=sock, backlog=1024)
     stopping = asyncio.Event()
 

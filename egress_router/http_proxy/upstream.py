@@ -17,6 +17,7 @@ from egress_router.http_proxy.exchange import Answer
 from egress_router.http_proxy.flow import FlowControl
 from egress_router.http_proxy.messages import error_text
 from egress_router.runtime.deadline import Deadline
+from egress_router.runtime.egress_families import EgressFamilies, unserved_reason
 from egress_router.runtime.happy_eyeballs import first_to_connect
 from egress_router.runtime.tunnel import Tunnel, TunnelEnd
 
@@ -264,6 +265,7 @@ class UpstreamPool:
         self.idle: dict[tuple[str, int], list[Upstream]] = {}
         self.sweeper: asyncio.TimerHandle | None = None
         self.errors: dict[tuple[str, ...], float] = {}  # failed connects by kind (the proxy's metrics)
+        self.families: EgressFamilies | None = None  # the families with an egress default route; None: all
 
     def _reuse(self, addresses: list[IPAddress], port: int) -> Upstream | None:
         now = self.loop.time()
@@ -279,7 +281,13 @@ class UpstreamPool:
         return None
 
     async def acquire(self, addresses: list[IPAddress], port: int, *, pooled: bool = True) -> Upstream:
-        """A connection to the first address that answers; each address was already allowed by the ACL."""
+        """A connection to the first address that answers; each address was already allowed by the ACL. Addresses of a
+        family the router has no egress route for are passed over: they would leave from the cluster's address."""
+        if self.families is not None:
+            served = self.families.keep(addresses)
+            if not served and addresses:
+                raise UpstreamError(502, unserved_reason(addresses))
+            addresses = served
         if pooled:
             reused = self._reuse(addresses, port)
             if reused is not None:

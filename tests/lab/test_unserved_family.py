@@ -1,0 +1,92 @@
+"""An IPv4-only router in proxy mode in a dual-stack cluster: `eth0` keeps its IPv6 default route, and the HTTP
+proxy must not use it (that traffic would leave from the cluster's address, not EGRESS_SOURCE)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from egress_router.lab import Lab
+from egress_router.lab import topology as t
+from egress_router.lab.dns import DNS, DnsServer
+from egress_router.lab.topology import Process, run, v6
+from tests.lab.conftest import Pod, new_pod
+from tests.lab.http_helpers import log_line, start_proxy
+
+SERVER = t.PROTECTED_SERVERS[0]
+HOSTS = f"{SERVER} dual.lab.test\n{v6(SERVER)} dual.lab.test\n"
+#: RFC 6724's table without its ULA label, so glibc sorts IPv6 first here (the pod's eth0 address would otherwise lose
+#: to IPv4 by label): without the fix, every request would try IPv6 first.
+GAI_CONF = """
+label ::1/128 0
+label ::/0 1
+label ::ffff:0:0/96 4
+precedence ::1/128 50
+precedence ::/0 40
+precedence ::ffff:0:0/96 35
+"""
+PROBE = ["nft", "-f", "-"]
+#: A counter of every IPv6 packet to port 8000 the router pod sends: it must stay at 0.
+PROBE_RULES = """
+table inet probe {
+    chain out {
+        type filter hook output priority 0;
+        meta nfproto ipv6 tcp dport 8000 counter
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab(ipv6=True).build(router=False) as built:
+        DnsServer.site(built, HOSTS).start()
+        built.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", "--http", "[::]:8000", ready_line="ready")
+        yield built
+
+
+@pytest.fixture(scope="module")
+def router(lab: Lab) -> Iterator[tuple[Pod, Process]]:
+    pod = new_pod(lab)
+    done = pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE="http-proxy")
+    assert done.returncode == 0, done.stderr
+    assert "dev eth0" in run(lab.exec_argv(pod.role, ["ip", "-6", "route", "show", "default"])).stdout  # the gap's premise
+    lab.write_etc(pod.role, "resolv.conf", f"nameserver {DNS}\noptions timeout:1 attempts:1\n")
+    lab.write_etc(pod.role, "gai.conf", GAI_CONF)
+    subprocess.run(lab.exec_argv(pod.role, PROBE), input=PROBE_RULES, text=True, check=True)
+    proc = start_proxy(lab, pod.role, user=65534, EGRESS_HTTP_PROXY_DESTINATION="*", EGRESS_HTTP_PROXY_WORKERS="1")
+    yield pod, proc
+    lab.remove_namespace(pod.role)
+
+
+def curl(lab: Lab, pod: Pod, url: str) -> tuple[int, str]:
+    argv = ["curl", "-sS", "--max-time", "10", "-g", "-x", f"http://{pod.ip}:8080", "-w", "\n%{http_code}", url]
+    done = subprocess.run(lab.exec_argv("client", argv), capture_output=True, text=True, timeout=30)
+    body, _, code = done.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+def ipv6_packets(lab: Lab, pod: Pod) -> int:
+    listed = run(lab.exec_argv(pod.role, ["nft", "list", "chain", "inet", "probe", "out"])).stdout
+    return int(listed.split("packets ", 1)[1].split()[0])
+
+
+def test_a_name_with_both_families_is_reached_over_ipv4_only(lab: Lab, router: tuple[Pod, Process]) -> None:
+    pod, _ = router
+    for _ in range(3):  # happy eyeballs would start with IPv6 (RFC 6724 order) every time
+        code, body = curl(lab, pod, "http://dual.lab.test:8000/")
+        assert code == 200, body
+        assert json.loads(body)["client"] == pod.source
+    assert ipv6_packets(lab, pod) == 0
+
+
+def test_an_ipv6_literal_gets_a_502_that_says_why(lab: Lab, router: tuple[Pod, Process]) -> None:
+    pod, proc = router
+    code, body = curl(lab, pod, f"http://[{v6(SERVER)}]:8000/")
+    assert code == 502
+    assert "this router has no IPv6 egress address (EGRESS_SOURCE)" in body
+    assert "status=502" in log_line(proc, f"target=http://[{v6(SERVER)}]:8000/")
+    assert ipv6_packets(lab, pod) == 0
