@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from egress_router.lab.topology import Lab, Process
 
 DNS = "203.0.113.53"  # the site's DNS server, reached from pods only through the egress interface or the node's NAT
+DNS6 = "2001:db8:113::53"  # its IPv6 twin (topology.v6(DNS)), in a dual-stack lab: answers A and AAAA records alike
 
 
 class DnsServer:
@@ -24,8 +25,12 @@ class DnsServer:
         self.proc: Process | None = None
 
     @classmethod
-    def site(cls, lab: Lab, hosts: str) -> DnsServer:
-        """The site's DNS server, on an address of its own in the server namespace."""
+    def site(cls, lab: Lab, hosts: str, *, ipv6: bool = False) -> DnsServer:
+        """The site's DNS server, on an address of its own in the server namespace (DNS6, `ipv6`: a dual-stack lab's,
+        for pods whose resolv.conf names an IPv6 server). `hosts` may hold IPv6 addresses (AAAA records) either way."""
+        if ipv6:
+            lab.ip("server", "addr", "add", f"{DNS6}/64", "dev", "eth0", "nodad")
+            return cls(lab, hosts, address=DNS6)
         lab.ip("server", "addr", "add", f"{DNS}/24", "dev", "eth0")
         return cls(lab, hosts)
 

@@ -1,8 +1,8 @@
-"""Both proxies over IPv6, end to end: the lab with its IPv6 twin (egress_router/lab/ipv6.py), dnsmasq answering
-AAAA from an IPv6 address, the origin servers reporting the source address they saw.
+"""Both proxies over IPv6, end to end: the dual-stack lab (`Lab(ipv6=True)`), the site's DNS answering AAAA from
+its IPv6 address, the origin servers reporting the source address they saw.
 
-Router pods get their IPv6 egress address from `add_pod_ipv6` after an IPv4 `init` (init does not configure IPv6
-yet); the proxies themselves are the real commands, unprivileged.
+Router pods are set up by the real dual-stack `init` in proxy mode (both families' egress sources and gateways);
+the proxies themselves are the real commands, unprivileged.
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ import pytest
 
 from egress_router.lab import Lab, Seen
 from egress_router.lab import topology as t
-from egress_router.lab.dns import DnsServer
-from egress_router.lab.ipv6 import PROTECTED_SERVERS6, SITE_DNS6, add_ipv6, add_pod_ipv6, twin
+from egress_router.lab.dns import DNS6, DnsServer
 from egress_router.lab.netns import family_of, socket_in
-from egress_router.lab.topology import Process, environment, run
+from egress_router.lab.topology import Process, environment, run, v6
 from tests.lab.conftest import Pod, new_pod
 from tests.lab.http_helpers import log_line, read_head, start_proxy, status_of
 from tests.lab.waiting import eventually
 
-V6_A, V6_B, V6_DENIED = PROTECTED_SERVERS6  # 2001:db8:113::25, ::26, ::27
+V6_A, V6_B, V6_DENIED = (v6(s) for s in t.PROTECTED_SERVERS)  # 2001:db8:113::25, ::26, ::27
 BLACKHOLE6 = "2001:db8:113::61"  # the site firewall drops everything to it: connecting times out
 HOSTS = f"""
 {V6_A} v6only.lab.test
@@ -43,24 +42,24 @@ UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    """The IPv4 lab and its IPv6 twin; the site's DNS server on an IPv6 address; an origin server on both families."""
-    with Lab().build(router=False) as built:
-        add_ipv6(built)
-        built.ip("server", "addr", "add", f"{SITE_DNS6}/64", "dev", "eth0", "nodad")
+    """The dual-stack lab; the site's DNS server on its IPv6 address; an origin server on both families."""
+    with Lab(ipv6=True).build(router=False) as built:
         built.ip("server", "addr", "add", f"{BLACKHOLE6}/64", "dev", "eth0", "nodad")
         run(built.exec_argv("gw", ["nft", "insert", "rule", "inet", "site6", "forward", "ip6", "daddr", BLACKHOLE6, "drop"]))
-        DnsServer(built, HOSTS, address=SITE_DNS6).start()
+        DnsServer.site(built, HOSTS, ipv6=True).start()
         built.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", "--http", "[::]:8000", ready_line="ready")
         yield built
 
 
 def router_pod(lab: Lab, mode: str) -> Pod:
-    """A router pod in a proxy mode with both families' egress addresses; names resolved by the site's DNS over IPv6."""
+    """A router pod in a proxy mode, set up by the dual-stack `init` (both families' egress addresses); names resolved
+    by the site's DNS over IPv6."""
     pod = new_pod(lab)
-    done = pod.init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_ROUTER_MODE=mode)
+    done = pod.init(
+        EGRESS_SOURCE=f"{pod.source},{v6(pod.source)}", EGRESS_GATEWAY=f"{t.GATEWAY_IP},{v6(t.GATEWAY_IP)}", EGRESS_ROUTER_MODE=mode
+    )
     assert done.returncode == 0, done.stderr
-    add_pod_ipv6(lab, pod.role, pod.ip, pod.source)
-    lab.write_etc(pod.role, "resolv.conf", f"nameserver {SITE_DNS6}\noptions timeout:1 attempts:1\n")
+    lab.write_etc(pod.role, "resolv.conf", f"nameserver {DNS6}\noptions timeout:1 attempts:1\n")
     return pod
 
 
@@ -86,7 +85,7 @@ def http_proxy(lab: Lab) -> Iterator[tuple[Pod, Process]]:
 
 def curl(lab: Lab, pod: Pod, url: str) -> tuple[int, str]:
     """A GET through the proxy, which the client pod reaches over IPv6."""
-    argv = ["curl", "-sS", "--max-time", "10", "-g", "-x", f"http://[{twin(pod.ip)}]:8080", "-w", "\n%{http_code}", url]
+    argv = ["curl", "-sS", "--max-time", "10", "-g", "-x", f"http://[{v6(pod.ip)}]:8080", "-w", "\n%{http_code}", url]
     done = subprocess.run(lab.exec_argv("client", argv), capture_output=True, text=True, timeout=30)
     body, _, code = done.stdout.rpartition("\n")
     return int(code or 0), body
@@ -109,9 +108,9 @@ def test_get_an_ipv6_literal(lab: Lab, http_proxy: tuple[Pod, Process]) -> None:
     code, body = curl(lab, pod, f"http://[{V6_A}]:8000/path")
     assert code == 200, body
     seen = json.loads(body)
-    assert (seen["client"], seen["server"], seen["host"]) == (twin(pod.source), V6_A, f"[{V6_A}]:8000")
+    assert (seen["client"], seen["server"], seen["host"]) == (v6(pod.source), V6_A, f"[{V6_A}]:8000")
     line = log_line(proc, f"target=http://[{V6_A}]:8000/path")
-    assert f"client=[{twin(t.CLIENT_IP)}]:" in line and "status=200" in line
+    assert f"client=[{v6(t.CLIENT_IP)}]:" in line and "status=200" in line
 
 
 def test_get_a_name_with_only_an_aaaa_record(lab: Lab, http_proxy: tuple[Pod, Process]) -> None:
@@ -119,7 +118,7 @@ def test_get_a_name_with_only_an_aaaa_record(lab: Lab, http_proxy: tuple[Pod, Pr
     code, body = curl(lab, pod, "http://v6only.lab.test:8000/")
     assert code == 200, body
     seen = json.loads(body)
-    assert (seen["client"], seen["server"], seen["host"]) == (twin(pod.source), V6_A, "v6only.lab.test:8000")
+    assert (seen["client"], seen["server"], seen["host"]) == (v6(pod.source), V6_A, "v6only.lab.test:8000")
 
 
 def test_a_black_holed_ipv6_address_costs_a_quarter_second_not_the_connect_timeout(lab: Lab, http_proxy: tuple[Pod, Process]) -> None:
@@ -128,16 +127,16 @@ def test_a_black_holed_ipv6_address_costs_a_quarter_second_not_the_connect_timeo
         started = time.monotonic()
         code, body = curl(lab, pod, "http://broken6.lab.test:8000/")
         assert code == 200, body
-        assert json.loads(body)["client"] in (pod.source, twin(pod.source))
+        assert json.loads(body)["client"] in (pod.source, v6(pod.source))
         assert time.monotonic() - started < 2  # the connect timeout is 10 s
 
 
 def test_connect_to_an_ipv6_literal_and_to_an_aaaa_name(lab: Lab, http_proxy: tuple[Pod, Process]) -> None:
     pod, _ = http_proxy
-    for proxy_address, target in ((twin(pod.ip), f"[{V6_A}]:443"), (pod.ip, "v6only.lab.test:443")):
+    for proxy_address, target in ((v6(pod.ip), f"[{V6_A}]:443"), (pod.ip, "v6only.lab.test:443")):
         status, seen = connect(lab, pod, proxy_address, target)
         assert status == 200 and seen is not None
-        assert (seen.server, seen.port, seen.client) == (V6_A, 443, twin(pod.source))
+        assert (seen.server, seen.port, seen.client) == (V6_A, 443, v6(pod.source))
 
 
 def test_an_ipv4_mapped_literal_goes_out_as_ipv4(lab: Lab, http_proxy: tuple[Pod, Process]) -> None:
@@ -193,32 +192,32 @@ def dns_proxy(lab: Lab, request: pytest.FixtureRequest) -> Iterator[tuple[Pod, P
 
 def relayed(lab: Lab, pod: Pod, port: int, *, over_ipv6: bool = False) -> Seen:
     """What the server saw of a connection through the relay, from the client pod."""
-    return eventually(lambda: lab.tcp("client", twin(pod.ip) if over_ipv6 else pod.ip, port, timeout=5), 8)
+    return eventually(lambda: lab.tcp("client", v6(pod.ip) if over_ipv6 else pod.ip, port, timeout=5), 8)
 
 
 def test_a_name_with_only_an_aaaa_record_is_relayed_over_ipv6(lab: Lab, dns_proxy: tuple[Pod, Process]) -> None:
     pod, _ = dns_proxy
     seen = relayed(lab, pod, 5432)
-    assert (seen.server, seen.port, seen.client) == (V6_A, 5432, twin(pod.source))
+    assert (seen.server, seen.port, seen.client) == (V6_A, 5432, v6(pod.source))
 
 
 def test_an_ipv6_literal_destination(lab: Lab, dns_proxy: tuple[Pod, Process]) -> None:
     pod, _ = dns_proxy
     seen = relayed(lab, pod, 8080)
-    assert (seen.server, seen.port, seen.client) == (V6_B, 80, twin(pod.source))
+    assert (seen.server, seen.port, seen.client) == (V6_B, 80, v6(pod.source))
 
 
 def test_both_families_of_a_name_are_used(lab: Lab, dns_proxy: tuple[Pod, Process]) -> None:
     pod, _ = dns_proxy
     seen = [relayed(lab, pod, 6100) for _ in range(6)]
-    assert {(s.server, s.client) for s in seen} == {("203.0.113.25", pod.source), (V6_B, twin(pod.source))}
+    assert {(s.server, s.client) for s in seen} == {("203.0.113.25", pod.source), (V6_B, v6(pod.source))}
 
 
 def test_clients_reach_the_relay_over_ipv6_and_are_logged_in_brackets(lab: Lab, dns_proxy: tuple[Pod, Process]) -> None:
     pod, proc = dns_proxy
     seen = relayed(lab, pod, 8080, over_ipv6=True)
-    assert (seen.server, seen.client) == (V6_B, twin(pod.source))
-    eventually(lambda: f"client=[{twin(t.CLIENT_IP)}]:" in proc.stderr(), 5, proc.stderr)
+    assert (seen.server, seen.client) == (V6_B, v6(pod.source))
+    eventually(lambda: f"client=[{v6(t.CLIENT_IP)}]:" in proc.stderr(), 5, proc.stderr)
 
 
 def test_a_black_holed_ipv6_address_is_passed_over_then_avoided(lab: Lab, dns_proxy: tuple[Pod, Process]) -> None:
