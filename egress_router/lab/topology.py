@@ -70,8 +70,12 @@ PROTECTED_SERVERS = ("203.0.113.25", "203.0.113.26", "203.0.113.27")
 PUBLIC_SERVER = "203.0.113.50"
 SERVER_PORTS = {"tcp": (53, 80, 443, 5432, 8080, 9000), "udp": (53, 5353)}
 
-NODE_NFT = f"""
-table ip lab {{
+
+def node_nat(table: str, family: str, cluster: str) -> str:
+    """The node's NAT: Service chains (filled by Lab.add_service) and masquerade of pods leaving the cluster; `family`
+    is nft's `ip` or `ip6`."""
+    return f"""
+table {family} {table} {{
   chain pre {{
     type nat hook prerouting priority -100
   }}
@@ -80,22 +84,30 @@ table ip lab {{
   }}
   chain post {{
     type nat hook postrouting priority 100
-    ip saddr {CLUSTER_NETWORK} ip daddr != {CLUSTER_NETWORK} oifname "eth0" masquerade
+    {family} saddr {cluster} {family} daddr != {cluster} oifname "eth0" masquerade
   }}
 }}
 """
-FIREWALL_NFT = f"""
-table inet site {{
+
+
+def site_firewall(table: str, family: str, cluster: str, server: str, egress: str, outside: str, first: str = "") -> str:
+    """The site firewall: only the egress range (and replies) reach the outside, besides one public server."""
+    return f"""
+table inet {table} {{
   chain forward {{
     type filter hook forward priority 0; policy accept
-    ip saddr {CLUSTER_NETWORK} drop
+{first}    {family} saddr {cluster} drop
     ct state established,related accept
-    ip daddr {PUBLIC_SERVER} accept
-    ip saddr {EGRESS_RANGE} accept
-    ip daddr 203.0.113.0/24 reject with icmpx type admin-prohibited
+    {family} daddr {server} accept
+    {family} saddr {egress} accept
+    {family} daddr {outside} reject with icmpx type admin-prohibited
   }}
 }}
 """
+
+
+NODE_NFT = node_nat("lab", "ip", CLUSTER_NETWORK)
+FIREWALL_NFT = site_firewall("site", "ip", CLUSTER_NETWORK, PUBLIC_SERVER, EGRESS_RANGE, "203.0.113.0/24")
 
 
 #: How long `init` probes for its address in the lab, unless a test says otherwise: answers cross the lab's bridges in
@@ -133,33 +145,10 @@ def v6(address: str) -> str:
 #: The IPv6 prefix lengths of the lab's IPv4 networks (`v6()` of a network).
 NETWORK_LENGTHS6 = {NODE_PODS: 62, NODE2_PODS: 62, f"10.128.0.0/{POD_PREFIX}": 64, CLUSTER_NETWORK: 48}
 
-NODE_NFT6 = f"""
-table ip6 lab6 {{
-  chain pre {{
-    type nat hook prerouting priority -100
-  }}
-  chain out {{
-    type nat hook output priority -100
-  }}
-  chain post {{
-    type nat hook postrouting priority 100
-    ip6 saddr {CLUSTER_NETWORK6} ip6 daddr != {CLUSTER_NETWORK6} oifname "eth0" masquerade
-  }}
-}}
-"""
-FIREWALL_NFT6 = f"""
-table inet site6 {{
-  chain forward {{
-    type filter hook forward priority 0; policy accept
-    meta nfproto ipv4 accept
-    ip6 saddr {CLUSTER_NETWORK6} drop
-    ct state established,related accept
-    ip6 daddr {v6(PUBLIC_SERVER)} accept
-    ip6 saddr {EGRESS_RANGE6} accept
-    ip6 daddr {SERVER_NETWORK6} reject with icmpx type admin-prohibited
-  }}
-}}
-"""
+NODE_NFT6 = node_nat("lab6", "ip6", CLUSTER_NETWORK6)
+FIREWALL_NFT6 = site_firewall(
+    "site6", "ip6", CLUSTER_NETWORK6, v6(PUBLIC_SERVER), EGRESS_RANGE6, SERVER_NETWORK6, first="    meta nfproto ipv4 accept\n"
+)
 
 
 def environment(**overrides: str) -> dict[str, str]:
