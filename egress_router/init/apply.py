@@ -6,13 +6,13 @@ import logging
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
-from egress_router.config.addresses import FAMILIES, FAMILY_NAMES, IPV4, IPV6
+from egress_router.config.addresses import FAMILIES, FAMILY_NAMES, IPV6
 from egress_router.errors import ApplyError
-from egress_router.init import arp, arp_claims, cluster_routes, sysctl
+from egress_router.init import arp, arp_claims, claim, cluster_routes, sysctl
 from egress_router.init.cluster_routes import KernelRoute, NoNextHop
 from egress_router.init.journal import Journal
 from egress_router.init.nat_backend import EDGES, Backend
-from egress_router.init.netlink import PodNetwork, PolicyRouting
+from egress_router.init.netlink import DadFailed, PodNetwork, PolicyRouting
 from egress_router.init.plan import (
     CLUSTER_INTERFACE,
     NAT_CHAINS,
@@ -151,6 +151,26 @@ def drop_family(net: PodNetwork, routing: PolicyRouting, plan: NetworkPlan, egre
     return changed
 
 
+def claim_address(net: PodNetwork, index: int, plan: NetworkPlan, family: FamilyPlan) -> bool:
+    """Give the egress interface the family's address only when no other host holds it: ARP probes first for
+    IPv4, the kernel's duplicate address detection for IPv6 (its culprit named from what we heard meanwhile).
+    An address that is already ours (init again in the same pod) is not probed for."""
+    ip = family.address.ip
+    fresh = ip not in {a.ip for a in net.addresses(index, family.family)}
+    if fresh and isinstance(ip, IPv4Address):
+        arp_claims.refuse_if_taken(plan.interface, ip, plan.probe)
+    with arp_claims.DadWitness(plan.interface, ip, listen=fresh) as witness:
+        changed = net.set_only_address(index, plan.interface, family.address)
+        try:
+            net.wait_for_dad(index, plan.interface, ip)  # IPv4: at once
+        except DadFailed as failed:
+            culprit = witness.culprit()
+            if culprit is None:
+                raise
+            raise ApplyError(claim.refusal(culprit, plan.interface, "; duplicate address detection failed")) from failed
+    return changed
+
+
 def apply_plan(plan: NetworkPlan, backend: Backend) -> bool:
     """Returns whether anything changed. On failure, undoes what was done and raises ApplyError."""
     for line in render_plan(plan, backend.render).splitlines():
@@ -165,11 +185,7 @@ def apply_plan(plan: NetworkPlan, backend: Backend) -> bool:
         changed = [drop_family(net, routing, plan, index, f, journal) for f in FAMILIES if f not in served and served_before(routing, f)]
         changed.append(net.set_up(index, plan.interface))  # up without the address, to probe for it
         for family in plan.families:
-            ip = family.address.ip
-            if isinstance(ip, IPv4Address) and ip not in {a.ip for a in net.addresses(index, IPV4)}:
-                arp_claims.refuse_if_taken(plan.interface, ip, plan.probe)  # not when already ours (init again)
-            changed.append(net.set_only_address(index, plan.interface, family.address))
-            net.wait_for_dad(index, plan.interface, family.address.ip)  # IPv6's own claim check
+            changed.append(claim_address(net, index, plan, family))
             changed.append(net.set_gateway_route(index, plan.interface, family.gateway))
         changed.append(keep_cluster_side(routing, side))
         for family in plan.families:

@@ -164,6 +164,41 @@ def _listen(arp: ArpSocket, address: IPv4Address, until: float) -> Claim | None:
             return None
 
 
+class DadWitness:
+    """Who made IPv6 duplicate address detection fail. The kernel runs DAD and only flags the address
+    (IFA_F_DADFAILED); listening to neighbour discovery while it runs lets init name the MAC that answered, as its
+    ARP probe does for IPv4. Without a socket (no NET_RAW) DAD still protects the address, unnamed."""
+
+    def __init__(self, interface: str, address: IPAddress, *, listen: bool = True) -> None:
+        self.address = address
+        self.arp: ArpSocket | None = None
+        if not listen or not isinstance(address, IPv6Address):
+            return  # IPv4 has no DAD; an address already ours is not detected again
+        try:
+            self.arp = ArpSocket(interface, ipv6=True)
+        except OSError as error:
+            log.debug("cannot listen to neighbour discovery on %s during DAD: %s", interface, describe(error))
+
+    def culprit(self) -> Claim | None:
+        """Another host that advertised the address since we started listening, else one that probed for it (a
+        probe heard before our own DAD began may come from the host that then holds it and answered)."""
+        arp, found = self.arp, []
+        while arp is not None and (frames := arp.received()):
+            claims = (arp.parse(frame) for frame in frames)
+            found += [c for c in claims if c is not None and conflicts_while_probing(c, self.address, arp.mac)]
+        return next((c for c in found if not c.probing), found[0] if found else None)
+
+    def close(self) -> None:
+        if self.arp is not None:
+            self.arp.close()
+
+    def __enter__(self) -> DadWitness:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.close()
+
+
 # monitor: watching while the address is ours ------------------------------------------------------------
 
 

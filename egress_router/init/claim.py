@@ -105,13 +105,14 @@ def conflicts_while_holding(claim: Claim, address: IPAddress, ours: bytes) -> bo
     return not claim.probing and conflicts_while_probing(claim, address, ours)
 
 
-def refusal(claim: Claim, interface: str) -> str:
-    """Why init will not take the address, as the one line the user reads."""
+def refusal(claim: Claim, interface: str, check: str = "") -> str:
+    """Why init will not take the address, as the one line the user reads; `check` names the check that found
+    it when that is not our own ARP probe (IPv6's duplicate address detection)."""
     who = f"MAC {mac_text(claim.mac)}"
     if claim.probing:
-        found = f"{who} probed for it on {interface} while we did (another router starting with the same address)"
+        found = f"{who} probed for it on {interface} while we did (another router starting with the same address{check})"
     else:
-        found = f"{who} answered for it on {interface} (another router pod or host holds it)"
+        found = f"{who} answered for it on {interface} (another router pod or host holds it{check})"
     return f"EGRESS_SOURCE: {claim.address} is already in use: {found}; give each router its own address, or stop the other holder"
 
 

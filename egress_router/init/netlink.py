@@ -37,6 +37,12 @@ IFA_F_TENTATIVE = 0x40
 #: Duplicate address detection takes a second or two (a random delay up to 1 s, then one probe 1 s long);
 #: a link without carrier never finishes it.
 DAD_TIMEOUT = 10.0
+
+
+class DadFailed(ApplyError):
+    """Duplicate address detection found another host with the address (the kernel does not say which)."""
+
+
 RTPROT_KERNEL = 2
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 4
@@ -208,7 +214,7 @@ class PodNetwork:
                 raise ApplyError(f"EGRESS_SOURCE: {address} disappeared from {name} during duplicate address detection")
             flags = found[0].get_attr("IFA_FLAGS") or found[0]["flags"]
             if flags & IFA_F_DADFAILED:
-                raise ApplyError(
+                raise DadFailed(
                     f"EGRESS_SOURCE: {address} is already used by another host on {name}'s network (duplicate address detection"
                     " failed); reserve an address nobody else has"
                 )

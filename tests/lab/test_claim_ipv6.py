@@ -4,6 +4,7 @@ announces the address once when the other host is gone. IPv4's twin is test_clai
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from egress_router.init.conflicts import ANSWER_TIME
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import Process, entered, environment, v6
-from tests.lab.conftest import Pod
+from tests.lab.conftest import Pod, new_pod
 from tests.lab.http_helpers import http_get, samples
 from tests.lab.waiting import eventually
 
@@ -102,3 +103,29 @@ def test_a_host_advertising_the_ipv6_address_makes_the_router_unready_until_it_i
     eventually(lambda: lab.neighbour_mac("gw", source6) == router)
     assert lab.tcp("client", v6(pod.ip), 80).client == source6
     assert "Traceback" not in monitor.stderr()
+
+
+def test_two_routers_racing_for_one_ipv6_address_never_both_get_it(lab: Lab) -> None:
+    """IPv6's claim check is the kernel's duplicate address detection: both routers' solicitations cross (both back
+    off) or the later one's is answered; either way each refusal names the other router's MAC, which init heard
+    while DAD ran."""
+    pods = [new_pod(lab), new_pod(lab)]
+    try:
+        source6 = v6(pods[0].source)
+        env = environment(
+            EGRESS_ROUTER_MODE="init",
+            EGRESS_SOURCE=f"{source6}/64",
+            EGRESS_GATEWAY=v6(t.GATEWAY_IP),
+            EGRESS_DESTINATION=f"{v6('203.0.113.26')}",
+        )
+        argv = [sys.executable, "-m", "egress_router", "init"]
+        started = [subprocess.Popen(lab.exec_argv(p.role, argv), env=env, stderr=subprocess.PIPE, text=True) for p in pods]
+        results = [(proc.wait(30), proc.communicate()[1]) for proc in started]
+        assert [code for code, _ in results].count(0) <= 1, results
+        for (code, stderr), other in zip(results, reversed(pods), strict=True):
+            if code != 0:
+                assert f"EGRESS_SOURCE: {source6} is already in use: MAC {lab.link_mac(other.role, 'macvlan0')}" in stderr, stderr
+                assert "duplicate address detection failed" in stderr and "Traceback" not in stderr
+    finally:
+        for p in pods:
+            lab.remove_namespace(p.role)

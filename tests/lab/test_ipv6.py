@@ -336,9 +336,10 @@ def test_an_address_another_host_has_fails_duplicate_address_detection_and_chang
             EGRESS_ROUTER_MODE="init",
         )
         assert done.returncode == 1
+        holder = lab.link_mac("gw", "eth0")
         assert done.stderr.splitlines()[-1].startswith(
-            f"egress-router init: error: EGRESS_SOURCE: {source6(pod)} is already used by another host on macvlan0's network"
-            " (duplicate address detection failed)"
+            f"egress-router init: error: EGRESS_SOURCE: {source6(pod)} is already in use: MAC {holder} answered for it on macvlan0"
+            " (another router pod or host holds it; duplicate address detection failed)"
         ), done.stderr
         assert "rolled back, the pod's network is as it was" in done.stderr and "Traceback" not in done.stderr
         assert pod.snapshot() == before
