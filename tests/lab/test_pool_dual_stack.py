@@ -1,10 +1,13 @@
 """A dual-stack source pool end to end (issue 11, points 1 and 2 together): StatefulSet pods set up by the real `init`
 from one EGRESS_SOURCE pool with a range per family, each taking the IPv4 and the IPv6 address at its HOSTNAME's
 ordinal; a pod whose addresses are held elsewhere is refused, naming the holder's MAC, with nothing changed, for
-either family; the monitor of a pool pod keeps exactly the addresses its init took, and is ready."""
+either family; the monitor of a pool pod keeps exactly the addresses its init took, and is ready; and the proxy modes
+work with a pool unchanged: each pod's proxy leaves from its ordinal's addresses."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -12,9 +15,9 @@ import pytest
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
-from egress_router.lab.topology import environment, v6
+from egress_router.lab.topology import Process, environment, v6
 from tests.lab.conftest import Pod, new_pod
-from tests.lab.http_helpers import http_get
+from tests.lab.http_helpers import http_get, start_proxy
 from tests.lab.waiting import eventually
 
 SOURCES = ("192.168.12.120", "192.168.12.121", "192.168.12.122")
@@ -25,6 +28,7 @@ RULES = f"80 tcp 203.0.113.25\n80 tcp {v6('203.0.113.26')}\n"
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     with Lab(ipv6=True).build(router=False) as built:
+        built.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", "--http", "[::]:8000", ready_line="ready")
         yield built
 
 
@@ -106,3 +110,36 @@ def test_the_monitor_of_a_pool_pod_keeps_the_addresses_init_took(lab: Lab, pods:
     assert pod.snapshot() == before  # nothing to correct: the monitor chose the same addresses
     assert lab.tcp("client", v6(pod.ip), 80).client == v6(SOURCES[2])
     assert "Traceback" not in monitor.stderr()
+
+
+def start_mode(lab: Lab, pod: Pod, mode: str) -> Process:
+    if mode == "http-proxy":
+        return start_proxy(lab, pod.role, user=65534, EGRESS_HTTP_PROXY_DESTINATION="*", EGRESS_HTTP_PROXY_WORKERS="1")
+    targets = f"6100 203.0.113.25 5432\n6101 {v6('203.0.113.25')} 5432\n"
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "egress_router", "dns-proxy"]
+    proc = lab.start_in(pod.role, argv, env=environment(EGRESS_DNS_PROXY_DESTINATION=targets))
+    lab.wait_for_port(pod.role, "127.0.0.1", 6100, process=proc)
+    return proc
+
+
+def sources_seen(lab: Lab, pod: Pod, mode: str) -> tuple[str, str]:
+    """The client's connection through the pod's proxy to the server, once over each family: the source it saw."""
+    if mode == "dns-proxy":
+        return lab.tcp("client", pod.ip, 6100, timeout=5).client, lab.tcp("client", pod.ip, 6101, timeout=5).client
+    seen = []
+    for url in ("http://203.0.113.25:8000/", f"http://[{v6('203.0.113.25')}]:8000/"):
+        argv = ["curl", "-sS", "--max-time", "10", "-g", "-x", f"http://{pod.ip}:8080", url]
+        done = subprocess.run(lab.exec_argv("client", argv), capture_output=True, text=True, timeout=30, check=True)
+        seen.append(json.loads(done.stdout)["client"])
+    return seen[0], seen[1]
+
+
+@pytest.mark.parametrize("mode", ["http-proxy", "dns-proxy"])
+def test_the_proxies_of_a_pool_leave_from_their_ordinals_addresses(lab: Lab, pods: list[Pod], mode: str) -> None:
+    routers = [member(lab, pods) for _ in (0, 1)]
+    for ordinal, pod in enumerate(routers):
+        done = pod.init(EGRESS_ROUTER_MODE=mode, **{k: v for k, v in pool_env(ordinal).items() if k != "EGRESS_DESTINATION"})
+        assert done.returncode == 0, done.stderr
+        start_mode(lab, pod, mode)
+    for ordinal, pod in enumerate(routers):
+        assert sources_seen(lab, pod, mode) == (SOURCES[ordinal], v6(SOURCES[ordinal]))
