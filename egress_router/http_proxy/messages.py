@@ -194,3 +194,18 @@ def error_text(error: Exception) -> str:
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     lines = [line for line in lines if not line.startswith(("400, message:",))]
     return (lines[0].rstrip(":") if lines else "") or type(error).__name__
+
+
+def unbracketed_ipv6(target: str) -> str | None:
+    """Why a request target the parser refused is wrong, when it is an IPv6 address without its brackets (RFC 3986
+    3.2.2): `2001:db8::10:443` is itself an address, so the port cannot be told from it. None for anything else."""
+    if "[" in target or target.count(":") < 2:
+        return None
+    host, _, port = target.rpartition(":")
+    if literal_address(host) is not None and parse_port(port) is not None:
+        example = f"[{host}]:{port}"
+    elif isinstance(literal_address(target), IPv6Address):
+        example = f"[{target}]:443"
+    else:
+        return None
+    return f"an IPv6 address in a request target is written in brackets, the port after them: {example} (got {target})"

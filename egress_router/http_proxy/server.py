@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from ipaddress import ip_address
 from typing import Any
 
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser
 
 from egress_router.config.addresses import IPAddress
@@ -236,7 +236,8 @@ class ClientConnection(TunnelEnd, FlowControl):
             return Answer(431, f"a header line is longer than {self.settings.max_header_size // 2} bytes ({m.error_text(error)})")
         if "Too many headers" in str(error):
             return Answer(431, "too many header fields")
-        return Answer(400, m.error_text(error))
+        text = m.error_text(error)
+        return Answer(400, (isinstance(error, InvalidURLError) and m.unbracketed_ipv6(text)) or text)
 
     def tunnel_bytes(self, data: bytes) -> None:
         if self.tunnel is not None:

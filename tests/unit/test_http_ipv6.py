@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from egress_router.http_proxy.messages import unbracketed_ipv6
 from egress_router.runtime.happy_eyeballs import ATTEMPT_DELAY
 from tests.unit.proxy_harness import Harness, ok, status_of
 
@@ -100,7 +103,11 @@ def test_ipv6_spellings_of_denied_addresses_are_denied(h: Harness, target: str, 
     [
         (b"GET http://[fe80::1%25eth0]/ HTTP/1.1", b"bad host or port in the request line"),  # a zone names a client's interface
         (b"GET http://[2001:db8::10/ HTTP/1.1", b"http://[2001:db8::10/"),  # aiohttp's parser refuses these two
-        (b"CONNECT 2001:db8::10:443 HTTP/1.1", b"2001:db8::10:443"),  # first: ambiguous without brackets
+        # ambiguous without brackets: the error says how to write it
+        (b"CONNECT 2001:db8::10:443 HTTP/1.1", b"written in brackets, the port after them: [2001:db8::10]:443 (got 2001:db8::10:443)"),
+        (b"CONNECT ::1:8443 HTTP/1.1", b"[::1]:8443"),
+        (b"CONNECT 2001:db8::10 HTTP/1.1", b"[2001:db8::10]:443 (got 2001:db8::10)"),
+        (b"CONNECT a:b:c HTTP/1.1", b"bad request: a:b:c\n"),  # no address: the parser's word
     ],
 )
 def test_malformed_ipv6_targets_get_400_saying_why(h: Harness, request_line: bytes, reason: bytes) -> None:
@@ -118,3 +125,12 @@ def test_connect_to_an_ipv6_literal_and_to_a_name_with_only_aaaa(h: Harness) -> 
         assert client.take() == b"HTTP/1.1 200 Connection established\r\n\r\n"
         client.send(b"hello")
         assert server.take() == b"hello"
+
+
+@given(st.ip_addresses(v=6), st.integers(1, 65535), st.text(max_size=30))
+def test_an_unbracketed_ipv6_target_is_explained_with_its_bracketed_form(address: object, port: int, other: str) -> None:
+    assert unbracketed_ipv6(f"{address}:{port}") == (
+        f"an IPv6 address in a request target is written in brackets, the port after them: [{address}]:{port} (got {address}:{port})"
+    )
+    explained = unbracketed_ipv6(other)  # anything else: explained only when it is such an address
+    assert explained is None or "[" in explained and "[" not in other
