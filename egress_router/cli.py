@@ -271,7 +271,8 @@ def monitor(destination: str | None, destination_file: str | None, debug: str | 
     claim_metrics_port("monitor", settings.init.metrics_port)
     nameservers = pod_nameservers()
     try:
-        backend = nat_backend.resolve(settings.init.nat_backend, build_plan(settings.init, nameservers))
+        plan = build_plan(settings.init, nameservers)
+        backend = nat_backend.follow_installed(nat_backend.resolve(settings.init.nat_backend, plan), settings.init.nat_backend, plan)
     except ApplyError as error:
         fail("monitor", str(error))
         return

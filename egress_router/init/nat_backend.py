@@ -90,10 +90,30 @@ def resolve(choice: str, plan: NetworkPlan, *, check: bool = True) -> Backend:
     sets = chain_sets(plan)
     backend = decide(choice, legacy_problem(chains.family for chains in sets) if choice == "auto" else None)
     if check:
-        problem = (nat.image_problem() or nat.kernel_problem(sets)) if backend.name == "iptables" else nft.problem()
+        problem = usable_problem(backend.name, sets)
         if problem is not None and choice == "auto":
             raise ApplyError(f"{backend.why}, but {backend.name} cannot be used here: {problem}")
         if problem is not None:
             other = "nftables" if backend.name == "iptables" else "iptables"
             raise ApplyError(f"{NAT_BACKEND.variable}: {backend.name} cannot be used here: {problem} (set it to {other} or auto)")
     return backend
+
+
+def usable_problem(name: str, sets: list[ChainSet]) -> str | None:
+    """Why backend `name` cannot be used here for `sets` (None: it can)."""
+    return (nat.image_problem() or nat.kernel_problem(sets)) if name == "iptables" else nft.problem()
+
+
+def follow_installed(backend: Backend, choice: str, plan: NetworkPlan) -> Backend:
+    """The monitor's backend: with `auto`, the one init installed the rules with, when that is the other one and it
+    works here (init may have been told `nftables` while the monitor was left at `auto`, and moving the rules at the
+    first check would be a surprise). An explicit choice is kept: the rules move to it, as that says."""
+    sets = [chains for chains in plan.chain_sets if chains.rules]
+    if choice != "auto" or not sets:
+        return backend
+    other = next(name for name in EDGES if name != backend.name)
+    if usable_problem(other, sets) is not None or EDGES[other].counters(sets[0]) is None:
+        return backend
+    if EDGES[backend.name].counters(sets[0]) is not None:
+        return backend
+    return Backend(other, f"{NAT_BACKEND.variable}=auto: following init, which installed the rules with {other}")

@@ -12,6 +12,7 @@ import pytest
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
+from egress_router.lab.topology import environment
 from tests.lab.conftest import Pod
 from tests.lab.http_helpers import http_get, samples
 from tests.lab.waiting import eventually
@@ -234,6 +235,32 @@ def test_a_monitor_whose_init_had_no_metrics_port_installs_its_own_rules_and_say
         eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz") == (200, "ok\n"))  # the probes reach the monitor
         assert "WARNING NAT rules installed: what init left differed" in monitor.stderr()
         assert metric(lab, pod, "egress_router_restores_total", what="nat") is None  # nothing had been changed
+    finally:
+        os.killpg(monitor.popen.pid, signal.SIGTERM)
+        assert monitor.popen.wait(5) == 0
+
+
+def test_a_monitor_left_at_auto_follows_the_backend_init_was_told(lab: Lab, pod: Pod) -> None:
+    """init told EGRESS_NAT_BACKEND (each backend in turn), the monitor not: it keeps the rules where init put them
+    (auto alone takes legacy iptables here, and would move nftables rules at its first check)."""
+    env = {
+        "EGRESS_SOURCE": pod.source,
+        "EGRESS_GATEWAY": t.GATEWAY_IP,
+        "EGRESS_DESTINATION": "80 tcp 203.0.113.25\n203.0.113.26",
+        "EGRESS_METRICS_PORT": "9191",
+    }
+    assert pod.init(EGRESS_ROUTER_MODE="init", **env).returncode == 0
+    before = pod.snapshot()
+    monitor = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment(**env))
+    try:
+        lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
+        eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz") == (200, "ok\n"), what=monitor.stderr)
+        following = "EGRESS_NAT_BACKEND=auto: following init, which installed the rules with nftables"
+        why = following if pod.nat_backend == "nftables" else "EGRESS_NAT_BACKEND=auto: legacy iptables is in the kernel and the image"
+        assert f"NAT backend: {pod.nat_backend} ({why})" in monitor.stderr()
+        assert "NAT rules installed" not in monitor.stderr()  # nothing moved
+        assert pod.snapshot() == before
+        assert lab.tcp("client", pod.ip, 80).client == pod.source
     finally:
         os.killpg(monitor.popen.pid, signal.SIGTERM)
         assert monitor.popen.wait(5) == 0
