@@ -6,9 +6,10 @@ Two kinds, treated differently (README, "IPv6 in the proxies"):
   `canonical` turns it into that IPv4 address, so rules, refusals and connections all see one form.
 * Embedded forms are real IPv6 destinations that a box on the way turns into IPv4 traffic to the address they
   carry: NAT64 (`64:ff9b::a.b.c.d`), 6to4 (`2002:AABB:CCDD::/48`), Teredo (server and client), IPv4-compatible
-  (`::a.b.c.d`, routed by a `sit0` tunnel where that module is loaded) and SIIT's IPv4-translated
-  (`::ffff:0:a.b.c.d`). `embedded_ipv4` finds what they carry; deny rules and the loopback/link-local refusal
-  look at it as well as at the IPv6 address.
+  (`::a.b.c.d`, routed by a `sit0` tunnel where that module is loaded), SIIT's IPv4-translated
+  (`::ffff:0:a.b.c.d`) and ISATAP interface identifiers (`<any /64>:0:5efe:a.b.c.d`, `:200:5efe:` when
+  universal). `embedded_ipv4` finds what they carry; deny rules and the loopback/link-local refusal look at it as
+  well as at the IPv6 address.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ NAT64_LOCAL_USE = IPv6Network("64:ff9b:1::/48")  # RFC 8215: read as /96 prefixe
 IPV4_COMPATIBLE = IPv6Network("::/96")  # RFC 4291 2.5.5.1 (deprecated); :: and ::1 are not among them
 IPV4_TRANSLATED = IPv6Network("::ffff:0:0:0/96")  # RFC 2765 (SIIT)
 _LAST_32_BITS = (NAT64_WELL_KNOWN, NAT64_LOCAL_USE, IPV4_TRANSLATED)
+#: RFC 5214 6.1: an ISATAP interface identifier is 00-00-5E-FE (the u bit may be set: 02-00-5E-FE), then the IPv4
+#: address; the /64 in front of it is any prefix the ISATAP router serves.
+ISATAP_MARK, ISATAP_MASK = 0x0000_5EFE, 0xFDFF_FFFF
 
 
 def canonical(address: IPAddress) -> IPAddress:
@@ -44,12 +48,16 @@ def embedded_ipv4(address: IPAddress) -> tuple[IPv4Address, ...]:
     for IPv4-mapped addresses, which `canonical` handles, and for ordinary IPv6 addresses)."""
     if not isinstance(address, IPv6Address) or address.ipv4_mapped is not None:
         return ()
+    carried: tuple[IPv4Address, ...] = ()
     if any(address in prefix for prefix in _LAST_32_BITS):
-        return (IPv4Address(int(address) & 0xFFFFFFFF),)
-    if address in IPV4_COMPATIBLE:
-        return () if int(address) <= 1 else (IPv4Address(int(address)),)
-    if address.sixtofour is not None:
-        return (address.sixtofour,)
-    if address.teredo is not None:
-        return address.teredo  # (server, client)
-    return ()
+        carried = (IPv4Address(int(address) & 0xFFFFFFFF),)
+    elif address in IPV4_COMPATIBLE:
+        carried = () if int(address) <= 1 else (IPv4Address(int(address)),)
+    elif address.sixtofour is not None:
+        carried = (address.sixtofour,)
+    elif address.teredo is not None:
+        carried = address.teredo  # (server, client)
+    if (int(address) >> 32) & ISATAP_MASK == ISATAP_MARK:  # any prefix: also one of the forms above
+        isatap = IPv4Address(int(address) & 0xFFFFFFFF)
+        carried += () if isatap in carried else (isatap,)
+    return carried

@@ -46,8 +46,12 @@ def translated(address: IPv4Address) -> IPv6Address:
     return IPv6Address(0xFFFF_0000_0000_0000 | int(address))
 
 
+def isatap(address: IPv4Address, prefix: int, universal: bool) -> IPv6Address:
+    return IPv6Address(prefix << 64 | (0x0200 if universal else 0) << 48 | 0x5EFE << 32 | int(address))
+
+
 #: Every IPv6 form of an IPv4 address that a translator or tunnel turns into IPv4 traffic to it.
-embeddings = st.sampled_from(["nat64", "nat64-local", "6to4", "teredo-client", "teredo-server", "compatible", "translated"])
+embeddings = st.sampled_from(["nat64", "nat64-local", "6to4", "teredo-client", "teredo-server", "compatible", "translated", "isatap"])
 
 
 def embed(kind: str, address: IPv4Address, data: st.DataObject) -> IPv6Address:
@@ -63,6 +67,8 @@ def embed(kind: str, address: IPv4Address, data: st.DataObject) -> IPv6Address:
         return teredo_server(address, data.draw(v4))
     if kind == "translated":
         return translated(address)
+    if kind == "isatap":
+        return isatap(address, data.draw(st.integers(0, 2**64 - 1)), data.draw(st.booleans()))
     return compatible(address)
 
 
