@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -17,7 +18,8 @@ from types import FrameType
 from egress_router.lab import Lab, LabError, Seen
 from egress_router.lab import topology as t
 from egress_router.lab.dns import DNS, DnsServer
-from egress_router.lab.topology import environment
+from egress_router.lab.service import Service
+from egress_router.lab.topology import Process, environment
 
 DESTINATION = """\
 80 tcp 203.0.113.25
@@ -37,6 +39,9 @@ PROXY_HOSTS = """127.0.0.1 localhost
 203.0.113.26 www.partner.test other.example.test
 10.128.0.10 sneaky.partner.test
 """
+POOL = "192.168.12.110-192.168.12.111/24"
+POOL_SERVICE = "172.30.0.60"
+POOL_PODS = {"egress-0": "10.128.0.50", "egress-1": "10.128.0.51"}
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -137,6 +142,51 @@ def _dns_rows(lab: Lab, env: dict[str, str], folder: Path) -> list[tuple[str, st
     return rows
 
 
+def _pool_pod(lab: Lab, name: str, ip: str) -> tuple[str, Process | None]:
+    """A StatefulSet pod `name`: init takes the pool's address at its ordinal, then the monitor answers /readyz.
+    Returns init's last line, and the monitor (None when init refused)."""
+    role = f"pool{ip.rsplit('.', 1)[1]}"
+    lab.add_pod(role, ip)
+    lab.add_macvlan(role)
+    env = {"EGRESS_SOURCE": POOL, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": "80 tcp 203.0.113.25", "HOSTNAME": name}
+    env["EGRESS_METRICS_PORT"] = "9191"
+    argv = [sys.executable, "-m", "egress_router"]
+    done = lab.run_in(role, [*argv, "init"], env=environment(**env, EGRESS_ROUTER_MODE="init"))
+    last = (done.stderr.strip().splitlines() or [""])[-1]
+    if done.returncode != 0:
+        return last, None
+    return last, lab.start_in(role, [*argv, "monitor"], env=environment(**env, EGRESS_SHUTDOWN_DELAY="2s"))
+
+
+def _pool_rows(lab: Lab) -> list[tuple[str, str, str]]:
+    """Two pods of a StatefulSet behind one Service; a second pod of one ordinal refused; one pod deleted."""
+    logging.getLogger("egress_router.lab.service").setLevel(logging.WARNING)  # the table says what changed
+    monitors = {name: _pool_pod(lab, name, ip)[1] for name, ip in POOL_PODS.items()}
+    rows = []
+    with Service(lab, "pool", POOL_SERVICE, list(POOL_PODS.values()), period=0.5, timeout=0.5, propagation=0.5) as service:
+        service.wait_ready(list(POOL_PODS.values()))
+        for n in range(1, 5):
+            rows.append((f"client -> Service {POOL_SERVICE}:80, connection {n}", *_probe(lambda: lab.tcp("client", POOL_SERVICE, 80))))
+        refusal, _ = _pool_pod(lab, "egress-1", "10.128.0.52")  # the same name again: its address is held
+        reason = refusal.split("error: EGRESS_SOURCE: ", 1)[-1].split(" (another", 1)[0]
+        rows.append(("a second pod egress-1 (10.128.0.52) runs init", "-", f"refused: {reason}"))
+        first = monitors["egress-0"]
+        assert first is not None
+        first.popen.send_signal(signal.SIGTERM)  # deleted: unready at once, serving for EGRESS_SHUTDOWN_DELAY=2s
+        seen: list[str] = []
+        started = time.monotonic()
+        while time.monotonic() - started < 3:
+            seen.append(_probe(lambda: lab.tcp("client", POOL_SERVICE, 80, timeout=2))[0])
+            time.sleep(0.1)
+        first.popen.wait(10)
+        lab.remove_namespace(f"pool{POOL_PODS['egress-0'].rsplit('.', 1)[1]}")
+        after = [_probe(lambda: lab.tcp("client", POOL_SERVICE, 80))[0] for _ in range(4)]
+        counts = ", ".join(f"{seen.count(source)} via {source}" for source in sorted(set(seen) - {"-"}))
+        rows.append((f"egress-0 deleted: {len(seen)} new connections in 3 s", counts, f"{seen.count('-')} failed"))
+        rows.append(("client -> Service after egress-0 is gone (x4)", ", ".join(sorted(set(after))), f"{after.count('-')} failed"))
+    return rows
+
+
 def _table(rows: list[tuple[str, str, str]]) -> str:
     header = ("path", "server saw source", "result")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
@@ -187,6 +237,10 @@ def run() -> int:
         print("  unprivileged, with EGRESS_DNS_PROXY_DESTINATION=5432 db.lab.test; dnsmasq serves db.lab.test with a 1 s TTL\n")
         with tempfile.TemporaryDirectory() as folder:
             print(_table(_dns_rows(lab, env, Path(folder))))
+        print(f"\nA pool behind one Service: StatefulSet pods egress-0 and egress-1 with EGRESS_SOURCE={POOL}, each taking the")
+        print("  address at its ordinal (redirect mode, the monitor answering readiness probes); a Service stand-in on both nodes")
+        print("  sends each new connection to a ready pod in turn\n")
+        print(_table(_pool_rows(lab)))
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -27,6 +27,12 @@ def test_demo_shows_before_and_after_and_cleans_up() -> None:
     assert "403, sneaky.partner.test resolves to 10.128.0.10: line 1: !10.0.0.0/8" in out
     assert "192.168.12.101     reached 203.0.113.25:5432/tcp" in out
     assert "192.168.12.101     reached 203.0.113.26:5432/tcp after" in out
+    for n, source in enumerate(["192.168.12.110", "192.168.12.111"] * 2, 1):  # the pool: each new connection in turn
+        assert f"client -> Service 172.30.0.60:80, connection {n}  {source} " in out
+    assert "refused: 192.168.12.111 is already in use: MAC " in out
+    deleted = out.split("egress-0 deleted: ", 1)[1].splitlines()[0]
+    assert deleted.endswith(" 0 failed") and "via 192.168.12.111" in deleted, deleted
+    assert "client -> Service after egress-0 is gone (x4)   192.168.12.111" in out
     assert out.rstrip().endswith("Cleaned up: every lab namespace and process is gone.")
     assert leftovers(prefix) == []
 
