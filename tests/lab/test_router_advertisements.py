@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -188,3 +189,43 @@ def test_ipv6_disabled_on_the_egress_interface_is_fine_for_an_ipv4_only_router(l
     assert done.returncode == 0, done.stderr
     assert ra_settings(lab, pod) == ("0", "0")  # still there to set: should IPv6 come on later, it takes no advertisement
     assert lab.tcp("client", pod.ip, 80).client == pod.source
+
+
+READ_ONLY_PROC_SYS = [
+    "unshare",
+    "--mount",
+    "sh",
+    "-c",
+    'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"',
+    "-",
+]
+
+
+@pytest.mark.parametrize("defaults", [False, True], ids=["not-given", "given-as-defaults"])
+def test_without_privilege_the_settings_come_from_the_pod(lab: Lab, defaults: bool) -> None:
+    """A container that is not privileged has /proc/sys read-only (examples/least-privilege): the kubelet sets the pod's
+    sysctls before the pod network exists, the namespace's IPv6 defaults included, and the macvlan moved in later takes
+    them, so init finds accept_ra and autoconf off and writes nothing. Without them it says what it could not set."""
+    pod = new_pod(lab, macvlan=False)
+    try:
+        for key, value in (("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.eth0.rp_filter", "2")):
+            lab.sysctl(pod.role, key, value)
+        if defaults:
+            lab.sysctl(pod.role, "net.ipv6.conf.default.accept_ra", "0")
+            lab.sysctl(pod.role, "net.ipv6.conf.default.autoconf", "0")
+        lab.add_macvlan(pod.role)
+        before = pod.snapshot()
+        env = pod.env(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=t.GATEWAY_IP, EGRESS_DESTINATION="203.0.113.50", EGRESS_ROUTER_MODE="init")
+        done = lab.run_in(pod.role, [*READ_ONLY_PROC_SYS, sys.executable, "-m", "egress_router", "init"], env=env)
+        if defaults:
+            assert done.returncode == 0, done.stderr
+            assert lab.tcp("client", pod.ip, 80).client == pod.source
+        else:
+            assert done.returncode == 1
+            assert done.stderr.splitlines()[-1] == (
+                "egress-router init: error: cannot set net.ipv6.conf.macvlan0.accept_ra=0 in /proc/sys/net/ipv6/conf/macvlan0/accept_ra:"
+                " Read-only file system (is the init container privileged?); nothing was changed"
+            ), done.stderr
+            assert pod.snapshot() == before
+    finally:
+        lab.remove_namespace(pod.role)
