@@ -12,7 +12,7 @@ from egress_router.init import arp, arp_claims, claim, cluster_routes, sysctl
 from egress_router.init.cluster_routes import KernelRoute, NoNextHop
 from egress_router.init.journal import Journal
 from egress_router.init.nat_backend import EDGES, Backend
-from egress_router.init.netlink import DadFailed, PodNetwork, PolicyRouting
+from egress_router.init.netlink import DadFailed, PodNetwork, PolicyRouting, ipv6_disabled
 from egress_router.init.plan import (
     CLUSTER_INTERFACE,
     NAT_CHAINS,
@@ -183,6 +183,8 @@ def apply_plan(plan: NetworkPlan, backend: Backend) -> bool:
         index = _egress_link(net, plan)
         served = {f.family for f in plan.families}
         changed = [drop_family(net, routing, plan, index, f, journal) for f in FAMILIES if f not in served and served_before(routing, f)]
+        # before it comes up: an up interface solicits router advertisements and would take what they offer at once
+        changed += [sysctl.set_sysctl(journal, key, value, missing_ok=True) for key, value in plan.egress_sysctls]
         changed.append(net.set_up(index, plan.interface))  # up without the address, to probe for it
         for family in plan.families:
             changed.append(claim_address(net, index, plan, family))
@@ -194,6 +196,10 @@ def apply_plan(plan: NetworkPlan, backend: Backend) -> bool:
         changed += [sysctl.set_sysctl(journal, key, value) for key, value in plan.sysctls]
         log.info("NAT backend: %s (%s)", backend.name, backend.why)
         changed += [backend.install(chains, journal) for chains in plan.chain_sets]
+        if plan.egress_sysctls and not ipv6_disabled(plan.interface):
+            # what advertisements gave it before they were turned off; last, as nothing can put an advertised default
+            # route back as it was (a route added by hand clashes with eth0's IPv6 default route of the same metric)
+            changed.append(net.drop_router_advertised(index, plan.interface))
     except BaseException as error:
         steps = len(journal)
         failed = journal.rollback()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import struct
 import time
 from collections.abc import Callable
 from functools import partial
@@ -34,6 +35,11 @@ ANY = {AF_INET: "0.0.0.0", AF_INET6: "::"}
 MAIN_TABLE = 254
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
+IFA_F_PERMANENT = 0x80  # an address added by hand (or by init); SLAAC and temporary addresses have lifetimes instead
+IFA_F_MANAGETEMPADDR = 0x100
+IFA_F_NOPREFIXROUTE = 0x200
+#: Route lifetimes (RTA_CACHEINFO's rta_expires) count in clock ticks of USER_HZ; RTA_EXPIRES takes seconds.
+USER_HZ = 100
 #: Duplicate address detection takes a second or two (a random delay up to 1 s, then one probe 1 s long);
 #: a link without carrier never finishes it.
 DAD_TIMEOUT = 10.0
@@ -44,6 +50,7 @@ class DadFailed(ApplyError):
 
 
 RTPROT_KERNEL = 2
+RTPROT_RA = 9  # a route a router advertisement installed (default router, route information)
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 4
 SCOPE_LINK = 253
@@ -164,23 +171,40 @@ class PodNetwork:
 
     def addresses(self, index: int, family: str = IPV4) -> list[IPInterface]:
         """The interface's addresses of `family`; IPv6 link-local ones (the kernel's own, for neighbour discovery) left out."""
-        found = [ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}") for a in self.ipr.get_addr(family=AF[family], index=index)]
-        return [a for a in found if not (isinstance(a.ip, IPv6Address) and a.ip.is_link_local)]
+        return [address for address, _ in self._held(index, family)]
+
+    def _held(self, index: int, family: str) -> list[tuple[IPInterface, Any]]:
+        """addresses() with the netlink message of each."""
+        found = [
+            (ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"), a) for a in self.ipr.get_addr(family=AF[family], index=index)
+        ]
+        return [(address, message) for address, message in found if not (isinstance(address.ip, IPv6Address) and address.ip.is_link_local)]
+
+    def _remove_address(self, index: int, current: IPInterface, message: Any, what: str) -> None:
+        """A rollback puts the address back as it was; a SLAAC one with the lifetimes it had left and no prefix route of its
+        own (the advertised prefix's route is apart, and a permanent address would make that route permanent too)."""
+        address = {"index": index, "address": str(current.ip), "prefixlen": current.network.prefixlen}
+        flags = message.get_attr("IFA_FLAGS") or message["flags"]
+        back = address
+        if not flags & IFA_F_PERMANENT:
+            lifetimes = message.get_attr("IFA_CACHEINFO") or {}
+            back = {
+                **address,
+                "preferred": lifetimes.get("ifa_preferred", 0),
+                "valid": lifetimes.get("ifa_valid", 0),
+                "IFA_FLAGS": flags & IFA_F_MANAGETEMPADDR | IFA_F_NOPREFIXROUTE,
+            }
+        self.change(what, partial(self.ipr.addr, "del", **address), partial(self.ipr.addr, "add", **back))
 
     def set_only_address(self, index: int, name: str, wanted: IPInterface) -> bool:
         """Make `wanted` the interface's only address of its family (a new EGRESS_SOURCE replaces the old); IPv6
         link-local addresses stay."""
         changed = False
         family = family_of(wanted)
-        for current in self.addresses(index, family):
+        for current, message in self._held(index, family):
             if current == wanted:
                 continue
-            address = {"index": index, "address": str(current.ip), "prefixlen": current.network.prefixlen}
-            self.change(
-                f"remove old address {current} from {name}",
-                partial(self.ipr.addr, "del", **address),
-                partial(self.ipr.addr, "add", **address),
-            )
+            self._remove_address(index, current, message, f"remove old address {current} from {name}")
             log.info("removed old address %s from %s", current, name)
             changed = True
         if wanted in self.addresses(index, family):
@@ -257,6 +281,31 @@ class PodNetwork:
                 f"remove address {current} from {name}", partial(self.ipr.addr, "del", **address), partial(self.ipr.addr, "add", **address)
             )
             log.info("removed address %s from %s (%s is no longer in EGRESS_SOURCE)", current, name, FAMILY_NAMES[family])
+            changed = True
+        return changed
+
+    def drop_router_advertised(self, index: int, name: str) -> bool:
+        """Remove what router advertisements gave the interface before they were turned off: their routes (`proto ra`,
+        and the prefix routes the kernel made from them, which expire) and the SLAAC addresses (IPv6 addresses with
+        lifetimes: what init and `ip addr add` make is permanent). Link-local addresses and routes stay. A rollback puts
+        them back with the lifetimes they had left, but an advertised default route only where no other IPv6 default
+        route has its metric (one added by hand would clash with it): init does this last."""
+        changed = False
+        for route in self._routes(AF_INET6, oif=index):
+            expires = (route.get_attr("RTA_CACHEINFO") or {}).get("rta_expires", 0)
+            if route["proto"] != RTPROT_RA and not (expires and route["dst_len"] > 0 and route["proto"] == RTPROT_KERNEL):
+                continue
+            spec = route_spec(route)
+            back = {**spec, "RTA_EXPIRES": struct.pack("=I", max(1, expires // USER_HZ))} if expires else spec
+            what = f"{kernel_route(route).describe({index: name})} (from a router advertisement)"
+            self.change(f"delete route {what}", partial(self.ipr.route, "del", **spec), partial(self.ipr.route, "add", **back))
+            log.info("removed route %s", what)
+            changed = True
+        for current, message in self._held(index, IPV6):
+            if (message.get_attr("IFA_FLAGS") or message["flags"]) & IFA_F_PERMANENT:
+                continue
+            self._remove_address(index, current, message, f"remove SLAAC address {current} from {name}")
+            log.info("removed address %s from %s (configured from a router advertisement)", current, name)
             changed = True
         return changed
 

@@ -30,6 +30,10 @@ UNPRIVILEGED_PORTS = "net.ipv4.ip_unprivileged_port_start"
 #: address through the egress interface, which strict filtering (RHEL's default) would drop. IPv4 only: IPv6 has
 #: no such sysctl (its reverse-path check is a netfilter match, which a fresh pod does not have).
 RP_FILTER = f"net.ipv4.conf.{CLUSTER_INTERFACE}.rp_filter"
+#: Router advertisements on the node's network would otherwise give the egress interface a SLAAC address and a default
+#: route (accept_ra is 1 by default and only ignored where IPv6 forwarding is on): an address nobody whitelisted, and an
+#: IPv6 default route on an IPv4-only router that the proxies take as IPv6 being served. Off in every mode.
+NO_ROUTER_ADVERTISEMENTS = (("accept_ra", "0"), ("autoconf", "0"))
 
 #: Connections that arrive on eth0 carry this conntrack mark; their reply packets get it as packet mark
 #: and a policy rule routes them by REPLY_TABLE, which holds eth0's own routes as init found them.
@@ -146,6 +150,8 @@ class NetworkPlan:
     families: tuple[FamilyPlan, ...]  # IPv4 first; one or both
     sysctls: tuple[tuple[str, str], ...]
     probe: ProbeTiming = DEFAULT_TIMING  # ARP probes for the IPv4 address before it is added
+    #: The egress interface's own settings, written before it comes up or gets an address (skipped where it has no IPv6)
+    egress_sysctls: tuple[tuple[str, str], ...] = ()
 
     @property
     def forwarding(self) -> bool:
@@ -199,7 +205,17 @@ def build_plan(settings: InitSettings, nameservers: tuple[IPAddress, ...] = ()) 
         families=tuple(families),
         sysctls=tuple(sysctls),
         probe=ProbeTiming.lasting(settings.probe_time),
+        egress_sysctls=ipv6_interface_sysctls(settings.interface, NO_ROUTER_ADVERTISEMENTS),
     )
+
+
+def sysctl_name(interface: str) -> str:
+    """An interface name as a part of a dotted sysctl key: sysctl(8) writes its dots as slashes (`eth0/100`)."""
+    return interface.replace(".", "/")
+
+
+def ipv6_interface_sysctls(interface: str, settings: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((f"net.ipv6.conf.{sysctl_name(interface)}.{name}", value) for name, value in settings)
 
 
 def dnat_target(address: IPAddress, port: int | None) -> str:
@@ -264,6 +280,14 @@ def mark_chains(family: str = IPV4) -> ChainSet:
     return ChainSet("mangle", MARK_CHAINS, (arrived, reply), family)
 
 
+def no_router_advertisement_lines(plan: NetworkPlan) -> list[str]:
+    return [f"sysctl {key}={value} (before {plan.interface} comes up; skipped if it has no IPv6)" for key, value in plan.egress_sysctls]
+
+
+def flush_line(plan: NetworkPlan) -> str:
+    return f"flush  what router advertisements gave {plan.interface} before: proto ra or expiring routes, SLAAC addresses (last)"
+
+
 def render_plan(plan: NetworkPlan, show: Callable[[ChainSet], str] = ChainSet.render) -> str:
     """What `init` would do, for people (unit-test mode) and for diffs; `show` writes the rules in the NAT backend's syntax."""
     lines = []
@@ -275,6 +299,7 @@ def render_plan(plan: NetworkPlan, show: Callable[[ChainSet], str] = ChainSet.re
         )
     else:
         lines.append(f"link   {plan.interface}: must already exist in this pod")
+    lines += no_router_advertisement_lines(plan)
     lasting = render_duration(round(plan.probe.average, 3))
     both = len(plan.families) > 1
     for f in plan.families:
@@ -319,4 +344,5 @@ def render_plan(plan: NetworkPlan, show: Callable[[ChainSet], str] = ChainSet.re
         lines.append("nat    none (proxy mode: the proxy's own connections leave from the egress address)")
     else:
         lines += [show(f.nat) for f in plan.families if f.nat is not None]
+    lines += [flush_line(plan)] if plan.egress_sysctls else []
     return "\n".join(lines)

@@ -17,9 +17,15 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
-def set_sysctl(journal: Journal, key: str, value: str, root: str = PROC_SYS) -> bool:
-    """Set `key` (dotted) to `value`; journaled so a later failure puts the old value back."""
-    path = f"{root}/{key.replace('.', '/')}"
+#: A dotted key as a path: dots become slashes, and slashes (sysctl(8)'s spelling of a dot in an interface name) dots.
+_AS_PATH = str.maketrans("./", "/.")
+
+
+def set_sysctl(journal: Journal, key: str, value: str, root: str = PROC_SYS, *, missing_ok: bool = False) -> bool:
+    """Set `key` (dotted) to `value`; journaled so a later failure puts the old value back.
+
+    `missing_ok`: a setting the kernel does not have (an interface's IPv6 settings without IPv6) is nothing to do."""
+    path = f"{root}/{key.translate(_AS_PATH)}"
     try:
         with open(path, encoding="ascii") as f:
             before = f.read().strip()
@@ -28,6 +34,9 @@ def set_sysctl(journal: Journal, key: str, value: str, root: str = PROC_SYS) -> 
             return False
         _write(path, value)
     except OSError as error:
+        if missing_ok and isinstance(error, FileNotFoundError):
+            log.debug("%s does not exist here: nothing to set", key)
+            return False
         hint = " (is the init container privileged?)" if error.errno in (1, 13, 30) else ""
         raise ApplyError(f"cannot set {key}={value} in {path}: {error.strerror}{hint}") from error
     journal.record(f"set {key}={value}", lambda: _write(path, before))

@@ -36,10 +36,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_network
 from typing import Any
 
 from egress_router.init import arp
+from egress_router.lab import router_advert
 from egress_router.lab.dns import DnsServer
 from egress_router.lab.netns import entered, family_of, socket_in
 
@@ -353,6 +354,13 @@ class Lab:
         with entered(self.ns(role)):
             arp.announce(dev, IPv4Address(address))
 
+    def advertise_router(self, role: str, prefix: str, dev: str = "eth0", lifetime: int = 1800) -> None:
+        """An IPv6 router advertisement from `dev` of `role` to all nodes on its link, as a site router sends them: itself
+        as default router for `lifetime` seconds, and `prefix` (a /64) for SLAAC."""
+        message = router_advert.advertisement(IPv6Network(prefix), lifetime, bytes.fromhex(self.link_mac(role, dev).replace(":", "")))
+        with entered(self.ns(role)):
+            router_advert.advertise(dev, message)
+
     def add_macvlan(self, role: str, name: str = "macvlan0", mode: str = "bridge", node: str = "node") -> None:
         """What the SDN does for the assign-macvlan annotation (or Multus for an attachment, with name net1):
         a macvlan on the node's eth0, moved into the pod."""
@@ -537,6 +545,8 @@ class Lab:
             "nat6": table("nat", "ip6tables-legacy-save"),
             "mangle6": table("mangle", "ip6tables-legacy-save"),
             "forwarding6": sysctl("net.ipv6.conf.all.forwarding"),
+            # every interface's: whether router advertisements are taken (init turns them off on the egress interface)
+            "accept_ra": run(self.exec_argv(role, ["sh", "-c", "cd /proc/sys/net/ipv6/conf && grep . */accept_ra */autoconf"])).stdout,
         }
 
     def neighbour_mac(self, role: str, address: str) -> str | None:

@@ -77,6 +77,8 @@ def test_bad_input_is_explained_and_changes_nothing(lab: Lab, pod: Pod, changes:
 
 def test_failure_part_way_restores_the_pod(lab: Lab, pod: Pod) -> None:
     """A read-only /proc/sys (an unprivileged init container) fails after links, addresses and routes changed."""
+    for setting in ("accept_ra", "autoconf"):  # as the pod's sysctls may give them: written first, they would stop init at once
+        lab.sysctl(pod.role, f"net.ipv6.conf.macvlan0.{setting}", "0")
     before = pod.snapshot()
     env = " ".join(f"{k}='{v}'" for k, v in {**GOOD, "EGRESS_SOURCE": pod.source, "EGRESS_NAT_BACKEND": str(pod.nat_backend)}.items())
     import sys

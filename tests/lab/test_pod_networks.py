@@ -236,6 +236,8 @@ def test_no_default_route_on_eth0_is_explained_and_changes_nothing(lab: Lab, pod
 
 def test_a_failure_part_way_rolls_back_the_policy_routing(lab: Lab, pod: Pod) -> None:
     """A read-only /proc/sys fails after the reply table, the mark rule and the kept routes were made."""
+    for setting in ("accept_ra", "autoconf"):  # as the pod's sysctls may give them: written first, they would stop init at once
+        lab.sysctl(pod.role, f"net.ipv6.conf.macvlan0.{setting}", "0")
     before = pod.snapshot()
     env = f"EGRESS_SOURCE={pod.source} EGRESS_GATEWAY={t.GATEWAY_IP} EGRESS_ROUTER_MODE=http-proxy EGRESS_CLUSTER_NETWORKS=172.30.0.0/16"
     script = f"mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && env {env} {sys.executable} -m egress_router init"

@@ -18,6 +18,8 @@ def test_redirect_plan_in_iptables_save_form() -> None:
     assert plan.forwarding
     assert render_plan(plan).splitlines() == [
         "link   macvlan0: must already exist in this pod",
+        "sysctl net.ipv6.conf.macvlan0.accept_ra=0 (before macvlan0 comes up; skipped if it has no IPv6)",
+        "sysctl net.ipv6.conf.macvlan0.autoconf=0 (before macvlan0 comes up; skipped if it has no IPv6)",
         "probe  ARP for 192.168.12.99 on macvlan0, 3 probes in ~1s (unless it is on it already): another host answering stops init, nothing changed",
         "addr   192.168.12.99/32 dev macvlan0 (only address on it)",
         "table  201: eth0's routes as found, its default route via <eth0's next hop> included (kept for replies)",
@@ -45,7 +47,29 @@ def test_redirect_plan_in_iptables_save_form() -> None:
         "-A EGRESS-ROUTER-DNAT -i eth0 -j DNAT --to-destination 203.0.113.50",
         "-A EGRESS-ROUTER-SNAT -o macvlan0 -j SNAT --to-source 192.168.12.99",
         "COMMIT",
+        "flush  what router advertisements gave macvlan0 before: proto ra or expiring routes, SLAAC addresses (last)",
     ]
+
+
+@pytest.mark.parametrize("mode", ["init", "legacy", "unit-test", "http-proxy", "dns-proxy"])
+@pytest.mark.parametrize(
+    ("source", "gateway"),
+    [("192.168.12.99", "192.168.12.1"), ("2001:db8:12::99", "2001:db8:12::1"), ("192.168.12.99,2001:db8:12::99", "192.168.12.1,fe80::1")],
+    ids=["ipv4-only", "ipv6-only", "dual-stack"],
+)
+def test_every_mode_and_family_turns_router_advertisements_off_on_the_egress_interface(mode: str, source: str, gateway: str) -> None:
+    """An IPv4-only router most of all: an advertised IPv6 default route would make the proxies connect over IPv6."""
+    destination = None if mode.endswith("proxy") else "80 tcp 2001:db8::25" if ":" in source else SETTINGS["destination"]
+    plan = build_plan(load_init_settings(source=source, gateway=gateway, destination=destination, mode=mode, interface="net1"))
+    assert plan.egress_sysctls == (("net.ipv6.conf.net1.accept_ra", "0"), ("net.ipv6.conf.net1.autoconf", "0"))
+    assert not set(plan.egress_sysctls) & set(plan.sysctls)  # written before the link comes up, not with the pod's own
+    assert "sysctl net.ipv6.conf.net1.accept_ra=0 (before net1 comes up; skipped if it has no IPv6)" in render_plan(plan)
+
+
+def test_a_dot_in_the_egress_interface_name_is_a_slash_in_the_sysctl_key() -> None:
+    """As sysctl(8) writes it: the edge turns it back into the dot of /proc/sys/net/ipv6/conf/eth1.100/."""
+    plan = build_plan(load_init_settings(**{**SETTINGS, "destination": None}, mode="http-proxy", interface="eth1.100"))
+    assert [key for key, _ in plan.egress_sysctls] == ["net.ipv6.conf.eth1/100.accept_ra", "net.ipv6.conf.eth1/100.autoconf"]
 
 
 def test_proxy_modes_plan_no_nat_and_no_forwarding() -> None:
