@@ -129,10 +129,6 @@ class EgressFamilies:
             self.refresh()
         return self.served
 
-    def allows(self, address: IPAddress) -> bool:
-        served = self.current()
-        return served is None or address.version in served
-
     def keep(self, addresses: Iterable[IPAddress]) -> list[IPAddress]:
         """The addresses of served families, in their order."""
         served = self.current()
