@@ -10,6 +10,7 @@ import os
 import sys
 import sysconfig
 import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from egress_router.errors import ApplyError
@@ -167,7 +168,7 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
 
     With a journal, the chains' previous content is recorded, so a later failure puts it back.
     """
-    changed, before = nat_helper.call("apply", chains) if nat_helper.served_elsewhere(chains.family) else apply_here(chains)
+    changed, before = _served("apply", chains)
     if not changed:
         log.debug("%s rules already in place (%d rules)", _name(chains), len(chains.rules))
         return False
@@ -225,7 +226,7 @@ def remove_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
     except ApplyError as error:
         log.debug("no iptables rules of ours to look for: %s", error)
         return False
-    changed, before = nat_helper.call("remove", chains) if nat_helper.served_elsewhere(chains.family) else remove_here(chains)
+    changed, before = _served("remove", chains)
     if not changed:
         return False
     log.info("removed our %s rules from %s", chains.table, _IPTABLES[chains.family])
@@ -252,9 +253,11 @@ def remove_here(chains: ChainSet) -> tuple[bool, dict[str, Any]]:
 
 def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
     """Put our chains back as `before` (what apply or remove found)."""
-    if nat_helper.served_elsewhere(chains.family):
-        nat_helper.call("restore", chains, before)
-        return
+    _served("restore", chains, before)
+
+
+def restore_here(chains: ChainSet, before: dict[str, Any]) -> None:
+    """_restore in this process."""
     iptc = _iptc()
     table = _open(iptc, chains.table, chains.family)
     ipv6 = _ipv6(chains)
@@ -266,9 +269,12 @@ def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
 
 def counters(chains: ChainSet) -> list[tuple[int, int]] | None:
     """Packets and bytes of each of our rules, in the order of `chains.rules`; None when our chains do not hold them."""
-    if nat_helper.served_elsewhere(chains.family):
-        answer = nat_helper.call("counters", chains)
-        return None if answer is None else [(packets, size) for packets, size in answer]
+    answer = _served("counters", chains)
+    return None if answer is None else [(packets, size) for packets, size in answer]  # JSON's lists from the helper
+
+
+def counters_here(chains: ChainSet) -> list[tuple[int, int]] | None:
+    """counters in this process."""
     iptc = _iptc()
     found: list[tuple[int, int]] = []
     try:
@@ -280,3 +286,19 @@ def counters(chains: ChainSet) -> list[tuple[int, int]] | None:
     except iptc.IPTCError:
         return None
     return found if len(found) == len(chains.rules) else None
+
+
+#: Each operation as done in the process that serves the family's tables; the helper process answers from this table too.
+HERE: dict[str, Callable[[ChainSet, Any], Any]] = {
+    "apply": lambda chains, _before: apply_here(chains),
+    "remove": lambda chains, _before: remove_here(chains),
+    "restore": restore_here,
+    "counters": lambda chains, _before: counters_here(chains),
+}
+
+
+def _served(operation: str, chains: ChainSet, before: dict[str, Any] | None = None) -> Any:
+    """`operation` where `chains.family`'s tables are served: in this process, or in the helper (one family a process)."""
+    if nat_helper.served_elsewhere(chains.family):
+        return nat_helper.call(operation, chains, before)
+    return HERE[operation](chains, before)
