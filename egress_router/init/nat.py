@@ -180,22 +180,29 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
 
 def apply_here(chains: ChainSet) -> tuple[bool, dict[str, Any]]:
     """apply_chains in this process: whether anything changed, and the chains' state before."""
+    wanted: dict[str, list[dict[str, Any]] | None]
+    wanted = {chain: [r.as_dict() for r in chains.rules if r.chain == chain] for chain, _ in chains.chains}
+    failure = f"cannot install {_name(chains)} rules: {{error}} (is the init container privileged, with the iptables modules loaded?)"
+    return _hold(chains, wanted, failure)
+
+
+def _hold(chains: ChainSet, wanted: dict[str, list[dict[str, Any]] | None], failure: str) -> tuple[bool, dict[str, Any]]:
+    """Make our chains hold `wanted` (None: no chain, no jumps to it) in one commit, unless they already do: whether
+    anything changed, and the chains' state before. An iptables error becomes ApplyError(`failure` with its {error})."""
     iptc = _iptc()
     try:
         table = _open(iptc, chains.table, chains.family)
-        wanted = {chain: [r.as_dict() for r in chains.rules if r.chain == chain] for chain, _ in chains.chains}
         before = _state(iptc, table, chains)
-        built = {chain: [_build(iptc, shape, _ipv6(chains)) for shape in shapes] for chain, shapes in wanted.items()}
+        ipv6 = _ipv6(chains)
+        built = {chain: None if shapes is None else [_build(iptc, s, ipv6) for s in shapes] for chain, shapes in wanted.items()}
         if _unchanged(iptc, chains, before, built):
             return False, before
-        _write(iptc, table, chains, built)  # type: ignore[arg-type]
+        _write(iptc, table, chains, built)
         table.commit()
         table.refresh()
         table.autocommit = True
     except iptc.IPTCError as error:
-        raise ApplyError(
-            f"cannot install {_name(chains)} rules: {error} (is the init container privileged, with the iptables modules loaded?)"
-        ) from error
+        raise ApplyError(failure.format(error=error)) from error
     return True, before
 
 
@@ -204,13 +211,17 @@ def _name(chains: ChainSet) -> str:
     return f"ip6 {chains.table}" if _ipv6(chains) else chains.table
 
 
-def _unchanged(iptc: Any, chains: ChainSet, before: dict[str, Any], built: dict[str, list[Any]]) -> bool:
-    """Whether the kernel already holds `built`; rules are decoded only when the counts already agree."""
+def _unchanged(iptc: Any, chains: ChainSet, before: dict[str, Any], built: dict[str, list[Any] | None]) -> bool:
+    """Whether the kernel already holds `built` (None: neither the chain nor a jump to it); rules are decoded only
+    when the counts already agree."""
     for chain, parents in chains.chains:
-        current = before[chain]
-        if current is None or len(current) != len(built[chain]) or any(before[f"{p}->{chain}"] != 1 for p in parents):
+        current, rules, jumps = before[chain], built[chain], [before[f"{p}->{chain}"] for p in parents]
+        if rules is None:
+            if current is not None or any(jumps):
+                return False
+        elif current is None or len(current) != len(rules) or any(count != 1 for count in jumps):
             return False
-    return all(before[chain] == [_shape(iptc, r, _ipv6(chains)) for r in built[chain]] for chain, _ in chains.chains)
+    return all(rules is None or before[chain] == [_shape(iptc, r, _ipv6(chains)) for r in rules] for chain, rules in built.items())
 
 
 def remove_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
@@ -237,18 +248,8 @@ def remove_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
 
 def remove_here(chains: ChainSet) -> tuple[bool, dict[str, Any]]:
     """remove_chains in this process: whether there was anything to remove, and the chains' state before."""
-    iptc = _iptc()
-    try:
-        table = _open(iptc, chains.table, chains.family)
-        before = _state(iptc, table, chains)
-        if all(before[chain] is None and not any(before[f"{p}->{chain}"] for p in parents) for chain, parents in chains.chains):
-            return False, before
-        _write(iptc, table, chains, dict.fromkeys((chain for chain, _ in chains.chains), None))
-        table.commit()
-        table.autocommit = True
-    except iptc.IPTCError as error:
-        raise ApplyError(f"cannot remove our {chains.table} rules from {_IPTABLES[chains.family]}: {error}") from error
-    return True, before
+    failure = f"cannot remove our {chains.table} rules from {_IPTABLES[chains.family]}: {{error}}"
+    return _hold(chains, dict.fromkeys((chain for chain, _ in chains.chains), None), failure)
 
 
 def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
