@@ -181,13 +181,3 @@ def _negative_ttl(reply: DNSRecord) -> int:
         if rr.rtype == QTYPE.SOA:
             return max(1, min(int(rr.ttl), int(rr.rdata.times[-1])))
     return DEFAULT_NEGATIVE_TTL
-
-
-def can_send_ipv6() -> bool:
-    """Whether this namespace has an IPv6 route out (then names are asked for AAAA records too)."""
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.connect(("2001:db8::1", 53))  # no packet is sent: this only asks the routing table
-            return True
-    except OSError:
-        return False

@@ -13,7 +13,7 @@ from egress_router.config.resolv_conf import parse_resolv_conf
 from egress_router.dns_proxy import metrics
 from egress_router.dns_proxy.forwarder import Forwarder
 from egress_router.dns_proxy.names import FollowedName
-from egress_router.dns_proxy.resolver import Resolver, can_send_ipv6
+from egress_router.dns_proxy.resolver import Resolver
 from egress_router.errors import ApplyError
 from egress_router.observe.endpoints import local_probes, serving
 from egress_router.observe.stats import CONFIG_RELOADS, Stats, count
@@ -32,8 +32,7 @@ class ForwardedPorts:
     def __init__(self, settings: DnsProxySettings, resolver: Resolver) -> None:
         self.settings = settings
         self.resolver = resolver
-        self.ipv6 = can_send_ipv6()
-        self.families = EgressFamilies()  # addresses of a family without an egress default route are not connected to
+        self.families = EgressFamilies()  # AAAA records asked for, and which families are connected to
         self.active: set[asyncio.Task[None]] = set()
         self.ports: dict[int, tuple[asyncio.Server, Forwarder]] = {}
         self.missing: set[int] = set()  # ports of the list that could not be had (readiness says which)
@@ -74,7 +73,7 @@ class ForwardedPorts:
                 target.remote_port,
             ):
                 continue
-            destination = FollowedName(target, self.settings, self.resolver, self.ipv6, self.lookups, self.families)
+            destination = FollowedName(target, self.settings, self.resolver, self.families.sends_ipv6, self.lookups, self.families)
             if current is not None:
                 current[1].destination.stop()
                 current[1].destination = destination  # new connections go to the new destination

@@ -10,6 +10,7 @@ import os
 import sys
 import sysconfig
 import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from egress_router.errors import ApplyError
@@ -167,7 +168,7 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
 
     With a journal, the chains' previous content is recorded, so a later failure puts it back.
     """
-    changed, before = nat_helper.call("apply", chains) if nat_helper.served_elsewhere(chains.family) else apply_here(chains)
+    changed, before = _served("apply", chains)
     if not changed:
         log.debug("%s rules already in place (%d rules)", _name(chains), len(chains.rules))
         return False
@@ -179,22 +180,29 @@ def apply_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
 
 def apply_here(chains: ChainSet) -> tuple[bool, dict[str, Any]]:
     """apply_chains in this process: whether anything changed, and the chains' state before."""
+    wanted: dict[str, list[dict[str, Any]] | None]
+    wanted = {chain: [r.as_dict() for r in chains.rules if r.chain == chain] for chain, _ in chains.chains}
+    failure = f"cannot install {_name(chains)} rules: {{error}} (is the init container privileged, with the iptables modules loaded?)"
+    return _hold(chains, wanted, failure)
+
+
+def _hold(chains: ChainSet, wanted: dict[str, list[dict[str, Any]] | None], failure: str) -> tuple[bool, dict[str, Any]]:
+    """Make our chains hold `wanted` (None: no chain, no jumps to it) in one commit, unless they already do: whether
+    anything changed, and the chains' state before. An iptables error becomes ApplyError(`failure` with its {error})."""
     iptc = _iptc()
     try:
         table = _open(iptc, chains.table, chains.family)
-        wanted = {chain: [r.as_dict() for r in chains.rules if r.chain == chain] for chain, _ in chains.chains}
         before = _state(iptc, table, chains)
-        built = {chain: [_build(iptc, shape, _ipv6(chains)) for shape in shapes] for chain, shapes in wanted.items()}
+        ipv6 = _ipv6(chains)
+        built = {chain: None if shapes is None else [_build(iptc, s, ipv6) for s in shapes] for chain, shapes in wanted.items()}
         if _unchanged(iptc, chains, before, built):
             return False, before
-        _write(iptc, table, chains, built)  # type: ignore[arg-type]
+        _write(iptc, table, chains, built)
         table.commit()
         table.refresh()
         table.autocommit = True
     except iptc.IPTCError as error:
-        raise ApplyError(
-            f"cannot install {_name(chains)} rules: {error} (is the init container privileged, with the iptables modules loaded?)"
-        ) from error
+        raise ApplyError(failure.format(error=error)) from error
     return True, before
 
 
@@ -203,13 +211,17 @@ def _name(chains: ChainSet) -> str:
     return f"ip6 {chains.table}" if _ipv6(chains) else chains.table
 
 
-def _unchanged(iptc: Any, chains: ChainSet, before: dict[str, Any], built: dict[str, list[Any]]) -> bool:
-    """Whether the kernel already holds `built`; rules are decoded only when the counts already agree."""
+def _unchanged(iptc: Any, chains: ChainSet, before: dict[str, Any], built: dict[str, list[Any] | None]) -> bool:
+    """Whether the kernel already holds `built` (None: neither the chain nor a jump to it); rules are decoded only
+    when the counts already agree."""
     for chain, parents in chains.chains:
-        current = before[chain]
-        if current is None or len(current) != len(built[chain]) or any(before[f"{p}->{chain}"] != 1 for p in parents):
+        current, rules, jumps = before[chain], built[chain], [before[f"{p}->{chain}"] for p in parents]
+        if rules is None:
+            if current is not None or any(jumps):
+                return False
+        elif current is None or len(current) != len(rules) or any(count != 1 for count in jumps):
             return False
-    return all(before[chain] == [_shape(iptc, r, _ipv6(chains)) for r in built[chain]] for chain, _ in chains.chains)
+    return all(rules is None or before[chain] == [_shape(iptc, r, _ipv6(chains)) for r in rules] for chain, rules in built.items())
 
 
 def remove_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
@@ -225,7 +237,7 @@ def remove_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
     except ApplyError as error:
         log.debug("no iptables rules of ours to look for: %s", error)
         return False
-    changed, before = nat_helper.call("remove", chains) if nat_helper.served_elsewhere(chains.family) else remove_here(chains)
+    changed, before = _served("remove", chains)
     if not changed:
         return False
     log.info("removed our %s rules from %s", chains.table, _IPTABLES[chains.family])
@@ -236,25 +248,17 @@ def remove_chains(chains: ChainSet, journal: Journal | None = None) -> bool:
 
 def remove_here(chains: ChainSet) -> tuple[bool, dict[str, Any]]:
     """remove_chains in this process: whether there was anything to remove, and the chains' state before."""
-    iptc = _iptc()
-    try:
-        table = _open(iptc, chains.table, chains.family)
-        before = _state(iptc, table, chains)
-        if all(before[chain] is None and not any(before[f"{p}->{chain}"] for p in parents) for chain, parents in chains.chains):
-            return False, before
-        _write(iptc, table, chains, dict.fromkeys((chain for chain, _ in chains.chains), None))
-        table.commit()
-        table.autocommit = True
-    except iptc.IPTCError as error:
-        raise ApplyError(f"cannot remove our {chains.table} rules from {_IPTABLES[chains.family]}: {error}") from error
-    return True, before
+    failure = f"cannot remove our {chains.table} rules from {_IPTABLES[chains.family]}: {{error}}"
+    return _hold(chains, dict.fromkeys((chain for chain, _ in chains.chains), None), failure)
 
 
 def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
     """Put our chains back as `before` (what apply or remove found)."""
-    if nat_helper.served_elsewhere(chains.family):
-        nat_helper.call("restore", chains, before)
-        return
+    _served("restore", chains, before)
+
+
+def restore_here(chains: ChainSet, before: dict[str, Any]) -> None:
+    """_restore in this process."""
     iptc = _iptc()
     table = _open(iptc, chains.table, chains.family)
     ipv6 = _ipv6(chains)
@@ -266,9 +270,12 @@ def _restore(chains: ChainSet, before: dict[str, Any]) -> None:
 
 def counters(chains: ChainSet) -> list[tuple[int, int]] | None:
     """Packets and bytes of each of our rules, in the order of `chains.rules`; None when our chains do not hold them."""
-    if nat_helper.served_elsewhere(chains.family):
-        answer = nat_helper.call("counters", chains)
-        return None if answer is None else [(packets, size) for packets, size in answer]
+    answer = _served("counters", chains)
+    return None if answer is None else [(packets, size) for packets, size in answer]  # JSON's lists from the helper
+
+
+def counters_here(chains: ChainSet) -> list[tuple[int, int]] | None:
+    """counters in this process."""
     iptc = _iptc()
     found: list[tuple[int, int]] = []
     try:
@@ -280,3 +287,19 @@ def counters(chains: ChainSet) -> list[tuple[int, int]] | None:
     except iptc.IPTCError:
         return None
     return found if len(found) == len(chains.rules) else None
+
+
+#: Each operation as done in the process that serves the family's tables; the helper process answers from this table too.
+HERE: dict[str, Callable[[ChainSet, Any], Any]] = {
+    "apply": lambda chains, _before: apply_here(chains),
+    "remove": lambda chains, _before: remove_here(chains),
+    "restore": restore_here,
+    "counters": lambda chains, _before: counters_here(chains),
+}
+
+
+def _served(operation: str, chains: ChainSet, before: dict[str, Any] | None = None) -> Any:
+    """`operation` where `chains.family`'s tables are served: in this process, or in the helper (one family a process)."""
+    if nat_helper.served_elsewhere(chains.family):
+        return nat_helper.call(operation, chains, before)
+    return HERE[operation](chains, before)

@@ -79,16 +79,7 @@ def serve() -> None:
         request = json.loads(line)
         chains = decode(request["chains"])
         try:
-            if request["operation"] == "apply":
-                result: Any = nat.apply_here(chains)
-            elif request["operation"] == "remove":
-                result = nat.remove_here(chains)
-            elif request["operation"] == "restore":
-                nat._restore(chains, request["before"])
-                result = None
-            else:
-                result = nat.counters(chains)
-            answer = {"result": result}
+            answer = {"result": nat.HERE[request["operation"]](chains, request["before"])}
         except ApplyError as error:
             answer = {"error": str(error)}
         print(json.dumps(answer), flush=True)

@@ -4,11 +4,14 @@ Why: `init` moves the default route only for the families of EGRESS_SOURCE, so a
 cluster keeps `eth0`'s IPv6 default route. The proxies resolve AAAA too; connecting to those addresses would leave
 from the cluster's address, not the egress one. The proxies run unprivileged without pyroute2, so the routes are read
 from `/proc/net/route` and `/proc/net/ipv6_route` (this namespace's main table), parsed by plain functions.
+Whether the pod can send IPv6 at all (any route, eth0's too: then the DNS proxy asks for AAAA records) is answered
+here as well, so one object tells the proxies which families they may use.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable
 
@@ -24,6 +27,8 @@ REREAD_EVERY = 60.0
 RTF_UP = 0x1
 RTF_REJECT = 0x200
 FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
+#: Connecting a UDP socket here asks the routing table for an IPv6 route; no packet is sent (a documentation address).
+IPV6_PROBE = ("2001:db8::1", 53)
 
 
 def ipv4_default_interfaces(text: str) -> set[str]:
@@ -77,12 +82,28 @@ def _read(path: str) -> str | None:
         return None
 
 
+def can_send_ipv6() -> bool:
+    """Whether this namespace has an IPv6 route out (then names are asked for AAAA records too)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.connect(IPV6_PROBE)
+            return True
+    except OSError:
+        return False
+
+
 class EgressFamilies:
-    """The families the proxy may connect over, read at start and again at most every REREAD_EVERY seconds when asked."""
+    """The families the proxy may connect over, read at start and again at most every REREAD_EVERY seconds when asked;
+    `sends_ipv6`, whether the pod has an IPv6 route at all, is asked once at start."""
 
     def __init__(
-        self, read: Callable[[str], str | None] = _read, clock: Callable[[], float] = time.monotonic, every: float = REREAD_EVERY
+        self,
+        read: Callable[[str], str | None] = _read,
+        clock: Callable[[], float] = time.monotonic,
+        every: float = REREAD_EVERY,
+        probe: Callable[[], bool] = can_send_ipv6,
     ) -> None:
+        self.sends_ipv6 = probe()
         self.read = read
         self.clock = clock
         self.every = every
@@ -107,10 +128,6 @@ class EgressFamilies:
         if self.clock() - self.read_at >= self.every:
             self.refresh()
         return self.served
-
-    def allows(self, address: IPAddress) -> bool:
-        served = self.current()
-        return served is None or address.version in served
 
     def keep(self, addresses: Iterable[IPAddress]) -> list[IPAddress]:
         """The addresses of served families, in their order."""

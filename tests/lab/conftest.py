@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -90,6 +92,23 @@ class Pod:
     def init(self, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
         """Run the real CLI inside the pod; keyword arguments become EGRESS_* variables."""
         return self.lab.run_in(self.role, [sys.executable, "-m", "egress_router", "init"], env=self.env(**env), timeout=timeout)
+
+    @contextmanager
+    def legacy_init(self, **env: str) -> Iterator[subprocess.Popen[str]]:
+        """`init` in legacy mode (it stays up), yielded once it is up (logs that it waits for SIGTERM, within 20 s);
+        killed on the way out if the test did not stop it."""
+        argv = self.lab.exec_argv(self.role, [sys.executable, "-m", "egress_router", "init"])
+        proc = subprocess.Popen(argv, env=self.env(**env), stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stderr is not None
+            deadline = time.monotonic() + 20
+            while "waiting for SIGTERM" not in proc.stderr.readline():
+                assert proc.poll() is None and time.monotonic() < deadline
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     def snapshot(self) -> dict[str, str]:
         return self.lab.snapshot(self.role)

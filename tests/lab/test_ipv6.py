@@ -15,7 +15,7 @@ import pytest
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
-from egress_router.lab.topology import environment, run, v6
+from egress_router.lab.topology import run, v6
 from tests.lab.conftest import Pod, new_pod
 from tests.lab.http_helpers import http_get, samples
 from tests.lab.waiting import eventually
@@ -460,21 +460,9 @@ def metric(lab: Lab, pod: Pod, name: str, **labels: str) -> float | None:
 
 
 def test_legacy_mode_over_ipv6_stays_up_until_sigterm(lab: Lab, pod: Pod) -> None:
-    env = environment(EGRESS_SOURCE=source6(pod), EGRESS_GATEWAY=GATEWAY6, EGRESS_DESTINATION=RULES6)
-    proc = subprocess.Popen(
-        lab.exec_argv(pod.role, [sys.executable, "-m", "egress_router", "init"]), env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 20
-        while "waiting for SIGTERM" not in proc.stderr.readline():
-            assert proc.poll() is None and time.monotonic() < deadline
+    with pod.legacy_init(EGRESS_SOURCE=source6(pod), EGRESS_GATEWAY=GATEWAY6, EGRESS_DESTINATION=RULES6) as proc:
         assert lab.tcp("client", v6(pod.ip), 80).client == source6(pod)
         run(lab.exec_argv(pod.role, ["ip6tables-legacy", "-t", "nat", "-F", "EGRESS-ROUTER-DNAT"]))
         eventually(lambda: lab.tcp("client", v6(pod.ip), 80, timeout=1).client == source6(pod), 15)  # put back within an interval
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from egress_router.init.plan import DNAT_CHAIN, MARK_CHAINS, NAT_CHAINS, SNAT_CHAIN, ChainSet, XtRule, mark_chains
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from tests.lab.conftest import NAT_BACKENDS, Pod
+from tests.nat_cases import SAMPLES
 
 RULES = "80 tcp 203.0.113.25\n203.0.113.50"
 
@@ -104,69 +104,10 @@ def test_switching_backends_removes_the_other_backends_rules(lab: Lab, pod: Pod,
     assert "nothing to change" in redirect(pod, EGRESS_NAT_BACKEND=to)
 
 
-#: Every form of rule the nftables backend writes, in chain sets of both families: applied, each must read back as
-#: written (a second apply changes nothing), and its text, loaded with `nft -f`, must be the same rules.
-SAMPLES = {
-    "reply-marks": mark_chains(),
-    "marks": ChainSet(
-        "mangle",
-        MARK_CHAINS,
-        (
-            XtRule(
-                "EGRESS-ROUTER-MARK",
-                "CONNMARK",
-                (("set-xmark", "0x0/0x400000"),),
-                matches=(("conntrack", (("ctstate", "NEW,ESTABLISHED"),)),),
-            ),
-            XtRule(
-                "EGRESS-ROUTER-MARK", "CONNMARK", (("set-xmark", "0x100000/0x300000"),), matches=(("conntrack", (("ctdir", "ORIGINAL"),)),)
-            ),
-            XtRule("EGRESS-ROUTER-MARK", "MARK", (("set-xmark", "0x5/0xffffffff"),), matches=(("mark", (("mark", "0x7"),)),)),
-            XtRule("EGRESS-ROUTER-MARK", "MARK", (("set-xmark", "0x100000/0x400000"),), in_interface="eth0"),
-            XtRule("EGRESS-ROUTER-MARK", "ACCEPT", protocol="udp", matches=(("connmark", (("mark", "0x1/0xff"),)),)),
-            XtRule("EGRESS-ROUTER-MARK", "RETURN", in_interface="eth0", protocol="sctp"),
-        ),
-    ),
-    "nat-ipv4": ChainSet(
-        "nat",
-        NAT_CHAINS,
-        (
-            XtRule(
-                DNAT_CHAIN,
-                "DNAT",
-                (("to-destination", "203.0.113.26:80"),),
-                in_interface="eth0",
-                protocol="tcp",
-                matches=(("tcp", (("dport", "8080"),)),),
-            ),
-            XtRule(DNAT_CHAIN, "RETURN", in_interface="eth0", protocol="udp", matches=(("udp", (("sport", "53"), ("dport", "5353"))),)),
-            XtRule(DNAT_CHAIN, "DNAT", (("to-destination", "203.0.113.50"),), in_interface="eth0"),
-            XtRule(SNAT_CHAIN, "SNAT", (("to-source", "192.168.12.99"),), out_interface="net1"),
-        ),
-    ),
-    "nat-ipv6": ChainSet(
-        "nat",
-        NAT_CHAINS,
-        (
-            XtRule(
-                DNAT_CHAIN,
-                "DNAT",
-                (("to-destination", "[2001:db8::25]:80"),),
-                in_interface="eth0",
-                protocol="tcp",
-                matches=(("tcp", (("dport", "8080"),)),),
-            ),
-            XtRule(DNAT_CHAIN, "DNAT", (("to-destination", "2001:db8::50"),), in_interface="eth0"),
-            XtRule(SNAT_CHAIN, "SNAT", (("to-source", "2001:db8:12::99"),), out_interface="macvlan0"),
-        ),
-        family="ipv6",
-    ),
-}
-
 ROUND_TRIP = """
 import json, subprocess, sys
 from egress_router.init import nft, nft_rules
-from tests.lab.test_nat_backends import SAMPLES
+from tests.nat_cases import SAMPLES
 chains = SAMPLES[sys.argv[1]]
 assert nft.apply_chains(chains), "first apply changed nothing"
 assert not nft.apply_chains(chains), "the kernel's listing differs from what was written"
@@ -189,7 +130,7 @@ def test_every_rule_form_reads_back_as_written(lab: Lab, pod: Pod, sample: str) 
 IPTABLES_ROUND_TRIP = """
 import subprocess, sys
 from egress_router.init import nat
-from tests.lab.test_nat_backends import SAMPLES
+from tests.nat_cases import SAMPLES
 chains = SAMPLES[sys.argv[1]]
 assert nat.apply_chains(chains) and not nat.apply_chains(chains)
 assert nat.counters(chains) == [(0, 0)] * len(chains.rules)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -162,22 +161,10 @@ def test_proxy_modes_set_up_the_network_without_nat(lab: Lab, pod: Pod, mode: st
 
 
 def test_legacy_mode_stays_up_until_sigterm(lab: Lab, pod: Pod) -> None:
-    env = pod.env(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION=RULES)
-    proc = subprocess.Popen(
-        lab.exec_argv(pod.role, [sys.executable, "-m", "egress_router", "init"]), env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 20
-        while "waiting for SIGTERM" not in proc.stderr.readline():
-            assert proc.poll() is None and time.monotonic() < deadline
+    with pod.legacy_init(EGRESS_SOURCE=pod.source, EGRESS_GATEWAY=GATEWAY, EGRESS_DESTINATION=RULES) as proc:
         assert lab.tcp("client", pod.ip, 80).client == pod.source
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_macvlan_created_from_master(lab: Lab, bare_pod: Pod) -> None:

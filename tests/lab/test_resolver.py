@@ -13,9 +13,10 @@ import pytest
 from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, SOA, A, DNSRecord
 
 from egress_router.config.resolv_conf import ResolvConf, parse_resolv_conf
-from egress_router.dns_proxy.resolver import ResolveError, Resolver, can_send_ipv6
+from egress_router.dns_proxy.resolver import ResolveError, Resolver
 from egress_router.lab import Lab
 from egress_router.lab.netns import entered
+from egress_router.runtime.egress_families import EgressFamilies, can_send_ipv6
 
 PORT = 5353
 LINK_LOCAL = "fe80::53%dns0"  # on an interface of the namespace (a veth pair of its own)
@@ -206,12 +207,12 @@ def test_aaaa_records_join_when_the_pod_sends_ipv6(lab: Lab) -> None:
 
 def test_ipv6_egress_is_detected_from_the_routing_table(lab: Lab) -> None:
     with entered(lab.ns("dns")):
-        assert not can_send_ipv6()
+        assert not can_send_ipv6() and not EgressFamilies().sends_ipv6
     lab.ip("dns", "-6", "addr", "add", "2001:db8::99/64", "dev", "lo", "nodad")
     lab.ip("dns", "-6", "route", "add", "default", "dev", "lo")
     try:
         with entered(lab.ns("dns")):
-            assert can_send_ipv6()
+            assert can_send_ipv6() and EgressFamilies().sends_ipv6
     finally:
         lab.ip("dns", "-6", "route", "del", "default", "dev", "lo")
 

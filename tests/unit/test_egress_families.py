@@ -4,6 +4,8 @@ connecting only over those: an IPv4-only router in a dual-stack cluster keeps et
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 from collections.abc import Iterator
 from ipaddress import ip_address
 
@@ -15,7 +17,9 @@ from egress_router.config.addresses import IPAddress
 from egress_router.config.dns_settings import load_dns_settings
 from egress_router.dns_proxy.names import FollowedName
 from egress_router.runtime.egress_families import (
+    IPV6_PROBE,
     EgressFamilies,
+    can_send_ipv6,
     egress_families,
     ipv4_default_interfaces,
     ipv6_default_interfaces,
@@ -90,15 +94,31 @@ def test_an_ipv4_default_route_is_recognised_by_its_flags(name: str, flags: int,
 def test_the_routes_are_read_again_once_the_interval_has_passed() -> None:
     files = {"/proc/net/route": V4_POD, "/proc/net/ipv6_route": V6_POD}
     now = [0.0]
+    both = [ip_address("2001:db8::1"), ip_address("203.0.113.5")]
     families = EgressFamilies(read=files.get, clock=lambda: now[0], every=60.0)
-    assert families.allows(ip_address("2001:db8::1"))
+    assert families.keep(both) == both
     files["/proc/net/route"] = V4_ROUTER  # init ran
     now[0] = 59.0
-    assert families.current() is None
+    assert families.keep(both) == both
     now[0] = 60.0
-    assert families.current() == frozenset({4})
-    assert families.keep([ip_address("2001:db8::1"), ip_address("203.0.113.5")]) == [ip_address("203.0.113.5")]
-    assert not families.allows(ip_address("2001:db8::1"))
+    assert families.keep(both) == [ip_address("203.0.113.5")]
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2's ip to ask the kernel independently")
+def test_whether_ipv6_can_be_sent_is_the_routing_tables_answer() -> None:
+    """The probe sends nothing; it agrees with `ip -6 route get` in this namespace (the lab test sees both answers)."""
+    routed = subprocess.run(["ip", "-6", "route", "get", IPV6_PROBE[0]], capture_output=True, check=False).returncode == 0
+    assert can_send_ipv6() == routed
+
+
+def test_the_ipv6_route_is_asked_about_once_at_start() -> None:
+    files = {"/proc/net/route": V4_ROUTER, "/proc/net/ipv6_route": V6_POD}
+    now, asked = [0.0], []
+    families = EgressFamilies(read=files.get, clock=lambda: now[0], probe=lambda: not asked.append(1))
+    now[0] = 120.0
+    assert families.current() == frozenset({4})  # eth0's IPv6 default route: AAAA asked for, but not connected to
+    assert families.sends_ipv6 and asked == [1]
+    assert not EgressFamilies(read=files.get, probe=lambda: False).sends_ipv6
 
 
 def test_the_reason_names_the_missing_family() -> None:

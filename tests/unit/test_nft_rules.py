@@ -15,6 +15,7 @@ from egress_router.config.init_settings import load_init_settings
 from egress_router.init import nft_rules
 from egress_router.init.nft_rules import Chain, Unsupported, layout, read_table, render_text, rule_exprs, write_batch
 from egress_router.init.plan import DNAT_CHAIN, NAT_CHAINS, SNAT_CHAIN, ChainSet, XtRule, build_plan, mark_chains, render_plan
+from tests.nat_cases import PORT_FORWARD, PORT_FORWARD6
 
 SETTINGS = {
     "source": "192.168.12.99",
@@ -75,15 +76,7 @@ def test_unit_test_mode_shows_the_chosen_syntax() -> None:
 
 def test_the_json_of_a_rule_is_what_libnftables_lists() -> None:
     """The forms nft lists back (seen with nft 1.0.6): what holds() compares must be written the same way."""
-    dnat = XtRule(
-        DNAT_CHAIN,
-        "DNAT",
-        (("to-destination", "203.0.113.26:80"),),
-        in_interface="eth0",
-        protocol="tcp",
-        matches=(("tcp", (("dport", "8080"),)),),
-    )
-    assert rule_exprs(dnat) == [
+    assert rule_exprs(PORT_FORWARD) == [
         {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "eth0"}},
         {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}},
         {"counter": None},
@@ -94,18 +87,10 @@ def test_the_json_of_a_rule_is_what_libnftables_lists() -> None:
 
 
 def test_ipv6_chain_sets_go_to_the_ip6_table() -> None:
-    rule = XtRule(
-        DNAT_CHAIN,
-        "DNAT",
-        (("to-destination", "[2001:db8::25]:8080"),),
-        in_interface="eth0",
-        protocol="tcp",
-        matches=(("tcp", (("dport", "80"),)),),
-    )
-    chains = ChainSet("nat", NAT_CHAINS, (rule,), family="ipv6")
+    chains = ChainSet("nat", NAT_CHAINS, (PORT_FORWARD6,), family="ipv6")
     text = render_text(chains)
     assert text.startswith("table ip6 egress_router {")
-    assert '\t\tiifname "eth0" tcp dport 80 counter dnat to [2001:db8::25]:8080' in text
+    assert '\t\tiifname "eth0" tcp dport 8080 counter dnat to [2001:db8::25]:80' in text
     assert write_batch("ip6", {}, {c.name: c for c in layout(chains)})[0] == {"add": {"table": {"family": "ip6", "name": "egress_router"}}}
     with pytest.raises(Unsupported, match="unknown address family"):
         nft_rules.nft_family(ChainSet("nat", NAT_CHAINS, (), family="ipx"))
