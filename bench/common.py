@@ -12,6 +12,7 @@ this interpreter, takes the other tool's place; each of its variants is followed
 from __future__ import annotations
 
 import argparse
+import compileall
 import itertools
 import os
 import re
@@ -197,6 +198,12 @@ class Checkout:
         """`egress-router COMMAND` from this tree's code, with this interpreter and its packages: the tree is both the
         working folder and PYTHONPATH, so neither the caller's folder nor the installed package can stand in for it."""
         return ["env", "-C", str(self.path), f"PYTHONPATH={self.path}", sys.executable, "-m", "egress_router", *command]
+
+    def compile(self) -> None:
+        """Bytecode for the tree's package, as the image's `pip install` writes it. A bench that starts a process per
+        trial would otherwise compile every module of ours each time (PYTHONDONTWRITEBYTECODE, which the image sets too,
+        keeps Python from caching them itself) and time the compiler, not the code the image runs."""
+        compileall.compile_dir(self.path / "egress_router", quiet=1)
 
     def describe(self) -> str:
         """Where it is and, in a git tree, at which commit."""

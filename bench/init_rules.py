@@ -101,6 +101,7 @@ def baseline_contenders(baseline: str) -> tuple[list[Contender], list[tuple[str,
     """The baseline checkout's init and ours with each backend, each in a fresh pod; their columns; which code is which.
     The baseline gets no EGRESS_NAT_BACKEND: a checkout from before the option takes iptables."""
     theirs = Checkout.at(baseline, "baseline")
+    theirs.compile()
 
     def init(checkout: Checkout, label: str, backend: str | None = None) -> Contender:
         extra = {"EGRESS_NAT_BACKEND": backend} if backend else {}
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000", help="rule counts (default 10,100,1000)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    THIS.compile()  # bytecode as the image has it (see Checkout.compile)
     contenders, columns, which = baseline_contenders(args.baseline) if args.baseline else old_script_contenders()
     samples = Samples()
     with Lab().build(router=False) as lab:
