@@ -16,6 +16,7 @@ import pytest
 
 from egress_router.lab import Lab
 from egress_router.lab.topology import environment, run
+from tests.lab.http_helpers import http_get, samples
 
 MISSING = [tool for tool in ("ip", "nft", "iptables-legacy-save") if shutil.which(tool) is None]
 
@@ -112,6 +113,14 @@ class Pod:
 
     def snapshot(self) -> dict[str, str]:
         return self.lab.snapshot(self.role)
+
+    def readyz(self) -> tuple[int, str]:
+        """The pod's readiness, asked from the node as the kubelet asks (EGRESS_METRICS_PORT 9191)."""
+        return http_get(self.lab, "node", self.ip, 9191, "/readyz")
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of the pod's /metrics, scraped from the node; None when it is not there."""
+        return samples(http_get(self.lab, "node", self.ip, 9191, "/metrics")[1]).get((name, tuple(sorted(labels.items()))))
 
     def nat_rules(self) -> str:
         """Our NAT rules as the pod's backend shows them: `iptables-legacy-save -t nat`, or `nft list ruleset`."""

@@ -15,7 +15,6 @@ from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import Process, environment
 from tests.lab.conftest import Pod, new_pod
-from tests.lab.http_helpers import http_get, samples
 from tests.lab.waiting import eventually
 
 INTERVAL = "300ms"
@@ -35,17 +34,9 @@ def start_monitor(lab: Lab, pod: Pod) -> Process:
     env = environment(**redirect_env(pod.source), EGRESS_ROUTER_MONITOR_INTERVAL=INTERVAL)
     monitor = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=env)
     lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
-    eventually(lambda: readyz(lab, pod) == (200, "ok\n"))
+    eventually(lambda: pod.readyz() == (200, "ok\n"))
     eventually(lambda: f"watching macvlan0 for other hosts claiming {pod.source}\n" in monitor.stderr())
     return monitor
-
-
-def readyz(lab: Lab, pod: Pod) -> tuple[int, str]:
-    return http_get(lab, "node", pod.ip, 9191, "/readyz")
-
-
-def metric(lab: Lab, pod: Pod, name: str) -> float | None:
-    return samples(http_get(lab, "node", pod.ip, 9191, "/metrics")[1]).get((name, ()))
 
 
 def test_an_address_another_router_holds_is_refused_and_nothing_changes(lab: Lab, pod: Pod) -> None:
@@ -65,8 +56,8 @@ def test_an_address_another_router_holds_is_refused_and_nothing_changes(lab: Lab
         ]
         assert second.snapshot() == before  # the macvlan is down again, without an address
         # the holder saw only probes (from 0.0.0.0): no conflict for it, still ready and still the source
-        assert readyz(lab, pod) == (200, "ok\n")
-        assert metric(lab, pod, "egress_router_address_conflicts_total") == 0
+        assert pod.readyz() == (200, "ok\n")
+        assert pod.metric("egress_router_address_conflicts_total") == 0
         assert lab.tcp("client", pod.ip, 80).client == pod.source
     finally:
         lab.remove_namespace(second.role)
@@ -122,7 +113,7 @@ def start_legacy(lab: Lab, pod: Pod) -> Process:
     env = environment(**redirect_env(pod.source), EGRESS_ROUTER_MODE="legacy")
     legacy = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "init"], env=env)
     lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=legacy)
-    eventually(lambda: readyz(lab, pod) == (200, "ok\n"))
+    eventually(lambda: pod.readyz() == (200, "ok\n"))
     eventually(lambda: f"watching macvlan0 for other hosts claiming {pod.source}\n" in legacy.stderr())
     return legacy
 
@@ -136,27 +127,27 @@ def test_a_host_taking_the_address_later_makes_the_router_unready_until_it_is_go
         monitor = start_legacy(lab, pod)
     router = lab.link_mac(pod.role, "macvlan0")
     assert lab.tcp("client", pod.ip, 80).client == pod.source  # the gateway now knows the source at the router's MAC
-    assert metric(lab, pod, "egress_router_address_conflict") == 0
+    assert pod.metric("egress_router_address_conflict") == 0
 
     intruder = lab.add_lan_host("intruder", pod.source)
     try:
         lab.announce("intruder", pod.source)
         reason = f"another host (MAC {intruder}) claims {pod.source}"
-        eventually(lambda: readyz(lab, pod) == (503, reason + "\n"), what=lambda: f"{readyz(lab, pod)}; {monitor.stderr()}")
-        assert metric(lab, pod, "egress_router_address_conflict") == 1
-        assert metric(lab, pod, "egress_router_address_conflicts_total") == 1
+        eventually(lambda: pod.readyz() == (503, reason + "\n"), what=lambda: f"{pod.readyz()}; {monitor.stderr()}")
+        assert pod.metric("egress_router_address_conflict") == 1
+        assert pod.metric("egress_router_address_conflicts_total") == 1
         assert f"WARNING address conflict: {reason} on macvlan0; not ready until it stops" in monitor.stderr()
         assert lab.neighbour_mac("gw", pod.source) == intruder  # what the conflict does: replies go to the intruder
         # it answers the monitor's probes, so the conflict lasts
         time.sleep(2 * ANSWER_TIME + 0.5)
-        assert readyz(lab, pod) == (503, reason + "\n")
+        assert pod.readyz() == (503, reason + "\n")
     finally:
         lab.remove_namespace("intruder")
 
     # a probe at each check: over at most two check intervals after the host went (300 ms here, legacy's 10 s)
-    eventually(lambda: readyz(lab, pod) == (200, "ok\n"), seconds=6 if command == "monitor" else 25)
-    assert metric(lab, pod, "egress_router_address_conflict") == 0
-    assert metric(lab, pod, "egress_router_address_conflicts_total") == 1
+    eventually(lambda: pod.readyz() == (200, "ok\n"), seconds=6 if command == "monitor" else 25)
+    assert pod.metric("egress_router_address_conflict") == 0
+    assert pod.metric("egress_router_address_conflicts_total") == 1
     over = f"address conflict over: MAC {intruder} no longer answers for {pod.source} on macvlan0; announced it with gratuitous ARP"
     assert monitor.stderr().count(over) == 1
     # the one announcement points the gateway at the router again, and traffic flows

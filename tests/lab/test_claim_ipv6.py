@@ -18,7 +18,6 @@ from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import Process, entered, environment, v6
 from tests.lab.conftest import Pod, new_pod
-from tests.lab.http_helpers import http_get, samples
 from tests.lab.waiting import eventually
 
 #: A lan host's own IPv4 address, not a router's (they take 192.168.12.96 and up).
@@ -39,14 +38,6 @@ def dual_env(pod: Pod) -> dict[str, str]:
     }
 
 
-def readyz(lab: Lab, pod: Pod) -> tuple[int, str]:
-    return http_get(lab, "node", pod.ip, 9191, "/readyz")
-
-
-def metric(lab: Lab, pod: Pod, name: str) -> float | None:
-    return samples(http_get(lab, "node", pod.ip, 9191, "/metrics")[1]).get((name, ()))
-
-
 def start(lab: Lab, pod: Pod, command: str) -> Process:
     if command == "monitor":
         assert pod.init(EGRESS_ROUTER_MODE="init", **dual_env(pod)).returncode == 0
@@ -57,7 +48,7 @@ def start(lab: Lab, pod: Pod, command: str) -> Process:
         argv = [sys.executable, "-m", "egress_router", "init"]
     process = lab.start_in(pod.role, argv, env=env)
     lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=process)
-    eventually(lambda: readyz(lab, pod) == (200, "ok\n"))
+    eventually(lambda: pod.readyz() == (200, "ok\n"))
     for source in (pod.source, v6(pod.source)):  # one watch per family
         eventually(lambda source=source: f"watching macvlan0 for other hosts claiming {source}\n" in process.stderr())
     return process
@@ -70,7 +61,7 @@ def test_a_host_advertising_the_ipv6_address_makes_the_router_unready_until_it_i
     router = lab.link_mac(pod.role, "macvlan0")
     assert lab.tcp("client", v6(pod.ip), 80).client == source6  # the gateway now knows the source at the router's MAC
     assert lab.neighbour_mac("gw", source6) == router
-    assert metric(lab, pod, "egress_router_address_conflict") == 0
+    assert pod.metric("egress_router_address_conflict") == 0
 
     intruder = lab.add_lan_host("intruder", INTRUDER_IP)
     try:
@@ -78,21 +69,21 @@ def test_a_host_advertising_the_ipv6_address_makes_the_router_unready_until_it_i
         with entered(lab.ns("intruder")):
             arp.announce("eth0", IPv6Address(source6))  # and announced: an unsolicited neighbour advertisement
         reason = f"another host (MAC {intruder}) claims {source6}"
-        eventually(lambda: readyz(lab, pod) == (503, reason + "\n"), what=lambda: f"{readyz(lab, pod)}; {monitor.stderr()}")
-        assert metric(lab, pod, "egress_router_address_conflict") == 1
-        assert metric(lab, pod, "egress_router_address_conflicts_total") == 1
+        eventually(lambda: pod.readyz() == (503, reason + "\n"), what=lambda: f"{pod.readyz()}; {monitor.stderr()}")
+        assert pod.metric("egress_router_address_conflict") == 1
+        assert pod.metric("egress_router_address_conflicts_total") == 1
         assert f"WARNING address conflict: {reason} on macvlan0; not ready until it stops" in monitor.stderr()
         assert lab.neighbour_mac("gw", source6) == intruder  # what the conflict does: replies go to the intruder
         # it answers the router's duplicate address detection probes, so the conflict lasts
         time.sleep(2 * ANSWER_TIME + 0.5)
-        assert readyz(lab, pod) == (503, reason + "\n")
+        assert pod.readyz() == (503, reason + "\n")
     finally:
         lab.remove_namespace("intruder")
 
     # a probe at each check: over at most two check intervals after the host went (300 ms here, legacy's 10 s)
-    eventually(lambda: readyz(lab, pod) == (200, "ok\n"), seconds=6 if command == "monitor" else 25)
-    assert metric(lab, pod, "egress_router_address_conflict") == 0
-    assert metric(lab, pod, "egress_router_address_conflicts_total") == 1
+    eventually(lambda: pod.readyz() == (200, "ok\n"), seconds=6 if command == "monitor" else 25)
+    assert pod.metric("egress_router_address_conflict") == 0
+    assert pod.metric("egress_router_address_conflicts_total") == 1
     over = (
         f"address conflict over: MAC {intruder} no longer answers for {source6} on macvlan0;"
         " announced it with an unsolicited neighbour advertisement"

@@ -17,7 +17,7 @@ from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import run, v6
 from tests.lab.conftest import Pod, new_pod
-from tests.lab.http_helpers import http_get, samples
+from tests.lab.http_helpers import http_get
 from tests.lab.waiting import eventually
 
 GATEWAY6 = v6(t.GATEWAY_IP)
@@ -429,9 +429,9 @@ def test_monitor_keeps_both_families_true(lab: Lab, pod: Pod, tmp_path: Path, na
     for _ in range(2):
         assert lab.tcp("client", v6(pod.ip), 80).server == SERVER25
     assert lab.tcp("client", pod.ip, 80).server == "203.0.113.25"
-    eventually(lambda: (metric(lab, pod, "egress_router_nat_packets_total", rule="2") or 0) >= 2)  # counters: read each pass
-    eventually(lambda: (metric(lab, pod, "egress_router_nat_packets_total", rule="1") or 0) >= 1)
-    eventually(lambda: (metric(lab, pod, "egress_router_nat_packets_total", rule="snat") or 0) >= 3)  # both families' SNAT
+    eventually(lambda: (pod.metric("egress_router_nat_packets_total", rule="2") or 0) >= 2)  # counters: read each pass
+    eventually(lambda: (pod.metric("egress_router_nat_packets_total", rule="1") or 0) >= 1)
+    eventually(lambda: (pod.metric("egress_router_nat_packets_total", rule="snat") or 0) >= 3)  # both families' SNAT
 
     rules.write_text(f"80 tcp {SERVER26}\n443 tcp 2001:db8::1\n{SERVER27}\n")  # IPv6 only now, and a fallback
     eventually(lambda: lab.tcp("client", v6(pod.ip), 9000).server == SERVER27)
@@ -452,11 +452,6 @@ def test_monitor_keeps_both_families_true(lab: Lab, pod: Pod, tmp_path: Path, na
     os.killpg(monitor.popen.pid, signal.SIGTERM)
     assert monitor.popen.wait(5) == 0
     assert "Traceback" not in monitor.stderr()
-
-
-def metric(lab: Lab, pod: Pod, name: str, **labels: str) -> float | None:
-    scrape = samples(http_get(lab, "node", pod.ip, 9191, "/metrics")[1])
-    return scrape.get((name, tuple(sorted(labels.items()))))
 
 
 def test_legacy_mode_over_ipv6_stays_up_until_sigterm(lab: Lab, pod: Pod) -> None:

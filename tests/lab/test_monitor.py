@@ -14,7 +14,7 @@ from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import environment
 from tests.lab.conftest import Pod
-from tests.lab.http_helpers import http_get, samples
+from tests.lab.http_helpers import http_get
 from tests.lab.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("nat_backend")
@@ -64,11 +64,6 @@ def test_monitor_follows_the_file_and_restores_rules(lab: Lab, pod: Pod, tmp_pat
     assert "Traceback" not in monitor.stderr()
 
 
-def metric(lab: Lab, pod: Pod, name: str, **labels: str) -> float | None:
-    scrape = samples(http_get(lab, "node", pod.ip, 9191, "/metrics")[1])
-    return scrape.get((name, tuple(sorted(labels.items()))))
-
-
 def test_monitor_probes_and_nat_counters(lab: Lab, pod: Pod) -> None:
     """Probes from the node reach the pod itself, even with a fallback that DNATs every other port."""
     env = {
@@ -84,24 +79,24 @@ def test_monitor_probes_and_nat_counters(lab: Lab, pod: Pod) -> None:
     lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
     assert http_get(lab, "node", pod.ip, 9191, "/healthz") == (200, "ok\n")
     assert "return" in pod.nat_rules().lower()  # init put it there: the monitor had nothing to change
-    eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz") == (200, "ok\n"))
+    eventually(lambda: pod.readyz() == (200, "ok\n"))
     for _ in range(3):
         assert lab.tcp("client", pod.ip, 80).server == "203.0.113.25"
     assert lab.tcp("client", pod.ip, 9000).server == "203.0.113.26"  # the fallback (line 2) still takes other ports
-    eventually(lambda: (metric(lab, pod, "egress_router_nat_packets_total", rule="1") or 0) >= 3)
-    eventually(lambda: (metric(lab, pod, "egress_router_nat_packets_total", rule="2") or 0) >= 1)  # read at the next check
-    assert (metric(lab, pod, "egress_router_nat_bytes_total", rule="1") or 0) > 0
-    assert metric(lab, pod, "egress_router_egress_address_present") == 1
-    assert (metric(lab, pod, "egress_router_arp_last_announce_timestamp_seconds") or 0) > 1.7e9
-    assert metric(lab, pod, "egress_router_build_info", mode="monitor", version="0.1.0") == 1
+    eventually(lambda: (pod.metric("egress_router_nat_packets_total", rule="1") or 0) >= 3)
+    eventually(lambda: (pod.metric("egress_router_nat_packets_total", rule="2") or 0) >= 1)  # read at the next check
+    assert (pod.metric("egress_router_nat_bytes_total", rule="1") or 0) > 0
+    assert pod.metric("egress_router_egress_address_present") == 1
+    assert (pod.metric("egress_router_arp_last_announce_timestamp_seconds") or 0) > 1.7e9
+    assert pod.metric("egress_router_build_info", mode="monitor", version="0.1.0") == 1
 
     pod.flush_chain("nat", "EGRESS-ROUTER-DNAT")
-    eventually(lambda: metric(lab, pod, "egress_router_restores_total", what="nat") == 1)
+    eventually(lambda: pod.metric("egress_router_restores_total", what="nat") == 1)
 
     lab.ip(pod.role, "addr", "flush", "dev", "macvlan0")  # the egress address is gone: not ready, and says why
-    eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz")[0] == 503)
-    assert http_get(lab, "node", pod.ip, 9191, "/readyz") == (503, f"{pod.source} is not on macvlan0 (run init again)\n")
-    assert metric(lab, pod, "egress_router_egress_address_present") == 0
+    eventually(lambda: pod.readyz()[0] == 503)
+    assert pod.readyz() == (503, f"{pod.source} is not on macvlan0 (run init again)\n")
+    assert pod.metric("egress_router_egress_address_present") == 0
 
     os.killpg(monitor.popen.pid, signal.SIGTERM)
     assert monitor.popen.wait(5) == 0
@@ -232,9 +227,9 @@ def test_a_monitor_whose_init_had_no_metrics_port_installs_its_own_rules_and_say
     monitor = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=pod.env(**env))
     try:
         lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
-        eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz") == (200, "ok\n"))  # the probes reach the monitor
+        eventually(lambda: pod.readyz() == (200, "ok\n"))  # the probes reach the monitor
         assert "WARNING NAT rules installed: what init left differed" in monitor.stderr()
-        assert metric(lab, pod, "egress_router_restores_total", what="nat") is None  # nothing had been changed
+        assert pod.metric("egress_router_restores_total", what="nat") is None  # nothing had been changed
     finally:
         os.killpg(monitor.popen.pid, signal.SIGTERM)
         assert monitor.popen.wait(5) == 0
@@ -254,7 +249,7 @@ def test_a_monitor_left_at_auto_follows_the_backend_init_was_told(lab: Lab, pod:
     monitor = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=environment(**env))
     try:
         lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
-        eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz") == (200, "ok\n"), what=monitor.stderr)
+        eventually(lambda: pod.readyz() == (200, "ok\n"), what=monitor.stderr)
         following = "EGRESS_NAT_BACKEND=auto: following init, which installed the rules with nftables"
         why = following if pod.nat_backend == "nftables" else "EGRESS_NAT_BACKEND=auto: legacy iptables is in the kernel and the image"
         assert f"NAT backend: {pod.nat_backend} ({why})" in monitor.stderr()

@@ -17,7 +17,7 @@ from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import Process, environment, v6
 from tests.lab.conftest import Pod, new_pod
-from tests.lab.http_helpers import http_get, start_proxy
+from tests.lab.http_helpers import start_proxy
 from tests.lab.waiting import eventually
 
 SOURCES = ("192.168.12.120", "192.168.12.121", "192.168.12.122")
@@ -104,7 +104,7 @@ def test_the_monitor_of_a_pool_pod_keeps_the_addresses_init_took(lab: Lab, pods:
     argv = [sys.executable, "-m", "egress_router", "monitor"]
     monitor = lab.start_in(pod.role, argv, env=environment(**pool_env(2), EGRESS_ROUTER_MONITOR_INTERVAL="300ms"))
     lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
-    eventually(lambda: http_get(lab, "node", pod.ip, 9191, "/readyz") == (200, "ok\n"), what=monitor.stderr)
+    eventually(lambda: pod.readyz() == (200, "ok\n"), what=monitor.stderr)
     for source in (SOURCES[2], v6(SOURCES[2])):
         eventually(lambda source=source: f"watching macvlan0 for other hosts claiming {source}\n" in monitor.stderr())
     assert pod.snapshot() == before  # nothing to correct: the monitor chose the same addresses
