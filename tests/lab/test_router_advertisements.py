@@ -18,11 +18,10 @@ import pytest
 
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
-from egress_router.lab.dns import DnsServer
 from egress_router.lab.topology import run, v6
 from tests.lab.conftest import Pod, new_pod
 from tests.lab.http_helpers import start_proxy
-from tests.lab.test_unserved_family import GAI_CONF, HOSTS, PROBE, PROBE_RULES, curl, ipv6_packets
+from tests.lab.test_unserved_family import GAI_CONF, PROBE, PROBE_RULES, curl, ipv6_packets, web_lab
 from tests.lab.waiting import eventually
 
 PREFIX = "2001:db8:12::/64"  # the lan's own prefix
@@ -31,10 +30,7 @@ GATEWAY6 = v6(t.GATEWAY_IP)
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab(ipv6=True).build(router=False) as built:
-        DnsServer.site(built, HOSTS).start()
-        built.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", "--http", "[::]:8000", ready_line="ready")
-        yield built
+    yield from web_lab()
 
 
 @pytest.fixture(scope="module")

@@ -42,12 +42,17 @@ table inet probe {
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def web_lab() -> Iterator[Lab]:
+    """The dual-stack lab with the site's DNS (a name with both families) and a web server on both families' port 8000."""
     with Lab(ipv6=True).build(router=False) as built:
         DnsServer.site(built, HOSTS).start()
         built.python_in("server", "egress_router.lab.http_server", "--http", "0.0.0.0:8000", "--http", "[::]:8000", ready_line="ready")
         yield built
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    yield from web_lab()
 
 
 def ipv4_only_router(lab: Lab, mode: str) -> Pod:
