@@ -159,8 +159,11 @@ def claim_address(net: PodNetwork, index: int, plan: NetworkPlan, family: Family
     fresh = ip not in {a.ip for a in net.addresses(index, family.family)}
     if fresh and isinstance(ip, IPv4Address):
         arp_claims.refuse_if_taken(plan.interface, ip, plan.probe)
+    changed = False
+    if fresh and not isinstance(ip, IPv4Address):  # DAD runs when the address is added: on before that
+        changed = any([sysctl.raise_sysctl(net.journal, key, least) for key, least in plan.egress_minimums])
     with arp_claims.DadWitness(plan.interface, ip, listen=fresh) as witness:
-        changed = net.set_only_address(index, plan.interface, family.address)
+        changed |= net.set_only_address(index, plan.interface, family.address)
         try:
             net.wait_for_dad(index, plan.interface, ip)  # IPv4: at once
         except DadFailed as failed:

@@ -8,11 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv6Address
+from typing import TypeVar
 
 from egress_router.config.addresses import FAMILY_NAMES, IPV4, IPV6, IPAddress, IPInterface, IPNetwork, family_of
 from egress_router.config.init_settings import InitSettings, MacvlanRequest
 from egress_router.config.values import render_duration
 from egress_router.init.claim import DEFAULT_TIMING, ProbeTiming
+
+V = TypeVar("V", str, int)
 
 CLUSTER_INTERFACE = "eth0"
 DNAT_CHAIN = "EGRESS-ROUTER-DNAT"
@@ -34,6 +37,10 @@ RP_FILTER = f"net.ipv4.conf.{CLUSTER_INTERFACE}.rp_filter"
 #: route (accept_ra is 1 by default and only ignored where IPv6 forwarding is on): an address nobody whitelisted, and an
 #: IPv6 default route on an IPv4-only router that the proxies take as IPv6 being served. Off in every mode.
 NO_ROUTER_ADVERTISEMENTS = (("accept_ra", "0"), ("autoconf", "0"))
+#: Duplicate address detection is IPv6's claim check: where the egress interface has it off (accept_dad=0, or
+#: dad_transmits=0, as a node whose defaults a new namespace inherits may have), a router would take an address
+#: another host holds without a word. Raised to 1 only where lower; 2 (also off on a duplicate link-local) is kept.
+DAD_AT_LEAST = (("accept_dad", 1), ("dad_transmits", 1))
 
 #: Connections that arrive on eth0 carry this conntrack mark; their reply packets get it as packet mark
 #: and a policy rule routes them by REPLY_TABLE, which holds eth0's own routes as init found them.
@@ -152,6 +159,8 @@ class NetworkPlan:
     probe: ProbeTiming = DEFAULT_TIMING  # ARP probes for the IPv4 address before it is added
     #: The egress interface's own settings, written before it comes up or gets an address (skipped where it has no IPv6)
     egress_sysctls: tuple[tuple[str, str], ...] = ()
+    #: Settings of the egress interface raised to at least a value before an IPv6 address is added (DAD_AT_LEAST)
+    egress_minimums: tuple[tuple[str, int], ...] = ()
 
     @property
     def forwarding(self) -> bool:
@@ -206,6 +215,7 @@ def build_plan(settings: InitSettings, nameservers: tuple[IPAddress, ...] = ()) 
         sysctls=tuple(sysctls),
         probe=ProbeTiming.lasting(settings.probe_time),
         egress_sysctls=ipv6_interface_sysctls(settings.interface, NO_ROUTER_ADVERTISEMENTS),
+        egress_minimums=ipv6_interface_sysctls(settings.interface, DAD_AT_LEAST) if settings.sources.ipv6 is not None else (),
     )
 
 
@@ -214,7 +224,7 @@ def sysctl_name(interface: str) -> str:
     return interface.replace(".", "/")
 
 
-def ipv6_interface_sysctls(interface: str, settings: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+def ipv6_interface_sysctls(interface: str, settings: tuple[tuple[str, V], ...]) -> tuple[tuple[str, V], ...]:
     return tuple((f"net.ipv6.conf.{sysctl_name(interface)}.{name}", value) for name, value in settings)
 
 
@@ -281,7 +291,8 @@ def mark_chains(family: str = IPV4) -> ChainSet:
 
 
 def no_router_advertisement_lines(plan: NetworkPlan) -> list[str]:
-    return [f"sysctl {key}={value} (before {plan.interface} comes up; skipped if it has no IPv6)" for key, value in plan.egress_sysctls]
+    lines = [f"sysctl {key}={value} (before {plan.interface} comes up; skipped if it has no IPv6)" for key, value in plan.egress_sysctls]
+    return lines + [f"sysctl {key}>={least} (duplicate address detection: IPv6's claim check)" for key, least in plan.egress_minimums]
 
 
 def flush_line(plan: NetworkPlan) -> str:

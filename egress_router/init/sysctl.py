@@ -42,3 +42,18 @@ def set_sysctl(journal: Journal, key: str, value: str, root: str = PROC_SYS, *, 
     journal.record(f"set {key}={value}", lambda: _write(path, before))
     log.info("set %s=%s", key, value)
     return True
+
+
+def raise_sysctl(journal: Journal, key: str, least: int, root: str = PROC_SYS) -> bool:
+    """`key` to `least` where it is lower (a higher value is someone's choice, and kept); journaled as set_sysctl."""
+    path = f"{root}/{key.translate(_AS_PATH)}"
+    try:
+        with open(path, encoding="ascii") as f:
+            before = f.read().strip()
+    except FileNotFoundError:
+        return False  # nothing to raise: the interface has no IPv6 (then it has no IPv6 address either)
+    except OSError as error:
+        raise ApplyError(f"cannot read {key} in {path}: {error.strerror}") from error
+    if before.lstrip("-").isdigit() and int(before) >= least:
+        return False
+    return set_sysctl(journal, key, str(least), root)

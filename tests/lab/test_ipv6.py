@@ -347,6 +347,22 @@ def test_an_address_another_host_has_fails_duplicate_address_detection_and_chang
         lab.ip("gw", "addr", "del", f"{source6(pod)}/64", "dev", "eth0")
 
 
+def test_duplicate_address_detection_turned_off_on_the_egress_interface_is_turned_on_for_the_claim(lab: Lab, pod: Pod) -> None:
+    """accept_dad=0 (a node's defaults that a new namespace inherits, say) would let the router take an address another
+    host holds without a word: init raises it before adding the address, and a failure puts it back."""
+    lab.sysctl(pod.role, "net.ipv6.conf.macvlan0.accept_dad", "0")
+    lab.ip("gw", "addr", "add", f"{source6(pod)}/64", "dev", "eth0", "nodad")
+    try:
+        done = pod.init(EGRESS_SOURCE=f"{source6(pod)}/64", EGRESS_GATEWAY=GATEWAY6, EGRESS_DESTINATION=RULES6, EGRESS_ROUTER_MODE="init")
+        assert done.returncode == 1
+        assert f"EGRESS_SOURCE: {source6(pod)} is already in use: MAC {lab.link_mac('gw', 'eth0')} answered for it" in done.stderr
+        assert "set net.ipv6.conf.macvlan0.accept_dad=1" in done.stderr and "Traceback" not in done.stderr
+        dad = run(lab.exec_argv(pod.role, ["cat", "/proc/sys/net/ipv6/conf/macvlan0/accept_dad"])).stdout.strip()
+        assert dad == "0"  # rolled back with the rest
+    finally:
+        lab.ip("gw", "addr", "del", f"{source6(pod)}/64", "dev", "eth0")
+
+
 def test_ipv6_disabled_on_the_egress_interface_is_explained_and_changes_nothing(lab: Lab, pod: Pod) -> None:
     lab.sysctl(pod.role, "net.ipv6.conf.macvlan0.disable_ipv6", "1")
     before = pod.snapshot()

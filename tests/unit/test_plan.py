@@ -64,6 +64,12 @@ def test_every_mode_and_family_turns_router_advertisements_off_on_the_egress_int
     assert plan.egress_sysctls == (("net.ipv6.conf.net1.accept_ra", "0"), ("net.ipv6.conf.net1.autoconf", "0"))
     assert not set(plan.egress_sysctls) & set(plan.sysctls)  # written before the link comes up, not with the pod's own
     assert "sysctl net.ipv6.conf.net1.accept_ra=0 (before net1 comes up; skipped if it has no IPv6)" in render_plan(plan)
+    # duplicate address detection, IPv6's claim check, is made sure of only where there is an IPv6 address to claim
+    dad = (("net.ipv6.conf.net1.accept_dad", 1), ("net.ipv6.conf.net1.dad_transmits", 1))
+    assert plan.egress_minimums == (dad if ":" in source else ())
+    assert ("sysctl net.ipv6.conf.net1.accept_dad>=1 (duplicate address detection: IPv6's claim check)" in render_plan(plan)) == (
+        ":" in source
+    )
 
 
 def test_a_dot_in_the_egress_interface_name_is_a_slash_in_the_sysctl_key() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from egress_router.errors import ApplyError
 from egress_router.init.journal import Journal
-from egress_router.init.sysctl import set_sysctl
+from egress_router.init.sysctl import raise_sysctl, set_sysctl
 
 
 def conf(root: Path, interface: str, name: str, value: str) -> Path:
@@ -43,3 +43,20 @@ def test_an_interface_without_ipv6_settings_is_nothing_to_do_when_they_are_optio
 def test_a_missing_setting_that_is_needed_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ApplyError, match=r"^cannot set net\.ipv4\.ip_forward=1 in .*/net/ipv4/ip_forward: No such file or directory$"):
         set_sysctl(Journal(), "net.ipv4.ip_forward", "1", root=str(tmp_path))
+
+
+@pytest.mark.parametrize(("before", "after"), [("0", "1"), ("1", "1"), ("2", "2"), ("3", "3")])
+def test_a_minimum_raises_only_a_lower_value_and_a_rollback_lowers_it_again(tmp_path: Path, before: str, after: str) -> None:
+    """accept_dad 2 (also off on a duplicate link-local) and dad_transmits 3 are someone's choice: kept."""
+    path = conf(tmp_path, "macvlan0", "accept_dad", before)
+    journal = Journal()
+    assert raise_sysctl(journal, "net.ipv6.conf.macvlan0.accept_dad", 1, root=str(tmp_path)) == (before != after)
+    assert path.read_text().strip() == after
+    assert journal.rollback() == []
+    assert path.read_text().strip() == before
+
+
+def test_a_minimum_of_an_interface_without_ipv6_is_nothing_to_do(tmp_path: Path) -> None:
+    journal = Journal()
+    assert not raise_sysctl(journal, "net.ipv6.conf.macvlan0.accept_dad", 1, root=str(tmp_path))
+    assert len(journal) == 0
