@@ -183,9 +183,12 @@ class DadWitness:
         """Another host that advertised the address since we started listening, else one that probed for it (a
         probe heard before our own DAD began may come from the host that then holds it and answered)."""
         arp, found = self.arp, []
-        while arp is not None and (frames := arp.received()):
-            claims = (arp.parse(frame) for frame in frames)
-            found += [c for c in claims if c is not None and conflicts_while_probing(c, self.address, arp.mac)]
+        try:
+            while arp is not None and (frames := arp.received()):
+                claims = (arp.parse(frame) for frame in frames)
+                found += [c for c in claims if c is not None and conflicts_while_probing(c, self.address, arp.mac)]
+        except OSError as error:  # the failure is reported anyway, only without the MAC
+            log.debug("cannot read what neighbour discovery heard during DAD: %s", describe(error))
         return next((c for c in found if not c.probing), found[0] if found else None)
 
     def close(self) -> None:
@@ -206,7 +209,8 @@ class AddressGuard:
     """Another host claiming EGRESS_SOURCE while the router holds it: read as it arrives on the event loop,
     probed for and announced at each check (conflicts.py decides). Used from the loop's thread only."""
 
-    def __init__(self, interface: str, address: IPAddress, stats: Stats) -> None:
+    def __init__(self, interface: str, address: IPAddress, stats: Stats, opener: Callable[..., ArpSocket] | None = None) -> None:
+        self.opener = opener or ArpSocket  # tests give a stand-in
         self.interface = interface
         self.address = address
         self.ipv6 = isinstance(address, IPv6Address)
@@ -260,14 +264,16 @@ class AddressGuard:
         try:
             arp.send(frame)
         except OSError as error:
-            log.warning("could not send a %s %s for %s on %s: %s", self.protocol, what, self.address, self.interface, describe(error))
+            kind = f"{self.protocol} {what}"
+            article = "an" if kind[0] in "AEIOUaeiou" else "a"
+            log.warning("could not send %s %s for %s on %s: %s", article, kind, self.address, self.interface, describe(error))
             self.close()
             return False
         return True
 
     def _open(self) -> ArpSocket | None:
         try:
-            arp = ArpSocket(self.interface, ipv6=self.ipv6)
+            arp = self.opener(self.interface, ipv6=self.ipv6)
         except OSError as error:
             failure = describe(error)
             if failure != self.failure:
@@ -301,6 +307,8 @@ class AddressGuard:
                 log.warning("address conflict goes on: now %s on %s", self.watch.reason(), self.interface)
 
     def close(self) -> None:
+        """Also after a failure: the socket is opened again at the next check, and what it missed proves nothing."""
+        self.watch.deaf()
         if self.arp is not None:
             asyncio.get_running_loop().remove_reader(self.arp.fileno())
             self.arp.close()

@@ -11,7 +11,7 @@ the LAN's caches flip between the two.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from egress_router.config.addresses import IPAddress
 from egress_router.init.claim import Claim, conflicts_while_holding, mac_text
@@ -37,6 +37,7 @@ class ConflictWatch:
     conflict: Claim | None = None
     probed_at: float | None = None  # when the probe now waiting for its answer was sent
     answered: bool = False  # the other host claimed the address since that probe
+    macs: set[bytes] = field(default_factory=set)  # every other MAC heard during this conflict (each logged once)
 
     def heard(self, claim: Claim, ours: bytes) -> Heard | None:
         """A claim arrived; what changed, if anything."""
@@ -46,11 +47,19 @@ class ConflictWatch:
         if self.conflict is None:
             self.conflict = claim
             self.probed_at = None
+            self.macs = {claim.mac}
             return Heard.STARTED
         if claim.mac != self.conflict.mac:
             self.conflict = claim
-            return Heard.MOVED
+            new = claim.mac not in self.macs  # two hosts taking turns: a line for each, not one per frame
+            self.macs.add(claim.mac)
+            return Heard.MOVED if new else None
         return None
+
+    def deaf(self) -> None:
+        """Nothing could be heard for a while (the socket failed and is opened again): a probe waiting for its answer
+        proves nothing then, and must not end the conflict; the next check probes again."""
+        self.probed_at = None
 
     def check(self, now: float) -> Step:
         """At each check interval (and no more often than ANSWER_TIME probes while one waits for its answer)."""
