@@ -56,13 +56,13 @@ class Keeper:
     over a new list (use()): a pass reads `target` once and keeps to what it read; the loop only reads the rest.
     """
 
-    def __init__(self, settings: InitSettings, plan: NetworkPlan, backend: Backend) -> None:
+    def __init__(self, settings: InitSettings, plan: NetworkPlan, backend: Backend, stop: asyncio.Event | None = None) -> None:
         self.target = Target(settings, plan)
         self.kept: Target | None = None  # what the last complete pass put in place
         self.backend = backend
         self.side: tuple[ClusterSide, ...] | None = None
         self.problem: str | None = "not checked yet"
-        self.stopping = False
+        self.stop = stop or asyncio.Event()  # set on SIGTERM: unready at once, even while a pass is under way
         self.address_present = False
         self.nat_counters: dict[tuple[str, ...], tuple[int, int]] = {}
         self.stats = Stats(metrics.METRICS)
@@ -152,7 +152,7 @@ class Keeper:
             self.nat_counters = totals
 
     def ready(self) -> str | None:
-        if self.stopping:
+        if self.stop.is_set():
             return "draining: stopping on SIGTERM"
         return self.problem or next((reason for guard in self.guards if (reason := guard.reason()) is not None), None)
 
@@ -181,7 +181,7 @@ async def watch_until_stopped(
     backend: Backend,
     stop: asyncio.Event,
 ) -> None:
-    keeper = Keeper(settings, build_plan(settings, nameservers), backend)
+    keeper = Keeper(settings, build_plan(settings, nameservers), backend, stop)
     keeper.announce()
     wake = asyncio.Event()
     reloads = keeper.stats.counter(CONFIG_RELOADS.name)
@@ -199,7 +199,7 @@ async def watch_until_stopped(
             finally:
                 for guard in keeper.guards:
                     guard.close()
-        keeper.stopping = True  # the NAT stays in the kernel: new connections still work until the pod is gone
+        # unready since SIGTERM; the NAT stays in the kernel: new connections still work until the pod is gone
         await linger(stop, settings.shutdown_delay)
     log.info("stopped")
 
