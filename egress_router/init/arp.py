@@ -86,7 +86,7 @@ def _how(address: IPAddress) -> str:
     return "an unsolicited neighbour advertisement" if address.version == 6 else "gratuitous ARP"
 
 
-def _announce_all(interface: str, addresses: Sequence[IPAddress]) -> list[IPAddress]:
+def announce_all(interface: str, addresses: Sequence[IPAddress]) -> list[IPAddress]:
     """Announce each address; the ones that went out."""
     sent = []
     for address in addresses:
@@ -111,7 +111,7 @@ def announce_now_and_later(interface: str, addresses: Sequence[IPAddress]) -> bo
 
     The caller never waits (init exits at once) and no zombie is left behind (the child is reaped here).
     """
-    sent = _announce_all(interface, addresses)
+    sent = announce_all(interface, addresses)
     if not sent:
         return False
     pid = os.fork()

@@ -249,6 +249,13 @@ class AddressGuard:
             return announced
         return False
 
+    def probe_now(self) -> None:
+        """One probe outside a conflict (the monitor's start, before it announces): a holder that is otherwise
+        silent answers it, and the conflict starts before the announcement would flip the LAN's caches."""
+        arp = self.arp or self._open()
+        if arp is not None:
+            self._send(arp, self._probe(arp.mac), "probe")
+
     def _probe(self, mac: bytes) -> bytes:
         """An ARP probe, or for IPv6 a duplicate address detection solicitation: whoever holds the address answers."""
         if isinstance(self.address, IPv6Address):

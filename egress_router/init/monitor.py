@@ -22,6 +22,7 @@ from egress_router.errors import ApplyError
 from egress_router.init import arp, metrics
 from egress_router.init.apply import ClusterSide, decide_cluster_side, keep_cluster_side
 from egress_router.init.arp_claims import AddressGuard
+from egress_router.init.conflicts import ANSWER_TIME
 from egress_router.init.journal import Journal
 from egress_router.init.nat_backend import Backend
 from egress_router.init.netlink import PodNetwork, PolicyRouting
@@ -63,11 +64,13 @@ class Keeper:
         self.side: tuple[ClusterSide, ...] | None = None
         self.problem: str | None = "not checked yet"
         self.stop = stop or asyncio.Event()  # set on SIGTERM: unready at once, even while a pass is under way
+        self.stopping = False  # and for good once the watch ended (linger clears `stop` to wait for a second signal)
         self.address_present = False
         self.nat_counters: dict[tuple[str, ...], tuple[int, int]] = {}
         self.stats = Stats(metrics.METRICS)
         self.restores = self.stats.counter(metrics.RESTORES)
         self.announced_at: float | None = None
+        self.started = False  # the first check_claims opened the watch and scheduled the announcements
         self.stats.computed(metrics.ADDRESS, lambda: {(): float(self.address_present)})
         self.stats.computed(metrics.ARP, lambda: {(): self.announced_at} if self.announced_at is not None else {})
         self.stats.computed(metrics.NAT_PACKETS, lambda: {rule: float(c[0]) for rule, c in self.nat_counters.items()})
@@ -77,8 +80,14 @@ class Keeper:
         self.stats.computed(metrics.CONFLICT, lambda: {(): float(any(guard.reason() is not None for guard in self.guards))})
 
     def announce(self) -> None:
+        """The start's announcements (the init container's second one may have died with it): only while no other
+        host claims the address, as announcing against a holder would flip the LAN's caches back and forth."""
         settings = self.target.settings
-        if arp.announce_now_and_later(settings.interface, tuple(s.ip for s in settings.sources.values())):
+        claimed = [reason for guard in self.guards if (reason := guard.reason()) is not None]
+        if claimed:
+            log.warning("not announcing the egress address on %s: %s", settings.interface, "; ".join(claimed))
+            return
+        if arp.announce_all(settings.interface, tuple(s.ip for s in settings.sources.values())):
             self.announced_at = time.time()
 
     def use(self, destinations: Destinations) -> None:
@@ -152,16 +161,26 @@ class Keeper:
             self.nat_counters = totals
 
     def ready(self) -> str | None:
-        if self.stop.is_set():
+        if self.stopping or self.stop.is_set():
             return "draining: stopping on SIGTERM"
         return self.problem or next((reason for guard in self.guards if (reason := guard.reason()) is not None), None)
 
     def check_claims(self) -> None:
-        """On the loop, after each pass (the first opens the watch): another host claiming our address (see AddressGuard)."""
+        """On the loop, after each pass (the first opens the watch): another host claiming our address (see AddressGuard).
+        The first also probes once and announces ANSWER_TIME later, and again REPEAT_AFTER after that, if no one
+        answered (the loop's timers: a fork, as init's second announcement takes, is no thing to do beside threads)."""
         try:
+            first = not self.started
+            self.started = True
             for guard in self.guards:
                 if guard.check():
                     self.announced_at = time.time()
+                if first:
+                    guard.probe_now()
+            if first:
+                loop = asyncio.get_running_loop()
+                loop.call_later(ANSWER_TIME, self.announce)
+                loop.call_later(ANSWER_TIME + arp.REPEAT_AFTER, self.announce)
         except Exception as error:  # like a pass: reported and tried again at the next check, never a dead monitor
             log.error("watching for another host claiming the address failed: %s: %s", type(error).__name__, error)
             log.debug("the traceback of that failure", exc_info=True)
@@ -182,7 +201,6 @@ async def watch_until_stopped(
     stop: asyncio.Event,
 ) -> None:
     keeper = Keeper(settings, build_plan(settings, nameservers), backend, stop)
-    keeper.announce()
     wake = asyncio.Event()
     reloads = keeper.stats.counter(CONFIG_RELOADS.name)
 
@@ -199,7 +217,7 @@ async def watch_until_stopped(
             finally:
                 for guard in keeper.guards:
                     guard.close()
-        # unready since SIGTERM; the NAT stays in the kernel: new connections still work until the pod is gone
+        keeper.stopping = True  # the NAT stays in the kernel: new connections still work until the pod is gone
         await linger(stop, settings.shutdown_delay)
     log.info("stopped")
 

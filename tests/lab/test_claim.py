@@ -154,3 +154,25 @@ def test_a_host_taking_the_address_later_makes_the_router_unready_until_it_is_go
     eventually(lambda: lab.neighbour_mac("gw", pod.source) == router)
     assert lab.tcp("client", pod.ip, 80).client == pod.source
     assert "Traceback" not in monitor.stderr()
+
+
+def test_a_monitor_that_starts_while_another_host_holds_the_address_does_not_announce_it(lab: Lab, pod: Pod) -> None:
+    """Its start probe is answered by the holder, so it neither announces (which would flip the LAN's caches to it
+    while the other host still answers) nor becomes ready; a holder that stays silent otherwise is found this way."""
+    assert pod.init(EGRESS_ROUTER_MODE="init", **redirect_env(pod.source)).returncode == 0
+    intruder = lab.add_lan_host("intruder", pod.source)  # holds it, says nothing until asked
+    try:
+        env = environment(**redirect_env(pod.source), EGRESS_ROUTER_MONITOR_INTERVAL=INTERVAL)
+        monitor = lab.start_in(pod.role, [sys.executable, "-m", "egress_router", "monitor"], env=env)
+        lab.wait_for_port(pod.role, "127.0.0.1", 9191, process=monitor)
+        reason = f"another host (MAC {intruder}) claims {pod.source}"
+        eventually(lambda: pod.readyz() == (503, reason + "\n"), what=monitor.stderr)
+        eventually(lambda: "not announcing the egress address on macvlan0: " + reason in monitor.stderr(), what=monitor.stderr)
+        time.sleep(ANSWER_TIME + 2.5)  # past both announcements' times
+        assert "gratuitous ARP" not in monitor.stderr()
+        assert pod.metric("egress_router_arp_last_announce_timestamp_seconds") is None
+    finally:
+        lab.remove_namespace("intruder")
+    eventually(lambda: pod.readyz() == (200, "ok\n"), seconds=6)  # gone: ready again after one announcement
+    assert monitor.stderr().count("announced it with gratuitous ARP") == 1
+    assert "Traceback" not in monitor.stderr()

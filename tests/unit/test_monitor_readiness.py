@@ -19,3 +19,6 @@ def test_sigterm_makes_the_monitor_unready_at_once() -> None:
     assert keeper.ready() is None
     stop.set()  # what the SIGTERM handler does; no pass needs to end first
     assert keeper.ready() == "draining: stopping on SIGTERM"
+    keeper.stopping = True  # the watch ended; linger then clears `stop` to wait for a second signal
+    stop.clear()
+    assert keeper.ready() == "draining: stopping on SIGTERM"
