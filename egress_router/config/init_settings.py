@@ -11,7 +11,7 @@ from egress_router.config.cluster_networks import VARIABLE, parse_cluster_networ
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.errors import Collector, ConfigError, Problem
 from egress_router.config.options import METRICS_PORT, SHUTDOWN_DELAY, Choice, Duration, Flag, Option, Text
-from egress_router.config.source_pool import HOSTNAME_VARIABLE, INDEX_VARIABLE, select_source
+from egress_router.config.source_pool import HOSTNAME_VARIABLE, INDEX_VARIABLE, gateway_problems, select_source
 from egress_router.config.values import render_duration
 
 
@@ -275,6 +275,11 @@ def load_init_settings(
     port: int | None = parsed.get("metrics_port") if served or (metrics_port and metrics_port.strip()) else None
     parsed_source: Sources | None = parsed.get("source")
     parsed_gateway: Gateways | None = parsed.get("gateway")
+    held = gateway_problems(source, parsed_gateway.values()) if parsed_source and parsed_gateway else []
+    for problem in held:
+        found.add(problem)
+    if held:
+        parsed_source = None  # refused alike in every pod of the pool: this pod's own address is not compared again
     parsed_destinations: Destinations | None = None
     networks: tuple[IPNetwork, ...] = parsed.get("cluster_networks", ())
     for problem in egress_problems(parsed_source, parsed_gateway, networks):
