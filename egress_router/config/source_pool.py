@@ -240,8 +240,10 @@ def gateway_problems(text: str | None, gateways: Iterable[IPAddress]) -> list[Pr
 
 
 def hostname_ordinal(hostname: str) -> int | None:
-    """A StatefulSet pod's ordinal: the number after the last '-' of its name (`egress-3` -> 3)."""
-    _, dash, tail = hostname.strip().rpartition("-")
+    """A StatefulSet pod's ordinal: the number after the last '-' of its name (`egress-3` -> 3), also when HOSTNAME is
+    the pod's FQDN (`setHostnameAsFQDN`: `egress-3.egress-pods.default.svc.cluster.local`)."""
+    name = hostname.strip().partition(".")[0]
+    _, dash, tail = name.rpartition("-")
     if not dash or not tail.isascii() or not tail.isdigit() or (len(tail) > 1 and tail.startswith("0")) or len(tail) > 7:
         return None
     return int(tail)

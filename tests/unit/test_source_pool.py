@@ -45,6 +45,17 @@ def test_the_pod_takes_the_address_at_its_index(text: str, index: str | None, ch
     assert select_source(text, index) == chosen
 
 
+def test_a_hostname_given_as_the_pods_fqdn_gives_its_ordinal() -> None:  # setHostnameAsFQDN: true
+    fqdn = "egress-http-proxy-1.egress-http-proxy-pods.default.svc.cluster.local"
+    assert hostname_ordinal(fqdn) == 1
+    assert select_source(RANGE, hostname=fqdn) == "192.168.12.100/24"
+    assert hostname_ordinal("egress.default-2.svc") is None  # the ordinal ends the pod's name, not the domain
+    assert message(RANGE, None, "egress-9.pods.svc") == (
+        "HOSTNAME: ordinal 9 is past the end of the pool in EGRESS_SOURCE (4 addresses: ordinals 0-3; more replicas than"
+        ' addresses?): "egress-9.pods.svc"'
+    )
+
+
 def test_the_ordinal_ending_the_hostname_is_the_index() -> None:
     assert select_source(RANGE, hostname="egress-router-2") == "192.168.12.101/24"
     assert select_source(RANGE, "0", hostname="egress-router-2") == "192.168.12.99/24"  # EGRESS_SOURCE_INDEX wins
