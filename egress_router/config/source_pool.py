@@ -222,17 +222,20 @@ def is_pool(text: str | None) -> bool:
     return text is not None and ("," in text or "-" in text)
 
 
-def gateway_problems(text: str | None, gateways: Iterable[IPAddress]) -> list[Problem]:
-    """No pod of a pool may take a gateway: each gateway some item of the pool holds. `text` is an EGRESS_SOURCE that
-    `select_source` accepted; one address per family is no pool, and its own check compares it with the gateway."""
+def pool_spans(text: str | None) -> tuple[Span, ...]:
+    """Every item of a pool of more than one address per family, for the checks that concern every pod; none for one
+    address per family, which the address parser checks alone. `text` is an EGRESS_SOURCE that `select_source` accepted."""
     if text is None or not is_pool(text):
-        return []
+        return ()
     pool = parse_pool(text)
-    if pool.size == 1:
-        return []
+    return tuple(span for _, spans in pool.families for span in spans) if pool.size > 1 else ()
+
+
+def gateway_problems(spans: tuple[Span, ...], gateways: Iterable[IPAddress]) -> list[Problem]:
+    """No pod of a pool may take a gateway: each gateway some item of the pool holds."""
     problems = []
     for gateway in gateways:
-        holder = next((span for _, spans in pool.families for span in spans if span.holds(gateway)), None)
+        holder = next((span for span in spans if span.holds(gateway)), None)
         if holder is not None:
             reason = f"must differ from every address of the pool in {VARIABLE} ({holder.text} holds it)"
             problems.append(Problem(GATEWAY_VARIABLE, reason, str(gateway)))

@@ -185,3 +185,24 @@ def test_a_pool_holding_the_gateway_is_one_problem_in_every_pod(index: str) -> N
     assert messages(source="192.168.12.1-192.168.12.3/24", source_index=index) == [
         'EGRESS_GATEWAY: must differ from every address of the pool in EGRESS_SOURCE (192.168.12.1-192.168.12.3/24 holds it): "192.168.12.1"'
     ]
+
+
+@pytest.mark.parametrize(
+    ("networks", "expected"),
+    [
+        (
+            "192.168.12.100/32",
+            'EGRESS_CLUSTER_NETWORKS: contains EGRESS_SOURCE 192.168.12.100, which must stay on the egress interface: "192.168.12.100/32"',
+        ),
+        (
+            "192.168.12.64/26",
+            'EGRESS_CLUSTER_NETWORKS: contains EGRESS_SOURCE 192.168.12.99, which must stay on the egress interface: "192.168.12.64/26"',
+        ),
+    ],
+)
+def test_a_cluster_network_holding_any_address_of_the_pool_is_refused_in_every_pod(networks: str, expected: str) -> None:
+    found = [
+        messages(source="192.168.12.99-192.168.12.101/24", gateway="192.168.12.254", cluster_networks=networks, source_index=str(index))
+        for index in range(3)
+    ]
+    assert found == [[expected]] * 3

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import pytest
 from click.testing import CliRunner
@@ -160,11 +160,16 @@ GATEWAYS = {4: "192.168.12.1", 6: "2001:db8::ff", 46: "192.168.12.1,2001:db8::ff
 DESTINATIONS = {4: "80 tcp 203.0.113.25", 6: "80 tcp 2001:db8:ff::25", 46: "80 tcp 203.0.113.25"}
 
 
-def outcomes(source: str, size: int, version: int = 4, gateway: str | None = None) -> set[str]:
+def outcomes(source: str, size: int, version: int = 4, gateway: str | None = None, networks: str | None = None) -> set[str]:
     """What each index of a pool of `size` gets from init: "ok", or its error message."""
     found = set()
     for index in range(size):
-        given = {"gateway": gateway or GATEWAYS[version], "destination": DESTINATIONS[version], "mode": "unit-test"}
+        given = {
+            "gateway": gateway or GATEWAYS[version],
+            "destination": DESTINATIONS[version],
+            "mode": "unit-test",
+            "cluster_networks": networks,
+        }
         try:
             load_init_settings(source=source, hostname=f"egress-{index}", **given)
             found.add("ok")
@@ -364,8 +369,9 @@ WINDOWS = {
 
 
 @st.composite
-def bad_or_good_pools(draw: st.DrawFn) -> tuple[str, int, int, str]:
-    """A pool (text, size, family) near subnet edges, its items mostly sharing one prefix, and a gateway near it."""
+def bad_or_good_pools(draw: st.DrawFn) -> tuple[str, int, int, str, str | None]:
+    """A pool (text, size, family) near subnet edges, its items mostly sharing one prefix, a gateway near it, and
+    maybe a cluster network near it."""
     version = draw(st.sampled_from((4, 6)))
     low, width, prefixes = WINDOWS[version]
     make = IPv4Address if version == 4 else IPv6Address
@@ -379,13 +385,14 @@ def bad_or_good_pools(draw: st.DrawFn) -> tuple[str, int, int, str]:
         items.append(text)
         size += length
     gateway = str(make(draw(st.integers(low, low + width))))
-    return ",".join(items), size, version, gateway
+    around = make(draw(st.integers(low, low + width)))
+    network = str(ip_network(f"{around}/{around.max_prefixlen - draw(st.integers(0, 3))}", strict=False))
+    return ",".join(items), size, version, gateway, draw(st.none() | st.just(network))
 
 
 @given(bad_or_good_pools())
-def test_every_pod_of_a_pool_is_accepted_or_every_pod_is_refused_alike(pool: tuple[str, int, int, str]) -> None:
-    source, size, version, gateway = pool
-    assert len(outcomes(source, size, version, gateway)) == 1
+def test_every_pod_of_a_pool_is_accepted_or_every_pod_is_refused_alike(pool: tuple[str, int, int, str, str | None]) -> None:
+    assert len(outcomes(*pool)) == 1
 
 
 @given(st.sampled_from((4, 6)), st.integers(0, 2**32 - 1), st.integers(0, 2**64))
