@@ -47,7 +47,11 @@ SOURCE_INDEX = Option(
     INDEX_VARIABLE,
     "With a pool in EGRESS_SOURCE, the place (from 0) of this pod's address in it; unset: the StatefulSet ordinal ending HOSTNAME",
 )
-HOSTNAME = Option("hostname", HOSTNAME_VARIABLE, "The pod's name (Kubernetes sets it); a StatefulSet pod's ends in -<ordinal>")
+HOSTNAME = Option(
+    "hostname",
+    HOSTNAME_VARIABLE,
+    "The pod's name (Kubernetes sets it; of an FQDN, the part before the first '.'); a StatefulSet pod's ends in -<ordinal>",
+)
 GATEWAY = Option("gateway", "EGRESS_GATEWAY", "Next hop on the node's network; dual-stack: one of each family, comma-separated. Required")
 DESTINATION = Option(
     "destination", "EGRESS_DESTINATION", "Redirect rules, one a line: '<port> <proto> <addr> [<remote-port>]', or a fallback '<addr>' last"
