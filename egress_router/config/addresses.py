@@ -84,6 +84,24 @@ def unusable_host_reason(address: IPAddress) -> str | None:
     return None
 
 
+def source_address_problem(address: IPAddress) -> str | None:
+    """Why `address` can never be an egress address, whatever its prefix (a pool checks each of its addresses so)."""
+    reason = unusable_host_reason(address)
+    if not reason and isinstance(address, IPv6Address) and address.is_link_local:
+        reason = "a link-local address cannot be the egress address (it never leaves the link; use a global or ULA address)"
+    return reason
+
+
+def subnet_edges(network: IPNetwork) -> tuple[tuple[IPAddress, str], ...]:
+    """The addresses of `network` no host may take, with their names: IPv4's network and broadcast addresses, IPv6's
+    subnet-router anycast address. Host and point-to-point prefixes (/31, /32, /127, /128) have none."""
+    if isinstance(network, IPv4Network) and network.prefixlen <= 30:
+        return ((network.network_address, "network"), (network.broadcast_address, "broadcast"))
+    if isinstance(network, IPv6Network) and network.prefixlen <= 126:
+        return ((network.network_address, "subnet-router anycast"),)
+    return ()
+
+
 T = TypeVar("T")
 
 
@@ -173,18 +191,13 @@ def _source(text: str, variable: str) -> Source:
         prefix = int(prefix_text)
         if prefix == 0:
             raise ConfigError.single(variable, "prefix length 0 would put the whole Internet on-link", text)
-    reason = unusable_host_reason(address)
-    if not reason and isinstance(address, IPv6Address) and address.is_link_local:
-        reason = "a link-local address cannot be the egress address (it never leaves the link; use a global or ULA address)"
+    reason = source_address_problem(address)
     if reason:
         raise ConfigError.single(variable, reason, text)
     interface: IPInterface = IPv4Interface(f"{address}/{prefix}") if address.version == 4 else IPv6Interface(f"{address}/{prefix}")
-    network = interface.network
-    if isinstance(network, IPv4Network) and prefix <= 30 and address in (network.network_address, network.broadcast_address):
-        kind = "network" if address == network.network_address else "broadcast"
-        raise ConfigError.single(variable, f"{address} is the {kind} address of {network}", text)
-    if isinstance(network, IPv6Network) and prefix <= 126 and address == network.network_address:
-        raise ConfigError.single(variable, f"{address} is the subnet-router anycast address of {network}", text)
+    for edge, kind in subnet_edges(interface.network):
+        if address == edge:
+            raise ConfigError.single(variable, f"{address} is the {kind} address of {interface.network}", text)
     return Source(interface, bool(slash))
 
 

@@ -11,7 +11,7 @@ from egress_router.config.cluster_networks import VARIABLE, parse_cluster_networ
 from egress_router.config.destinations import Destinations, parse_destinations
 from egress_router.config.errors import Collector, ConfigError, Problem
 from egress_router.config.options import METRICS_PORT, SHUTDOWN_DELAY, Choice, Duration, Flag, Option, Text
-from egress_router.config.source_pool import HOSTNAME_VARIABLE, INDEX_VARIABLE, select_source
+from egress_router.config.source_pool import HOSTNAME_VARIABLE, INDEX_VARIABLE, Span, gateway_problems, pool_spans, select_source
 from egress_router.config.values import render_duration
 
 
@@ -47,7 +47,11 @@ SOURCE_INDEX = Option(
     INDEX_VARIABLE,
     "With a pool in EGRESS_SOURCE, the place (from 0) of this pod's address in it; unset: the StatefulSet ordinal ending HOSTNAME",
 )
-HOSTNAME = Option("hostname", HOSTNAME_VARIABLE, "The pod's name (Kubernetes sets it); a StatefulSet pod's ends in -<ordinal>")
+HOSTNAME = Option(
+    "hostname",
+    HOSTNAME_VARIABLE,
+    "The pod's name (Kubernetes sets it; of an FQDN, the part before the first '.'); a StatefulSet pod's ends in -<ordinal>",
+)
 GATEWAY = Option("gateway", "EGRESS_GATEWAY", "Next hop on the node's network; dual-stack: one of each family, comma-separated. Required")
 DESTINATION = Option(
     "destination", "EGRESS_DESTINATION", "Redirect rules, one a line: '<port> <proto> <addr> [<remote-port>]', or a fallback '<addr>' last"
@@ -210,14 +214,19 @@ def metrics_port_problems(port: int | None, destinations: Destinations | None) -
     ]
 
 
-def egress_problems(sources: Sources | None, gateways: Gateways | None, networks: tuple[IPNetwork, ...]) -> list[Problem]:
-    """Sources and gateways that do not fit together, or that a cluster network would take from the egress interface."""
+def egress_problems(
+    sources: Sources | None, gateways: Gateways | None, networks: tuple[IPNetwork, ...], pool: tuple[Span, ...] = ()
+) -> list[Problem]:
+    """Sources and gateways that do not fit together, or that a cluster network would take from the egress interface:
+    with a pool, any address of it (the lowest such one), so that every pod says the same."""
     problems = family_problems(sources, gateways, SOURCE.variable, GATEWAY.variable) if sources and gateways else []
-    egress = [(SOURCE.variable, s.ip) for s in sources.values()] if sources else []
-    egress += [(GATEWAY.variable, g) for g in gateways.values()] if gateways else []
+    egress = [(SOURCE.variable, s.ip, s.ip) for s in sources.values()] if sources and not pool else []
+    egress += [(SOURCE.variable, span.first, span.last) for span in pool]
+    egress += [(GATEWAY.variable, g, g) for g in gateways.values()] if gateways else []
     for network in networks:
-        for name, address in egress:
-            if address.version == network.version and address in network:
+        for name, first, last in egress:
+            if first.version == network.version and int(first) <= int(network[-1]) and int(network[0]) <= int(last):
+                address = max(first, network[0], key=int)
                 problems.append(
                     Problem(CLUSTER_NETWORKS.variable, f"contains {name} {address}, which must stay on the egress interface", str(network))
                 )
@@ -275,9 +284,15 @@ def load_init_settings(
     port: int | None = parsed.get("metrics_port") if served or (metrics_port and metrics_port.strip()) else None
     parsed_source: Sources | None = parsed.get("source")
     parsed_gateway: Gateways | None = parsed.get("gateway")
+    pool = pool_spans(source) if parsed_source else ()  # a pool is checked whole, so that every pod says the same
+    held = gateway_problems(pool, parsed_gateway.values()) if parsed_gateway else []
+    for problem in held:
+        found.add(problem)
+    if held:
+        parsed_source = None  # this pod's own address is not compared with the gateway again
     parsed_destinations: Destinations | None = None
     networks: tuple[IPNetwork, ...] = parsed.get("cluster_networks", ())
-    for problem in egress_problems(parsed_source, parsed_gateway, networks):
+    for problem in egress_problems(parsed_source, parsed_gateway, networks, pool):
         found.add(problem)
     if parsed_mode is None or parsed_mode.installs_nat:
         parsed_destinations = found.gather({"destinations": lambda: destinations_for(destination, parsed_source)}).get("destinations")

@@ -4,34 +4,51 @@ A pure step before the address parser: from the raw text and the pod's index (EG
 StatefulSet ordinal that ends HOSTNAME) it gives back the text of exactly one address per family, which
 `config/addresses.py` then parses as if the pod had been given that address alone. Text with one address per
 family is no pool: it comes back unchanged and needs no index. The pool is checked as a whole (every address,
-duplicates, ranges, equal sizes per family) in every pod, so a mistake shows in the first pod that starts.
+duplicates, ranges, equal sizes per family, and the address parser's rules for every address, reasoned per item so a
+range of billions costs no more than one address) in every pod, so a mistake shows in the first pod that starts,
+whatever its index.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
-from egress_router.config.addresses import IPAddress, ipv4_problem
+from egress_router.config.addresses import IPAddress, IPNetwork, ipv4_problem, source_address_problem, subnet_edges
 from egress_router.config.errors import Collector, ConfigError, Problem
 from egress_router.config.values import parse_count
 
 VARIABLE = "EGRESS_SOURCE"
+GATEWAY_VARIABLE = "EGRESS_GATEWAY"
 INDEX_VARIABLE = "EGRESS_SOURCE_INDEX"
 HOSTNAME_VARIABLE = "HOSTNAME"
 FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
 MAX_PREFIX = {4: 32, 6: 128}
 #: Far more than any pool; keeps the index's error message short and its number small.
 MAX_INDEX = 1_000_000
+#: The blocks of addresses that can never be an egress address (`source_address_problem`). The lowest such address of a
+#: span is its first address or the first address of one of these blocks, so a span of any size is checked at a few places.
+UNUSABLE_BLOCKS: dict[int, tuple[IPNetwork, ...]] = {
+    4: tuple(IPv4Network(text) for text in ("0.0.0.0/32", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4")),
+    6: tuple(
+        IPv6Network(text)
+        for text in ("::/3", "4000::/2", "8000::/2", "c000::/3", "e000::/4", "f000::/5", "f800::/6", "fe00::/9", "fe80::/10", "ff00::/8")
+    ),
+}
 
 
 @dataclass(frozen=True)
 class Span:
-    """One item of the text: a single address (first == last) or a range, and the prefix written with it."""
+    """One item of the text: a single address (first == last) or a range, the prefix written with it, and the item."""
 
     first: IPAddress
     last: IPAddress
     prefix: int | None
+    text: str
+
+    def holds(self, address: IPAddress) -> bool:
+        return address.version == self.first.version and int(self.first) <= int(address) <= int(self.last)
 
     @property
     def size(self) -> int:
@@ -88,21 +105,37 @@ def parse_prefix(text: str, version: int) -> int | str:
     return int(text)
 
 
-def range_problem(first: IPAddress, last: IPAddress, prefix: int | None) -> str | None:
-    """Why a range `first`-`last` is no pool of usable addresses."""
+def unusable_address(first: IPAddress, last: IPAddress) -> tuple[IPAddress, str] | None:
+    """The lowest address from `first` to `last` (one family) that can never be an egress address, and why."""
+    starts = (block.network_address for block in UNUSABLE_BLOCKS[first.version])
+    for address in sorted([first, *(start for start in starts if int(first) < int(start) <= int(last))], key=int):
+        reason = source_address_problem(address)
+        if reason:
+            return address, reason
+    return None
+
+
+def span_problem(first: IPAddress, last: IPAddress, prefix: int | None, ranged: bool) -> str | None:
+    """Why an item (a range, or a single address: a span of one) holds an address no pod may take: the address
+    parser's rules for one address, worded as it words them, applied to every address of the span at once."""
     if first.version != last.version:
         return f"a range stays in one family (this one goes from {FAMILY_NAMES[first.version]} to {FAMILY_NAMES[last.version]})"
     if int(first) > int(last):
         return "the range runs backwards (its first address comes after its last)"
+    if prefix == 0:
+        return "prefix length 0 would put the whole Internet on-link"
+    unusable = unusable_address(first, last)
+    if unusable:
+        address, reason = unusable
+        return f"the range holds {address}: {reason}" if ranged else reason
     if prefix is None or prefix >= MAX_PREFIX[first.version] - 1:
         return None  # host and point-to-point prefixes: each address alone, only the gateway on-link
     network = ip_network(f"{first}/{prefix}", strict=False)
     if last not in network:
         return f"the range leaves its subnet {network} (both ends must be in it)"
-    if isinstance(network, IPv4Network):
-        for edge, kind in ((network.network_address, "network"), (network.broadcast_address, "broadcast")):
-            if int(first) <= int(edge) <= int(last):
-                return f"the range holds {edge}, the {kind} address of {network}"
+    for edge, kind in subnet_edges(network):
+        if int(first) <= int(edge) <= int(last):
+            return f"the range holds {edge}, the {kind} address of {network}" if ranged else f"{edge} is the {kind} address of {network}"
     return None
 
 
@@ -125,46 +158,95 @@ def parse_span(item: str) -> Span | str:
     prefix = parse_prefix(prefix_text.strip(), first.version) if slash else None
     if isinstance(prefix, str):
         return prefix
-    problem = range_problem(first, last, prefix) if dash else None
-    return problem if problem else Span(first, last, prefix)
+    problem = span_problem(first, last, prefix, ranged=bool(dash))
+    return problem if problem else Span(first, last, prefix, item)
 
 
-def overlap_problem(spans: list[tuple[Span, str]]) -> Problem | None:
+def overlap_problem(spans: list[Span]) -> Problem | None:
     """Two pods must never share an address: the first address given twice in one family, if any."""
-    ordered = sorted(spans, key=lambda pair: int(pair[0].first))
-    for (before, _), (after, text) in zip(ordered, ordered[1:], strict=False):
+    ordered = sorted(spans, key=lambda span: int(span.first))
+    for before, after in zip(ordered, ordered[1:], strict=False):
         if int(after.first) <= int(before.last):
-            return Problem(VARIABLE, f"{after.first} is in the pool twice (two pods would share it)", text)
+            return Problem(VARIABLE, f"{after.first} is in the pool twice (two pods would share it)", after.text)
+    return None
+
+
+def subnet_problem(spans: list[Span]) -> Problem | None:
+    """The pods of one StatefulSet share one subnet: one family's items take the same prefix (or none), and with a
+    subnet prefix every address lies in the first item's subnet."""
+    first = spans[0]
+    for span in spans[1:]:
+        if span.prefix != first.prefix:
+            given, this = ("none" if prefix is None else f"/{prefix}" for prefix in (first.prefix, span.prefix))
+            return Problem(
+                VARIABLE,
+                f"every address of a pool takes the same prefix length, so that its pods share one subnet ({first.text} has"
+                f" {given}, this one {this})",
+                span.text,
+            )
+    if first.prefix is None or first.prefix >= MAX_PREFIX[first.first.version] - 1:
+        return None
+    network = ip_network(f"{first.first}/{first.prefix}", strict=False)
+    for span in spans[1:]:
+        if span.first not in network:
+            return Problem(VARIABLE, f"the pool leaves its subnet {network} (every address must be in it)", span.text)
     return None
 
 
 def parse_pool(text: str) -> Pool:
     """Every item of the comma-separated text; all problems at once."""
     found = Collector()
-    families: dict[int, list[tuple[Span, str]]] = {}
+    families: dict[int, list[Span]] = {}
     items = [item.strip() for item in text.split(",")]
     for item in items:
         span = parse_span(item)
         if isinstance(span, str):
             found.add(Problem(VARIABLE, span, item))
         else:
-            families.setdefault(span.first.version, []).append((span, item))
+            families.setdefault(span.first.version, []).append(span)
     for spans in families.values():
-        problem = overlap_problem(spans)
-        if problem:
-            found.add(problem)
-    sizes = {version: sum(span.size for span, _ in spans) for version, spans in families.items()}
+        for problem in (overlap_problem(spans), subnet_problem(spans)):
+            if problem:
+                found.add(problem)
+    sizes = {version: sum(span.size for span in spans) for version, spans in families.items()}
     if len(set(sizes.values())) > 1:
         counts = " and ".join(f"{size} {FAMILY_NAMES[version]}" for version, size in sizes.items())
         found.add(Problem(VARIABLE, f"a dual-stack pool needs as many addresses of each family (this one has {counts})", text.strip()))
     found.raise_if_any()
-    pool = tuple((version, tuple(span for span, _ in spans)) for version, spans in families.items())
+    pool = tuple((version, tuple(spans)) for version, spans in families.items())
     return Pool(pool, ranged=any("-" in item for item in items))
 
 
+def is_pool(text: str | None) -> bool:
+    """Several addresses of a family, or a range: text with one address per family is the address parser's alone."""
+    return text is not None and ("," in text or "-" in text)
+
+
+def pool_spans(text: str | None) -> tuple[Span, ...]:
+    """Every item of a pool of more than one address per family, for the checks that concern every pod; none for one
+    address per family, which the address parser checks alone. `text` is an EGRESS_SOURCE that `select_source` accepted."""
+    if text is None or not is_pool(text):
+        return ()
+    pool = parse_pool(text)
+    return tuple(span for _, spans in pool.families for span in spans) if pool.size > 1 else ()
+
+
+def gateway_problems(spans: tuple[Span, ...], gateways: Iterable[IPAddress]) -> list[Problem]:
+    """No pod of a pool may take a gateway: each gateway some item of the pool holds."""
+    problems = []
+    for gateway in gateways:
+        holder = next((span for span in spans if span.holds(gateway)), None)
+        if holder is not None:
+            reason = f"must differ from every address of the pool in {VARIABLE} ({holder.text} holds it)"
+            problems.append(Problem(GATEWAY_VARIABLE, reason, str(gateway)))
+    return problems
+
+
 def hostname_ordinal(hostname: str) -> int | None:
-    """A StatefulSet pod's ordinal: the number after the last '-' of its name (`egress-3` -> 3)."""
-    _, dash, tail = hostname.strip().rpartition("-")
+    """A StatefulSet pod's ordinal: the number after the last '-' of its name (`egress-3` -> 3), also when HOSTNAME is
+    the pod's FQDN (`setHostnameAsFQDN`: `egress-3.egress-pods.default.svc.cluster.local`)."""
+    name = hostname.strip().partition(".")[0]
+    _, dash, tail = name.rpartition("-")
     if not dash or not tail.isascii() or not tail.isdigit() or (len(tail) > 1 and tail.startswith("0")) or len(tail) > 7:
         return None
     return int(tail)
@@ -209,7 +291,7 @@ def select_source(text: str | None, source_index: str | None = None, hostname: s
     given = source_index is not None and bool(source_index.strip())
     if text is None or not text.strip():
         return text
-    if "," not in text and "-" not in text:
+    if not is_pool(text):
         if given:
             pod_index(source_index, None, 1)
         return text

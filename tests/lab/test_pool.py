@@ -304,10 +304,15 @@ def test_a_rolling_update_replaces_one_pod_at_a_time_never_two_on_one_address(la
         ({"HOSTNAME": "egress-7d9f8-x2kq"}, "HOSTNAME: no StatefulSet ordinal at its end (NAME-<number>)"),
         ({"EGRESS_SOURCE_INDEX": "two"}, 'EGRESS_SOURCE_INDEX: must be a whole number from 0 to 1000000: "two"'),
         ({"EGRESS_SOURCE": "192.168.12.121-192.168.12.120"}, "EGRESS_SOURCE: the range runs backwards"),
+        (  # this pod's own address (.120) is fine: the pool is checked whole, in every pod
+            {"EGRESS_SOURCE": f"192.168.12.120,{t.GATEWAY_IP}", "HOSTNAME": "egress-0"},
+            f"EGRESS_GATEWAY: must differ from every address of the pool in EGRESS_SOURCE ({t.GATEWAY_IP} holds it)",
+        ),
     ],
 )
 def test_a_pod_the_pool_has_no_address_for_is_refused_and_nothing_changes(lab: Lab, env: dict[str, str], message: str) -> None:
-    """A third replica of a two-address pool, a Deployment's pod (no ordinal), a bad index, a backwards range."""
+    """A third replica of a two-address pool, a Deployment's pod (no ordinal), a bad index, a backwards range, a pool
+    holding the gateway."""
     role = f"eg{next(_numbers)}"
     lab.add_routed_pod(role, "10.128.2.99")
     lab.add_macvlan(role)

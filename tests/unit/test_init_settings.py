@@ -177,3 +177,32 @@ def test_family_mistakes(changes: dict[str, str], expected: list[str]) -> None:
 
 def test_proxy_modes_check_families_but_need_no_destination() -> None:
     assert load(mode="http-proxy", destination=None, source="2001:db8:12::99", gateway="fe80::1").sources.families == ("ipv6",)
+
+
+@pytest.mark.parametrize("index", ["0", "1", "2"])
+def test_a_pool_holding_the_gateway_is_one_problem_in_every_pod(index: str) -> None:
+    """Ordinal 0 takes the gateway itself: its pod too says it once, in the pool's words."""
+    assert messages(source="192.168.12.1-192.168.12.3/24", source_index=index) == [
+        'EGRESS_GATEWAY: must differ from every address of the pool in EGRESS_SOURCE (192.168.12.1-192.168.12.3/24 holds it): "192.168.12.1"'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("networks", "expected"),
+    [
+        (
+            "192.168.12.100/32",
+            'EGRESS_CLUSTER_NETWORKS: contains EGRESS_SOURCE 192.168.12.100, which must stay on the egress interface: "192.168.12.100/32"',
+        ),
+        (
+            "192.168.12.64/26",
+            'EGRESS_CLUSTER_NETWORKS: contains EGRESS_SOURCE 192.168.12.99, which must stay on the egress interface: "192.168.12.64/26"',
+        ),
+    ],
+)
+def test_a_cluster_network_holding_any_address_of_the_pool_is_refused_in_every_pod(networks: str, expected: str) -> None:
+    found = [
+        messages(source="192.168.12.99-192.168.12.101/24", gateway="192.168.12.254", cluster_networks=networks, source_index=str(index))
+        for index in range(3)
+    ]
+    assert found == [[expected]] * 3
