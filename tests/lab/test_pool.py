@@ -7,7 +7,9 @@ replaced; the figures of each case are printed (pytest -s shows them) and quoted
 from __future__ import annotations
 
 import itertools
+import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -26,8 +28,23 @@ RULES = "80 tcp 203.0.113.25"
 PERIOD = 0.5  # the readiness probes' period (periodSeconds; timeoutSeconds the same)
 PROPAGATION = 1.0  # from a probe's verdict to every node's Service rules (API server, EndpointSlice, kube-proxy)
 NOTICE = PERIOD + PERIOD + PROPAGATION  # the longest a router that stopped answering stays in the Service
-DELAY = "3s"  # EGRESS_SHUTDOWN_DELAY: longer than that
+DELAY_SECONDS = 3.0
+DELAY = f"{DELAY_SECONDS:g}s"  # EGRESS_SHUTDOWN_DELAY: longer than that
+ROLE = "eg"  # the router pods' roles in the lab: eg1, eg2, ...
 _numbers = itertools.count(1)
+
+
+def is_pod(lab: Lab, namespace: str) -> bool:
+    """Whether a namespace of the lab is a router pod's."""
+    return re.fullmatch(rf"{re.escape(lab.prefix)}-{ROLE}\d+", namespace) is not None
+
+
+@dataclass
+class Sandbox:
+    """A pod's network before its containers run: its namespace, its pod address, and the macvlan the SDN gave it."""
+
+    role: str
+    ip: str
 
 
 @dataclass
@@ -45,33 +62,58 @@ class StatefulSet:
     lab: Lab
     pool: str
     delay: str = DELAY
-    pods: dict[int, Router] = field(default_factory=dict)
+    pods: dict[int, Router] = field(default_factory=dict)  # the pods the API server has, by ordinal (not terminating)
+    made: list[str] = field(default_factory=list)  # the roles of every pod made, for close()
 
     def env(self, ordinal: int) -> dict[str, str]:
         return {"EGRESS_SOURCE": self.pool, "EGRESS_GATEWAY": t.GATEWAY_IP, "EGRESS_DESTINATION": RULES, "HOSTNAME": f"egress-{ordinal}"}
 
-    def create(self, ordinal: int) -> Router:
-        """A new pod for `ordinal` (a new pod address, as a recreated pod gets): init from the pool, then the monitor."""
+    def sandbox(self) -> Sandbox:
+        """A new pod's network (a new pod address, as a recreated pod gets), its containers not started yet."""
         number = next(_numbers)
-        role, ip = f"eg{number}", f"10.128.2.{100 + number}"
-        self.lab.add_routed_pod(role, ip)
-        self.lab.add_macvlan(role)
-        env = self.env(ordinal)
-        done = self.lab.run_in(role, [sys.executable, "-m", "egress_router", "init"], env=environment(**env, EGRESS_ROUTER_MODE="init"))
-        assert done.returncode == 0, done.stderr
+        sandbox = Sandbox(f"{ROLE}{number}", f"10.128.2.{100 + number}")
+        self.made.append(sandbox.role)
+        self.lab.add_routed_pod(sandbox.role, sandbox.ip)
+        self.lab.add_macvlan(sandbox.role)
+        return sandbox
+
+    def init(self, sandbox: Sandbox, ordinal: int) -> subprocess.CompletedProcess[str]:
+        """The pod's init container: the real `init`, taking the pool's address of `ordinal`."""
+        env = environment(**self.env(ordinal), EGRESS_ROUTER_MODE="init")
+        return self.lab.run_in(sandbox.role, [sys.executable, "-m", "egress_router", "init"], env=env)
+
+    def start(self, sandbox: Sandbox, ordinal: int) -> Router:
+        """The pod's container, once init has succeeded: the monitor."""
         argv = [sys.executable, "-m", "egress_router", "monitor"]
-        monitor = self.lab.start_in(role, argv, env=environment(**env, EGRESS_SHUTDOWN_DELAY=self.delay))
-        self.pods[ordinal] = Router(f"egress-{ordinal}", role, ip, monitor)
+        monitor = self.lab.start_in(sandbox.role, argv, env=environment(**self.env(ordinal), EGRESS_SHUTDOWN_DELAY=self.delay))
+        self.pods[ordinal] = Router(f"egress-{ordinal}", sandbox.role, sandbox.ip, monitor)
         return self.pods[ordinal]
 
-    def terminate(self, ordinal: int) -> float:
-        """What deleting the pod does: SIGTERM to its container's process (only that one, as the runtime sends it), then,
-        once it has exited, the pod's network goes (the sandbox is torn down). Returns when the SIGTERM was sent."""
+    def create(self, ordinal: int) -> Router:
+        """A new pod for `ordinal`: its network, init from the pool, then the monitor."""
+        sandbox = self.sandbox()
+        done = self.init(sandbox, ordinal)
+        assert done.returncode == 0, done.stderr
+        return self.start(sandbox, ordinal)
+
+    def delete(self, ordinal: int) -> tuple[Router, float]:
+        """What deleting the pod starts: it leaves the StatefulSet's pods (a force-delete removes its API object at
+        once) and SIGTERM goes to its container's process (only that one, as the runtime sends it); the pod, its
+        network and its address stay until `gone`. Returns the pod and when the SIGTERM was sent."""
         router = self.pods.pop(ordinal)
         sent = time.monotonic()
         router.monitor.popen.send_signal(signal.SIGTERM)
+        return router, sent
+
+    def gone(self, router: Router) -> None:
+        """The rest of a deletion: once the container has exited, the pod's network goes (the sandbox is torn down)."""
         assert router.monitor.popen.wait(30) == 0, router.monitor.stderr()
         self.lab.remove_namespace(router.role)
+
+    def terminate(self, ordinal: int) -> float:
+        """Deleting the pod, until it is gone. Returns when the SIGTERM was sent."""
+        router, sent = self.delete(ordinal)
+        self.gone(router)
         return sent
 
     def vanish(self, ordinal: int) -> float:
@@ -86,8 +128,10 @@ class StatefulSet:
         return [router.ip for _, router in sorted(self.pods.items())]
 
     def close(self) -> None:
-        for router in self.pods.values():
-            self.lab.remove_namespace(router.role)
+        """Every pod's network, those deleted but not gone yet (a test that failed half-way) included."""
+        for role in self.made:
+            if self.lab.ns(role) in self.lab.namespaces:
+                self.lab.remove_namespace(role)
         self.pods.clear()
 
 
@@ -242,26 +286,77 @@ def test_a_vanished_router_costs_new_connections_until_its_probe_fails(lab: Lab,
         pods.close()
 
 
-class Holders(threading.Thread):
-    """Samples, every 50 ms, which pods hold each address of the pool on their egress interface."""
+@dataclass(frozen=True)
+class Sample:
+    at: float  # when it started (monotonic seconds)
+    holders: dict[str, tuple[str, ...]]  # each address of the pool: the roles of the pods that held it
 
-    def __init__(self, lab: Lab, pods: StatefulSet, addresses: list[str]) -> None:
+
+class Holders(threading.Thread):
+    """Samples, every 50 ms, which router pods of the lab hold each address of the pool on their egress interface.
+
+    Every router pod's namespace the lab has at that instant is read (`Lab.namespaces` lists one from just before it is
+    made until just after it is deleted), so a deleted pod is read through its shutdown delay until its network is gone,
+    and a pod is read before its init has run. Newest first: pods take their address in the order they were made and
+    keep it until their namespace goes, so an older pod seen holding an address after a newer one was seen holding it
+    held it all along, and a sample that finds two holders found a real overlap, however slowly it was taken.
+    A sampler that died (an exception) or stalled fails the test in `stop()`."""
+
+    def __init__(self, lab: Lab, addresses: list[str]) -> None:
         super().__init__(daemon=True)
-        self.lab, self.pods, self.addresses = lab, pods, addresses
-        self.most = dict.fromkeys(addresses, 0)
-        self.samples = 0
+        self.lab, self.addresses = lab, addresses
+        self.samples: list[Sample] = []
+        self.error: BaseException | None = None
         self.done = threading.Event()
 
     def run(self) -> None:
-        while not self.done.is_set():
-            held = Counter[str]()
-            for role in [r.role for r in list(self.pods.pods.values())]:
-                shown = self.lab.ip(role, "-br", "addr", "show", "macvlan0", check=False).stdout
-                held.update(a for a in self.addresses if f" {a}" in f" {shown}".replace("/", " "))
-            for address in self.addresses:
-                self.most[address] = max(self.most[address], held[address])
-            self.samples += 1
-            self.done.wait(0.05)
+        try:
+            while not self.done.is_set():
+                self.samples.append(self.sample())
+                self.done.wait(0.05)
+        except BaseException as error:  # noqa: BLE001 - handed to stop(): alone it would end the thread, not the test
+            self.error = error
+
+    def sample(self) -> Sample:
+        at = time.monotonic()
+        pods = [n for n in reversed(list(self.lab.namespaces)) if is_pod(self.lab, n)]  # a copy: the lab changes it
+        holders: dict[str, list[str]] = {address: [] for address in self.addresses}
+        for role in (n.removeprefix(f"{self.lab.prefix}-") for n in pods):
+            shown = self.lab.ip(role, "-br", "addr", "show", "dev", "macvlan0", check=False).stdout.split()  # none: gone
+            for address in {a.partition("/")[0] for a in shown[2:]} & set(self.addresses):
+                holders[address].append(role)
+        return Sample(at, {address: tuple(roles) for address, roles in holders.items()})
+
+    def stop(self) -> list[Sample]:
+        """Ends sampling; fails when the sampler did not run to the end."""
+        running = self.is_alive()
+        self.done.set()
+        self.join(10)
+        assert self.error is None, f"the address sampler died: {self.error!r}"
+        assert running and not self.is_alive(), "the address sampler stopped early or hung"
+        return self.samples
+
+    def most(self) -> dict[str, int]:
+        """The most pods that held each address at once."""
+        return {address: max((len(s.holders[address]) for s in self.samples), default=0) for address in self.addresses}
+
+    def overlaps(self) -> list[str]:
+        """Pods seen together on one address, as text: which, in how many samples, when (seconds after the first)."""
+        start = self.samples[0].at if self.samples else 0.0
+        seen: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+        for sample in self.samples:
+            for address, roles in sample.holders.items():
+                if len(roles) > 1:
+                    seen.setdefault((address, roles), []).append(sample.at - start)
+        return [f"{a} held by {', '.join(r)} in {len(t)} samples, {t[0]:.2f}-{t[-1]:.2f} s" for (a, r), t in seen.items()]
+
+    def last_held(self, role: str, address: str, since: float) -> float:
+        """The last time, from `since` on, `role` was seen holding `address` (seconds after `since`; -1: never)."""
+        return max((s.at - since for s in self.samples if s.at >= since and role in s.holders[address]), default=-1.0)
+
+    def summary(self) -> str:
+        gaps = [b.at - a.at for a, b in itertools.pairwise(self.samples)]
+        return f"{len(self.samples)} samples of the addresses' holders, at most {max(gaps, default=0.0):.2f} s apart"
 
 
 def test_a_rolling_update_replaces_one_pod_at_a_time_never_two_on_one_address(lab: Lab, service: Service) -> None:
@@ -270,13 +365,14 @@ def test_a_rolling_update_replaces_one_pod_at_a_time_never_two_on_one_address(la
     addresses = ["192.168.12.118", "192.168.12.119"]
     pods = statefulset(lab, f"{addresses[0]}-{addresses[1]}", service)
     client = Client(lab, service)
-    holders = Holders(lab, pods, addresses)
+    holders = Holders(lab, addresses)
     try:
         client.start()
         holders.start()
         started = time.monotonic()
+        deleted = []
         for ordinal in (1, 0):
-            pods.terminate(ordinal)
+            deleted.append((pods.pods[ordinal].role, addresses[ordinal], pods.terminate(ordinal)))
             service.set_endpoints(pods.addresses())
             service.wait_ready(pods.addresses())
             pods.create(ordinal)
@@ -285,12 +381,72 @@ def test_a_rolling_update_replaces_one_pod_at_a_time_never_two_on_one_address(la
         took = time.monotonic() - started
         time.sleep(0.5)
         attempts = client.stop()
-        holders.done.set()
-        holders.join(5)
+        holders.stop()
         report(f"rolling update of both pods ({took:.1f} s)", started, attempts)
+        print(holders.summary())
         assert failures(attempts) == []
-        assert holders.samples > 20 and holders.most == dict.fromkeys(addresses, 1)  # never two pods on one address
+        assert holders.most() == dict.fromkeys(addresses, 1), holders.overlaps()  # never two pods on one address
+        for role, address, sent in deleted:  # each old pod was sampled holding its address through its shutdown delay
+            seen = holders.last_held(role, address, sent)
+            print(f"the old pod holding {address} was last seen holding it {seen:.2f} s after SIGTERM")
+            assert seen >= DELAY_SECONDS - 0.5, (role, address, seen)
         assert {a.source for a in attempts[-8:]} == set(addresses)  # both new pods serve, each with its ordinal's address
+    finally:
+        client.stop()
+        holders.done.set()
+        pods.close()
+
+
+def test_a_force_deleted_pod_s_replacement_is_refused_its_address_until_the_old_pod_is_gone(lab: Lab, service: Service) -> None:
+    """A force-delete during a rollout (`kubectl delete pod --force --grace-period=0`, say on a node that is cut off):
+    the pod's API object goes at once and the StatefulSet creates the replacement, with the same name and so the same
+    address, while the old pod still runs its shutdown delay holding the address. The replacement's init must refuse the
+    address, naming the old pod's MAC, and change nothing; the kubelet retries the init container, and once the old pod
+    is gone the retry takes the address and the new pod joins the Service."""
+    addresses = ["192.168.12.122", "192.168.12.123"]
+    pods = statefulset(lab, f"{addresses[0]}-{addresses[1]}", service)
+    client = Client(lab, service)
+    holders = Holders(lab, addresses)
+    try:
+        client.start()
+        holders.start()
+        time.sleep(0.5)
+        old_mac = lab.link_mac(pods.pods[1].role, "macvlan0")
+        old, sent = pods.delete(1)
+        service.set_endpoints(pods.addresses())
+        new = pods.sandbox()
+        before = lab.snapshot(new.role)
+        refused = pods.init(new, 1)
+        refused_at = time.monotonic() - sent
+        delaying = old.monitor.popen.poll() is None  # init ran and ended within the old pod's shutdown delay
+        after = lab.snapshot(new.role)
+        pods.gone(old)
+        retried = pods.init(new, 1)
+        assert retried.returncode == 0, retried.stderr
+        pods.start(new, 1)
+        service.set_endpoints(pods.addresses())
+        service.wait_ready(pods.addresses())
+        took = time.monotonic() - sent
+        time.sleep(0.5)
+        attempts = client.stop()
+        holders.stop()
+        failed, _ = report(f"egress-1 force-deleted, its replacement's init started in the old pod's delay ({took:.1f} s)", sent, attempts)
+        seen = holders.last_held(old.role, addresses[1], sent)
+        print(
+            f"{holders.summary()}; the replacement's first init ended {refused_at:.2f} s after the old pod's SIGTERM (exit {refused.returncode}),"
+        )
+        print(f"the old pod was last seen holding {addresses[1]} {seen:.2f} s after it")
+        assert holders.most() == dict.fromkeys(addresses, 1), holders.overlaps()  # never two pods on one address
+        assert delaying, f"init took longer than the old pod's EGRESS_SHUTDOWN_DELAY={DELAY}: {refused}"
+        assert seen >= DELAY_SECONDS - 0.5, seen
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        errors = [line for line in refused.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and errors[0].startswith(
+            f"egress-router init: error: EGRESS_SOURCE: {addresses[1]} is already in use: MAC {old_mac} answered for it on macvlan0"
+        ), refused.stderr
+        assert after == before  # the new pod's network as the SDN gave it
+        assert failed == 0, failures(attempts)
+        assert {a.source for a in attempts[-8:]} == set(addresses)  # the new egress-1 serves with its ordinal's address
     finally:
         client.stop()
         holders.done.set()
