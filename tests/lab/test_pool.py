@@ -6,6 +6,7 @@ replaced; the figures of each case are printed (pytest -s shows them) and quoted
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import signal
@@ -203,13 +204,18 @@ def service(lab: Lab) -> Iterator[Service]:
         yield started
 
 
+def serve(service: Service, pods: StatefulSet) -> None:
+    """The Service follows the StatefulSet's pods (the EndpointSlice controller's part): until exactly they are ready."""
+    service.set_endpoints(pods.addresses())
+    service.wait_ready(pods.addresses())
+
+
 def statefulset(lab: Lab, pool: str, service: Service, delay: str = DELAY) -> StatefulSet:
     """Two pods, egress-0 and egress-1 (created together: podManagementPolicy Parallel), both ready in the Service."""
     pods = StatefulSet(lab, pool, delay)
     for ordinal in (0, 1):
         pods.create(ordinal)
-    service.set_endpoints(pods.addresses())
-    service.wait_ready(pods.addresses())
+    serve(service, pods)
     return pods
 
 
@@ -359,25 +365,35 @@ class Holders(threading.Thread):
         return f"{len(self.samples)} samples of the addresses' holders, at most {max(gaps, default=0.0):.2f} s apart"
 
 
-def test_a_rolling_update_replaces_one_pod_at_a_time_never_two_on_one_address(lab: Lab, service: Service) -> None:
-    """What a StatefulSet's RollingUpdate does: from the highest ordinal down, delete a pod, wait until it is gone,
-    create its replacement with the same name (so the same address), wait until it is ready, then the next one."""
-    addresses = ["192.168.12.118", "192.168.12.119"]
+@contextlib.contextmanager
+def watched_rollout(lab: Lab, service: Service, addresses: list[str]) -> Iterator[tuple[StatefulSet, Client, Holders]]:
+    """Two pods of a pool of `addresses`, a client opening new connections and the sampler of who holds each address,
+    all running; stopped and removed at the end, whatever happened."""
     pods = statefulset(lab, f"{addresses[0]}-{addresses[1]}", service)
     client = Client(lab, service)
     holders = Holders(lab, addresses)
     try:
         client.start()
         holders.start()
+        yield pods, client, holders
+    finally:
+        client.stop()
+        holders.done.set()
+        pods.close()
+
+
+def test_a_rolling_update_replaces_one_pod_at_a_time_never_two_on_one_address(lab: Lab, service: Service) -> None:
+    """What a StatefulSet's RollingUpdate does: from the highest ordinal down, delete a pod, wait until it is gone,
+    create its replacement with the same name (so the same address), wait until it is ready, then the next one."""
+    addresses = ["192.168.12.118", "192.168.12.119"]
+    with watched_rollout(lab, service, addresses) as (pods, client, holders):
         started = time.monotonic()
         deleted = []
         for ordinal in (1, 0):
             deleted.append((pods.pods[ordinal].role, addresses[ordinal], pods.terminate(ordinal)))
-            service.set_endpoints(pods.addresses())
-            service.wait_ready(pods.addresses())
+            serve(service, pods)
             pods.create(ordinal)
-            service.set_endpoints(pods.addresses())
-            service.wait_ready(pods.addresses())
+            serve(service, pods)
         took = time.monotonic() - started
         time.sleep(0.5)
         attempts = client.stop()
@@ -391,10 +407,6 @@ def test_a_rolling_update_replaces_one_pod_at_a_time_never_two_on_one_address(la
             print(f"the old pod holding {address} was last seen holding it {seen:.2f} s after SIGTERM")
             assert seen >= DELAY_SECONDS - 0.5, (role, address, seen)
         assert {a.source for a in attempts[-8:]} == set(addresses)  # both new pods serve, each with its ordinal's address
-    finally:
-        client.stop()
-        holders.done.set()
-        pods.close()
 
 
 def test_a_force_deleted_pod_s_replacement_is_refused_its_address_until_the_old_pod_is_gone(lab: Lab, service: Service) -> None:
@@ -404,12 +416,7 @@ def test_a_force_deleted_pod_s_replacement_is_refused_its_address_until_the_old_
     address, naming the old pod's MAC, and change nothing; the kubelet retries the init container, and once the old pod
     is gone the retry takes the address and the new pod joins the Service."""
     addresses = ["192.168.12.122", "192.168.12.123"]
-    pods = statefulset(lab, f"{addresses[0]}-{addresses[1]}", service)
-    client = Client(lab, service)
-    holders = Holders(lab, addresses)
-    try:
-        client.start()
-        holders.start()
+    with watched_rollout(lab, service, addresses) as (pods, client, holders):
         time.sleep(0.5)
         old_mac = lab.link_mac(pods.pods[1].role, "macvlan0")
         old, sent = pods.delete(1)
@@ -424,8 +431,7 @@ def test_a_force_deleted_pod_s_replacement_is_refused_its_address_until_the_old_
         retried = pods.init(new, 1)
         assert retried.returncode == 0, retried.stderr
         pods.start(new, 1)
-        service.set_endpoints(pods.addresses())
-        service.wait_ready(pods.addresses())
+        serve(service, pods)
         took = time.monotonic() - sent
         time.sleep(0.5)
         attempts = client.stop()
@@ -447,10 +453,6 @@ def test_a_force_deleted_pod_s_replacement_is_refused_its_address_until_the_old_
         assert after == before  # the new pod's network as the SDN gave it
         assert failed == 0, failures(attempts)
         assert {a.source for a in attempts[-8:]} == set(addresses)  # the new egress-1 serves with its ordinal's address
-    finally:
-        client.stop()
-        holders.done.set()
-        pods.close()
 
 
 @pytest.mark.parametrize(
