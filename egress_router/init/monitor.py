@@ -170,17 +170,16 @@ class Keeper:
         The first also probes once and announces ANSWER_TIME later, and again REPEAT_AFTER after that, if no one
         answered (the loop's timers: a fork, as init's second announcement takes, is no thing to do beside threads)."""
         try:
-            first = not self.started
-            self.started = True
-            for guard in self.guards:
-                if guard.check():
-                    self.announced_at = time.time()
-                if first:
-                    guard.probe_now()
-            if first:
+            if not self.started:  # scheduled first: a failure below must not cost the announcements
+                self.started = True
                 loop = asyncio.get_running_loop()
                 loop.call_later(ANSWER_TIME, self.announce)
                 loop.call_later(ANSWER_TIME + arp.REPEAT_AFTER, self.announce)
+                for guard in self.guards:
+                    guard.probe_now()
+            for guard in self.guards:
+                if guard.check():
+                    self.announced_at = time.time()
         except Exception as error:  # like a pass: reported and tried again at the next check, never a dead monitor
             log.error("watching for another host claiming the address failed: %s: %s", type(error).__name__, error)
             log.debug("the traceback of that failure", exc_info=True)
