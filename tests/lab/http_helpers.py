@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -106,6 +107,15 @@ def http_get(lab: Lab, role: str, host: str, port: int, path: str) -> tuple[int,
 
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def get_through(lab: Lab, proxy: str, url: str) -> tuple[int, str]:
+    """curl's GET of `url` from the client pod through the HTTP proxy at `proxy` (host:port, an IPv6 host in brackets):
+    the status (0: no answer) and the body."""
+    argv = ["curl", "-sS", "--max-time", "10", "-g", "-x", f"http://{proxy}", "-w", "\n%{http_code}", url]
+    done = subprocess.run(lab.exec_argv("client", argv), capture_output=True, text=True, timeout=30)
+    body, _, code = done.stdout.rpartition("\n")
+    return int(code or 0), body
 
 
 def samples(text: str) -> dict[Sample, float]:

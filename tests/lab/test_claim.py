@@ -14,6 +14,7 @@ from egress_router.init.conflicts import ANSWER_TIME
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import Process, environment
+from tests.lab.address_conflicts import conflict_comes_and_goes
 from tests.lab.conftest import Pod, new_pod
 from tests.lab.waiting import eventually
 
@@ -125,35 +126,15 @@ def test_a_host_taking_the_address_later_makes_the_router_unready_until_it_is_go
         monitor = start_monitor(lab, pod)
     else:
         monitor = start_legacy(lab, pod)
-    router = lab.link_mac(pod.role, "macvlan0")
     assert lab.tcp("client", pod.ip, 80).client == pod.source  # the gateway now knows the source at the router's MAC
     assert pod.metric("egress_router_address_conflict") == 0
 
-    intruder = lab.add_lan_host("intruder", pod.source)
-    try:
+    def take() -> str:
+        intruder = lab.add_lan_host("intruder", pod.source)
         lab.announce("intruder", pod.source)
-        reason = f"another host (MAC {intruder}) claims {pod.source}"
-        eventually(lambda: pod.readyz() == (503, reason + "\n"), what=lambda: f"{pod.readyz()}; {monitor.stderr()}")
-        assert pod.metric("egress_router_address_conflict") == 1
-        assert pod.metric("egress_router_address_conflicts_total") == 1
-        assert f"WARNING address conflict: {reason} on macvlan0; not ready until it stops" in monitor.stderr()
-        assert lab.neighbour_mac("gw", pod.source) == intruder  # what the conflict does: replies go to the intruder
-        # it answers the monitor's probes, so the conflict lasts
-        time.sleep(2 * ANSWER_TIME + 0.5)
-        assert pod.readyz() == (503, reason + "\n")
-    finally:
-        lab.remove_namespace("intruder")
+        return intruder
 
-    # a probe at each check: over at most two check intervals after the host went (300 ms here, legacy's 10 s)
-    eventually(lambda: pod.readyz() == (200, "ok\n"), seconds=6 if command == "monitor" else 25)
-    assert pod.metric("egress_router_address_conflict") == 0
-    assert pod.metric("egress_router_address_conflicts_total") == 1
-    over = f"address conflict over: MAC {intruder} no longer answers for {pod.source} on macvlan0; announced it with gratuitous ARP"
-    assert monitor.stderr().count(over) == 1
-    # the one announcement points the gateway at the router again, and traffic flows
-    eventually(lambda: lab.neighbour_mac("gw", pod.source) == router)
-    assert lab.tcp("client", pod.ip, 80).client == pod.source
-    assert "Traceback" not in monitor.stderr()
+    conflict_comes_and_goes(lab, pod, monitor, command=command, source=pod.source, via=pod.ip, take=take, how="gratuitous ARP")
 
 
 def test_a_monitor_that_starts_while_another_host_holds_the_address_does_not_announce_it(lab: Lab, pod: Pod) -> None:

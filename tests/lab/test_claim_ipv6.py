@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from ipaddress import IPv6Address
 
 import pytest
 
 from egress_router.init import arp
-from egress_router.init.conflicts import ANSWER_TIME
 from egress_router.lab import Lab
 from egress_router.lab import topology as t
 from egress_router.lab.topology import Process, entered, environment, v6
+from tests.lab.address_conflicts import conflict_comes_and_goes
 from tests.lab.conftest import Pod, new_pod
 from tests.lab.waiting import eventually
 
@@ -63,37 +62,16 @@ def test_a_host_advertising_the_ipv6_address_makes_the_router_unready_until_it_i
     assert lab.neighbour_mac("gw", source6) == router
     assert pod.metric("egress_router_address_conflict") == 0
 
-    intruder = lab.add_lan_host("intruder", INTRUDER_IP)
-    try:
+    def take() -> str:
+        intruder = lab.add_lan_host("intruder", INTRUDER_IP)
         lab.ip("intruder", "addr", "add", f"{source6}/64", "dev", "eth0", "nodad")  # taken without asking first
         with entered(lab.ns("intruder")):
             arp.announce("eth0", IPv6Address(source6))  # and announced: an unsolicited neighbour advertisement
-        reason = f"another host (MAC {intruder}) claims {source6}"
-        eventually(lambda: pod.readyz() == (503, reason + "\n"), what=lambda: f"{pod.readyz()}; {monitor.stderr()}")
-        assert pod.metric("egress_router_address_conflict") == 1
-        assert pod.metric("egress_router_address_conflicts_total") == 1
-        assert f"WARNING address conflict: {reason} on macvlan0; not ready until it stops" in monitor.stderr()
-        assert lab.neighbour_mac("gw", source6) == intruder  # what the conflict does: replies go to the intruder
-        # it answers the router's duplicate address detection probes, so the conflict lasts
-        time.sleep(2 * ANSWER_TIME + 0.5)
-        assert pod.readyz() == (503, reason + "\n")
-    finally:
-        lab.remove_namespace("intruder")
+        return intruder
 
-    # a probe at each check: over at most two check intervals after the host went (300 ms here, legacy's 10 s)
-    eventually(lambda: pod.readyz() == (200, "ok\n"), seconds=6 if command == "monitor" else 25)
-    assert pod.metric("egress_router_address_conflict") == 0
-    assert pod.metric("egress_router_address_conflicts_total") == 1
-    over = (
-        f"address conflict over: MAC {intruder} no longer answers for {source6} on macvlan0;"
-        " announced it with an unsolicited neighbour advertisement"
-    )
-    assert monitor.stderr().count(over) == 1
+    how = "an unsolicited neighbour advertisement"
+    over = conflict_comes_and_goes(lab, pod, monitor, command=command, source=source6, via=v6(pod.ip), take=take, how=how)
     assert "address conflict over" not in monitor.stderr().replace(over, "")  # IPv4 was never in conflict
-    # the one announcement points the gateway at the router again, and traffic flows
-    eventually(lambda: lab.neighbour_mac("gw", source6) == router)
-    assert lab.tcp("client", v6(pod.ip), 80).client == source6
-    assert "Traceback" not in monitor.stderr()
 
 
 def test_two_routers_racing_for_one_ipv6_address_never_both_get_it(lab: Lab) -> None:

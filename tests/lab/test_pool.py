@@ -15,8 +15,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 
 import pytest
 
@@ -255,41 +256,35 @@ def test_a_router_stopped_by_sigterm_loses_no_new_connection(lab: Lab, service: 
         pods.close()
 
 
-def test_without_the_delay_new_connections_fail_until_the_service_notices(lab: Lab, service: Service) -> None:
-    """The same with EGRESS_SHUTDOWN_DELAY=0: the pod goes before the Service knows, and what it still sends there fails."""
-    pods = statefulset(lab, "192.168.12.114-192.168.12.115", service, delay="0")
+def losses_until_noticed(lab: Lab, service: Service, first: str, end: Callable[[StatefulSet], float], case: str, delay: str) -> None:
+    """Egress-1 of a pool `first` and the next address goes by `end` (returning when): new connections fail until the
+    Service notices, and none after; then the other router, with `first`, takes them all."""
+    second = str(IPv4Address(first) + 1)
+    pods = statefulset(lab, f"{first}-{second}", service, delay=delay)
     client = Client(lab, service)
     try:
         client.start()
         time.sleep(0.5)
-        sent = pods.terminate(1)
+        ended = end(pods)
         time.sleep(NOTICE + 1.0)
         attempts = client.stop()
-        failed, window = report("SIGTERM, EGRESS_SHUTDOWN_DELAY=0", sent, attempts)
+        failed, window = report(case, ended, attempts)
         assert failed > 0 and window <= NOTICE + 0.5  # until the Service notices; nothing after
-        assert all(a.source == "192.168.12.114" for a in attempts if a.at > sent + NOTICE + 0.5)
+        assert all(a.source == first for a in attempts if a.at > ended + NOTICE + 0.5)
     finally:
         client.stop()
         pods.close()
+
+
+def test_without_the_delay_new_connections_fail_until_the_service_notices(lab: Lab, service: Service) -> None:
+    """The same with EGRESS_SHUTDOWN_DELAY=0: the pod goes before the Service knows, and what it still sends there fails."""
+    losses_until_noticed(lab, service, "192.168.12.114", lambda pods: pods.terminate(1), "SIGTERM, EGRESS_SHUTDOWN_DELAY=0", "0")
 
 
 def test_a_vanished_router_costs_new_connections_until_its_probe_fails(lab: Lab, service: Service) -> None:
     """A pod gone without warning (no SIGTERM: a crash, its node's network cut): until the probe fails, the Service
     still sends it every other new connection; then the other router takes them all."""
-    pods = statefulset(lab, "192.168.12.116-192.168.12.117", service)
-    client = Client(lab, service)
-    try:
-        client.start()
-        time.sleep(0.5)
-        gone = pods.vanish(1)
-        time.sleep(NOTICE + 1.0)
-        attempts = client.stop()
-        failed, window = report("router vanished (no SIGTERM)", gone, attempts)
-        assert failed > 0 and window <= NOTICE + 0.5
-        assert all(a.source == "192.168.12.116" for a in attempts if a.at > gone + NOTICE + 0.5)
-    finally:
-        client.stop()
-        pods.close()
+    losses_until_noticed(lab, service, "192.168.12.116", lambda pods: pods.vanish(1), "router vanished (no SIGTERM)", DELAY)
 
 
 @dataclass(frozen=True)

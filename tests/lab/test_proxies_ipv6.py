@@ -8,7 +8,6 @@ the proxies themselves are the real commands, unprivileged.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from egress_router.lab.dns import DNS6, DnsServer
 from egress_router.lab.netns import family_of, socket_in
 from egress_router.lab.topology import Process, environment, run, v6
 from tests.lab.conftest import Pod, new_pod
-from tests.lab.http_helpers import log_line, read_head, start_proxy, status_of
+from tests.lab.http_helpers import get_through, log_line, read_head, start_proxy, status_of
 from tests.lab.waiting import eventually
 
 V6_A, V6_B, V6_DENIED = (v6(s) for s in t.PROTECTED_SERVERS)  # 2001:db8:113::25, ::26, ::27
@@ -85,10 +84,7 @@ def http_proxy(lab: Lab) -> Iterator[tuple[Pod, Process]]:
 
 def curl(lab: Lab, pod: Pod, url: str) -> tuple[int, str]:
     """A GET through the proxy, which the client pod reaches over IPv6."""
-    argv = ["curl", "-sS", "--max-time", "10", "-g", "-x", f"http://[{v6(pod.ip)}]:8080", "-w", "\n%{http_code}", url]
-    done = subprocess.run(lab.exec_argv("client", argv), capture_output=True, text=True, timeout=30)
-    body, _, code = done.stdout.rpartition("\n")
-    return int(code or 0), body
+    return get_through(lab, f"[{v6(pod.ip)}]:8080", url)
 
 
 def connect(lab: Lab, pod: Pod, proxy_address: str, target: str) -> tuple[int, Seen | None]:

@@ -15,7 +15,7 @@ from egress_router.lab import topology as t
 from egress_router.lab.dns import DNS, DnsServer
 from egress_router.lab.topology import Process, environment, run, v6
 from tests.lab.conftest import Pod, new_pod
-from tests.lab.http_helpers import log_line, start_proxy
+from tests.lab.http_helpers import get_through, log_line, start_proxy
 from tests.lab.waiting import eventually
 
 SERVER = t.PROTECTED_SERVERS[0]
@@ -91,10 +91,7 @@ def relay(lab: Lab) -> Iterator[tuple[Pod, Process]]:
 
 
 def curl(lab: Lab, pod: Pod, url: str) -> tuple[int, str]:
-    argv = ["curl", "-sS", "--max-time", "10", "-g", "-x", f"http://{pod.ip}:8080", "-w", "\n%{http_code}", url]
-    done = subprocess.run(lab.exec_argv("client", argv), capture_output=True, text=True, timeout=30)
-    body, _, code = done.stdout.rpartition("\n")
-    return int(code or 0), body
+    return get_through(lab, f"{pod.ip}:8080", url)
 
 
 def ipv6_packets(lab: Lab, pod: Pod) -> int:
