@@ -290,7 +290,8 @@ def mark_chains(family: str = IPV4) -> ChainSet:
     return ChainSet("mangle", MARK_CHAINS, (arrived, reply), family)
 
 
-def no_router_advertisement_lines(plan: NetworkPlan) -> list[str]:
+def egress_interface_lines(plan: NetworkPlan) -> list[str]:
+    """The egress interface's own settings: router advertisements off, duplicate address detection on."""
     lines = [f"sysctl {key}={value} (before {plan.interface} comes up; skipped if it has no IPv6)" for key, value in plan.egress_sysctls]
     return lines + [f"sysctl {key}>={least} (duplicate address detection: IPv6's claim check)" for key, least in plan.egress_minimums]
 
@@ -310,7 +311,7 @@ def render_plan(plan: NetworkPlan, show: Callable[[ChainSet], str] = ChainSet.re
         )
     else:
         lines.append(f"link   {plan.interface}: must already exist in this pod")
-    lines += no_router_advertisement_lines(plan)
+    lines += egress_interface_lines(plan)
     lasting = render_duration(round(plan.probe.average, 3))
     both = len(plan.families) > 1
     for f in plan.families:

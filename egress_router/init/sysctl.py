@@ -21,11 +21,15 @@ def _write(path: str, value: str) -> None:
 _AS_PATH = str.maketrans("./", "/.")
 
 
+def _path(key: str, root: str) -> str:
+    return f"{root}/{key.translate(_AS_PATH)}"
+
+
 def set_sysctl(journal: Journal, key: str, value: str, root: str = PROC_SYS, *, missing_ok: bool = False) -> bool:
     """Set `key` (dotted) to `value`; journaled so a later failure puts the old value back.
 
     `missing_ok`: a setting the kernel does not have (an interface's IPv6 settings without IPv6) is nothing to do."""
-    path = f"{root}/{key.translate(_AS_PATH)}"
+    path = _path(key, root)
     try:
         with open(path, encoding="ascii") as f:
             before = f.read().strip()
@@ -46,7 +50,7 @@ def set_sysctl(journal: Journal, key: str, value: str, root: str = PROC_SYS, *, 
 
 def raise_sysctl(journal: Journal, key: str, least: int, root: str = PROC_SYS) -> bool:
     """`key` to `least` where it is lower (a higher value is someone's choice, and kept); journaled as set_sysctl."""
-    path = f"{root}/{key.translate(_AS_PATH)}"
+    path = _path(key, root)
     try:
         with open(path, encoding="ascii") as f:
             before = f.read().strip()
